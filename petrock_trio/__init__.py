@@ -1,0 +1,109 @@
+"""petrock_trio: background workers for command-sourced applications, on Trio."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._app import App as App
+from ._app import DeadLetter as DeadLetter
+from ._app import Feature as Feature
+from ._clock import SystemClock as SystemClock
+from ._clock import TrioWallClock as TrioWallClock
+from ._clock import WallClock as WallClock
+from ._commands import CommandRegistry as CommandRegistry
+from ._commands import command as command
+from ._commands import command_name as command_name
+from ._context import HandlerContext as HandlerContext
+from ._context import PeriodicContext as PeriodicContext
+from ._errors import CommandError as CommandError
+from ._errors import ConfigurationError as ConfigurationError
+from ._errors import DecodeError as DecodeError
+from ._errors import HandlerError as HandlerError
+from ._errors import HandlerTimeout as HandlerTimeout
+from ._errors import NotRunning as NotRunning
+from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import Permanent as Permanent
+from ._errors import PetrockError as PetrockError
+from ._errors import Retry as Retry
+from ._errors import ServiceUnavailable as ServiceUnavailable
+from ._errors import StoreError as StoreError
+from ._errors import UnknownCommand as UnknownCommand
+from ._errors import ValidationError as ValidationError
+from ._health import Health as Health
+from ._health import HealthReport as HealthReport
+from ._health import HealthThresholds as HealthThresholds
+from ._legacy import LegacyWorker as LegacyWorker
+from ._legacy import WorkerInfo as WorkerInfo
+from ._log import MessageLog as MessageLog
+from ._message import Message as Message
+from ._metrics import WorkerMetrics as WorkerMetrics
+from ._open import open_log as open_log
+from ._retry import Backoff as Backoff
+from ._serve import serve as serve
+from ._services import Circuit as Circuit
+from ._services import ExternalService as ExternalService
+from ._services import ServiceStatistics as ServiceStatistics
+from ._worker import PatternWorker as PatternWorker
+from ._worker import WorkerStatistics as WorkerStatistics
+
+__all__ = [
+    "App",
+    "Backoff",
+    "Circuit",
+    "CommandError",
+    "CommandRegistry",
+    "ConfigurationError",
+    "DeadLetter",
+    "DecodeError",
+    "ExternalService",
+    "Feature",
+    "HandlerContext",
+    "HandlerError",
+    "HandlerTimeout",
+    "Health",
+    "HealthReport",
+    "HealthThresholds",
+    "LegacyWorker",
+    "Message",
+    "MessageLog",
+    "NotRunning",
+    "PatternWorker",
+    "PayloadTooLarge",
+    "PeriodicContext",
+    "Permanent",
+    "PetrockError",
+    "Retry",
+    "ServiceStatistics",
+    "ServiceUnavailable",
+    "StoreError",
+    "SystemClock",
+    "TrioWallClock",
+    "UnknownCommand",
+    "ValidationError",
+    "WallClock",
+    "WorkerInfo",
+    "WorkerMetrics",
+    "WorkerStatistics",
+    "command",
+    "command_name",
+    "open_log",
+    "serve",
+]
+
+# Tracebacks and reprs name the public path, not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("petrock_trio._"):
+        try:
+            _obj.__module__ = __name__
+        except (AttributeError, TypeError):  # pragma: no cover - builtins and aliases
+            pass
+del _name, _obj
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 - only when asked
+
+        return version("petrock-trio")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,281 @@
+"""The application: its commands, state, workers, and the executor."""
+
+from __future__ import annotations
+
+import types
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from ._clock import SystemClock, WallClock
+from ._commands import CommandRegistry, command_name, validate
+from ._errors import ConfigurationError, NotRunning, UnknownCommand
+from ._health import HealthReport
+from ._legacy import LegacyRunner, LegacyWorker
+from ._message import Message
+from ._projection import Applier, Projection
+from ._runtime import Runtime
+from ._worker import PatternWorker
+from .stores import DeadLetterRecord
+
+__all__ = ["App", "DeadLetter", "Feature"]
+
+
+class Feature(Protocol):
+    """A feature package: anything with ``register(app)``."""
+
+    def register(self, app: App) -> None: ...
+
+
+@attrs.frozen
+class DeadLetter:
+    """A message a worker gave up on; :meth:`App.redrive` hands it to the worker again."""
+
+    worker: str
+    message_id: int
+    command_name: str
+    error: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+
+    @classmethod
+    def from_record(cls, r: DeadLetterRecord) -> DeadLetter:
+        return cls(
+            r.worker,
+            r.message_id,
+            r.command_name,
+            r.error,
+            r.attempts,
+            datetime.fromtimestamp(r.first_failed_at, UTC),
+            datetime.fromtimestamp(r.last_failed_at, UTC),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["first_failed_at"] = self.first_failed_at.isoformat()
+        data["last_failed_at"] = self.last_failed_at.isoformat()
+        return data
+
+
+AnyWorker = PatternWorker[Any] | LegacyRunner
+
+
+class App:
+    """Commands, feature state and workers over one log.
+
+    ``database`` is a SQLite file path, ``":memory:"`` or a ``postgresql://`` URL.
+    Run it with ``trio.run(petrock_trio.serve, app)`` or ``await nursery.start(serve, app)``.
+    """
+
+    def __init__(
+        self,
+        database: str = ":memory:",
+        *,
+        state: Any = None,
+        page_size: int = 1000,
+        max_payload_bytes: int = 1 << 20,
+        shutdown_grace: float = 10.0,
+        position_flush_interval: float = 0.2,
+        synchronous: str = "FULL",
+        clock: WallClock = SystemClock,
+    ) -> None:
+        self.database = database
+        self.state: Any = types.SimpleNamespace() if state is None else state
+        self.page_size = page_size
+        self.shutdown_grace = shutdown_grace
+        self.position_flush_interval = position_flush_interval
+        self.synchronous = synchronous
+        self.clock = clock
+        self.registry = CommandRegistry(max_payload_bytes=max_payload_bytes)
+        self.projection = Projection()
+        self.workers: dict[str, AnyWorker] = {}
+        self._command_state: dict[str, Any] = {}
+        self._rt: Runtime | None = None
+        self._validate_lock = trio.Lock()
+
+    def __repr__(self) -> str:
+        status = "serving" if self.running else "stopped"
+        return (
+            f"<App {self.database!r} {status} commands={len(self.registry.names())} "
+            f"workers={len(self.workers)}>"
+        )
+
+    # --- registration ---------------------------------------------------------------
+
+    def register_command(self, cls: type[Any], apply: Applier | None = None, *, state: Any = None) -> None:
+        """Register a command class; ``apply(state, cmd, message)`` keeps feature state.
+
+        ``state`` is what ``apply`` and the command's ``validate`` receive; it defaults
+        to ``app.state``.
+        """
+        self._not_running("register commands")
+        name = self.registry.register(cls)
+        target = self.state if state is None else state
+        self._command_state[name] = target
+        if apply is not None:
+            self.projection.appliers[name] = (apply, target)
+
+    def register_feature(self, feature: Feature) -> None:
+        """Let a feature (a module or object with ``register(app)``) register itself."""
+        register = getattr(feature, "register", None)
+        if register is None:
+            raise ConfigurationError(f"{feature!r} has no register(app) function")
+        register(self)
+
+    def register_worker(self, worker: PatternWorker[Any] | LegacyWorker, *, tick: float = 1.0) -> None:
+        """Add a worker: a :class:`PatternWorker`, or an old-style worker run every ``tick`` s."""
+        self._not_running("register workers")
+        runner: AnyWorker
+        if isinstance(worker, PatternWorker):
+            runner = worker
+        elif isinstance(worker, LegacyWorker):
+            runner = LegacyRunner(worker, tick=tick)
+        else:
+            raise ConfigurationError(
+                f"{worker!r} is neither a PatternWorker nor an old-style worker "
+                "(info/start/replay/work/stop)"
+            )
+        if runner.name in self.workers:
+            raise ConfigurationError(f"a worker named {runner.name!r} is already registered")
+        self.workers[runner.name] = runner
+
+    def _not_running(self, what: str) -> None:
+        if self._rt is not None:
+            raise ConfigurationError(f"cannot {what} while the app is serving")
+
+    # --- running --------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._rt is not None and not self._rt.stopping.is_set()
+
+    def _runtime(self) -> Runtime:
+        rt = self._rt
+        if rt is None or rt.stopping.is_set():
+            raise NotRunning("the app is not serving; start it with serve(app)")
+        return rt
+
+    def state_for(self, name: str) -> Any:
+        return self._command_state.get(name, self.state)
+
+    def encode_valid(self, cmd: object) -> tuple[str, bytes]:
+        """Encode ``cmd`` after checking it against current state; raises the typed errors."""
+        name, payload = self.registry.encode(cmd)
+        if not self.registry.is_known(name):
+            raise UnknownCommand(f"unknown command {name!r}", command_name=name)
+        validate(cmd, self.state_for(name))
+        return name, payload
+
+    async def execute(self, cmd: object) -> Message:
+        """Validate ``cmd`` against current state, append it, and wait until state has it.
+
+        Returns the appended :class:`Message`. Raises :class:`UnknownCommand`,
+        :class:`ValidationError`, :class:`PayloadTooLarge` or :class:`NotRunning`;
+        in every such case nothing was appended.
+        """
+        rt = self._runtime()
+        name = command_name(cmd)
+        if not self.registry.is_known(name):
+            raise UnknownCommand(f"unknown command {name!r}", command_name=name)
+        feed = self.projection.feed
+        assert feed is not None
+        if getattr(cmd, "validate", None) is None:
+            # Nothing to check: go straight to group commit with concurrent callers.
+            encoded = self.registry.encode(cmd)
+            (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded]))
+        else:
+            # Validation must see every earlier command applied, so validated commands
+            # go one at a time: wait for state to reach the head, check, append.
+            async with self._validate_lock:
+                head = rt.log.head.value
+                await feed.position.wait_value(lambda p: p >= head)
+                encoded = self.encode_valid(cmd)
+                (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded]))
+                await feed.position.wait_value(lambda p: p >= row.id)
+            return Message.from_row(row, cmd)
+        await feed.position.wait_value(lambda p: p >= row.id)
+        return Message.from_row(row, cmd)
+
+    async def caught_up(self) -> None:
+        """Wait until every worker has handled everything appended so far.
+
+        Commands emitted meanwhile are waited for too; retries and backoff are waited
+        out (a message counts once it succeeded or was dead-lettered).
+        """
+        rt = self._runtime()
+        feeds = [self.projection.feed] + [
+            w._feed  # noqa: SLF001 - the app drives its workers
+            for w in self.workers.values()
+            if isinstance(w, PatternWorker)
+        ]
+        while True:
+            target = rt.log.head.value
+            for feed in feeds:
+                if feed is not None:
+                    await feed.position.wait_value(lambda p: p >= target)
+            await trio.lowlevel.checkpoint()
+            if rt.log.head.value == target:
+                return
+
+    def stop(self) -> None:
+        """Begin graceful shutdown: refuse new commands, finish handlers, commit, close."""
+        if self._rt is not None:
+            self._rt.stopping.set()
+
+    # --- observation ----------------------------------------------------------------
+
+    def health(self) -> HealthReport:
+        """The worst health among the workers, with their reasons."""
+        return HealthReport.worst(
+            (w.health() for w in self.workers.values()), prefix=self.workers
+        )
+
+    def inspect(self) -> dict[str, Any]:
+        """A JSON-serialisable report: log head, commands, workers with positions, lag,
+        health and metrics."""
+        head = self._rt.log.head.value if self._rt is not None else None
+        workers: dict[str, Any] = {}
+        for name, worker in self.workers.items():
+            metrics = worker.metrics()
+            workers[name] = {
+                "name": name,
+                **worker.info(),
+                "position": metrics.position,
+                "lag": metrics.lag,
+                "health": worker.health().to_dict(),
+                "metrics": metrics.to_dict(),
+            }
+        return {
+            "database": self.database,
+            "running": self.running,
+            "head": head,
+            "commands": self.registry.names(),
+            "projection": {
+                "position": self.projection.position,
+                "errors": self.projection.errors,
+            },
+            "positions": {name: w["position"] for name, w in workers.items()},
+            "workers": workers,
+            "health": self.health().to_dict(),
+        }
+
+    async def dead_letters(self, worker: str | None = None) -> list[DeadLetter]:
+        """Messages the workers gave up on, oldest failure first."""
+        rt = self._runtime()
+        return [DeadLetter.from_record(r) for r in await rt.log.store.dead_letters(worker)]
+
+    async def redrive(self, worker: str, message_id: int) -> None:
+        """Have ``worker`` handle dead-lettered message ``message_id`` again, live.
+
+        On success the dead letter is removed; on failure it stays, with its attempts
+        added up. Returns when the worker is done with it.
+        """
+        self._runtime()
+        runner = self.workers.get(worker)
+        if not isinstance(runner, PatternWorker):
+            raise LookupError(f"no pattern worker named {worker!r}")
+        await runner.redrive(message_id)
+

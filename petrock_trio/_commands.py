@@ -1,0 +1,174 @@
+"""Command classes: the ``@command`` marker, the registry and the JSON codec."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol, TypeVar, cast
+
+import attrs
+import cattrs
+import orjson
+
+from ._errors import ConfigurationError, DecodeError, PayloadTooLarge, UnknownCommand
+
+__all__ = ["CommandRegistry", "command", "command_name"]
+
+_NAME_ATTR: Final = "__petrock_command__"
+
+C = TypeVar("C", bound=type[Any])
+
+# Classes marked by ``@command``, used only as a fallback by registries that were not
+# told about a name explicitly: a command written to the log by one app must still
+# decode in a process that imported the class but never registered it.
+_CATALOG: dict[str, type[Any]] = {}
+
+
+def command(name: str) -> Callable[[C], C]:
+    """Mark an attrs class as the command called ``name`` (``"feature/verb"``).
+
+    Apply it above ``@attrs.frozen``. The class may define ``validate(self, state)``,
+    raising :class:`ValidationError` when the command is invalid against current state.
+    """
+    if not name or name != name.strip() or len(name) > 200:  # noqa: PLR2004
+        raise ConfigurationError(f"invalid command name {name!r}")
+
+    def mark(cls: C) -> C:
+        if not attrs.has(cls):
+            raise ConfigurationError(
+                f"@command({name!r}) must decorate an attrs class; put it above @attrs.frozen"
+            )
+        setattr(cls, _NAME_ATTR, name)
+        _CATALOG[name] = cls
+        return cls
+
+    return mark
+
+
+def command_name(cls_or_instance: object) -> str:
+    """The registered name of a command class or instance."""
+    cls = cls_or_instance if isinstance(cls_or_instance, type) else type(cls_or_instance)
+    try:
+        return cast("str", getattr(cls, _NAME_ATTR))
+    except AttributeError:
+        raise UnknownCommand(f"{cls.__qualname__} is not a command; decorate it with @command") from None
+
+
+class _Validating(Protocol):
+    def validate(self, state: Any) -> None: ...
+
+
+def _strict(kind: type[Any]) -> Callable[[Any, type[Any]], Any]:
+    # cattrs would coerce ``5`` into ``"5"``; bad input must be refused, not reshaped.
+    def structure(value: Any, _: type[Any]) -> Any:
+        if type(value) is bool and kind is not bool:
+            raise TypeError(f"expected {kind.__name__}, got bool")
+        if kind is float and type(value) is int:
+            return float(value)
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+
+    return structure
+
+
+def _converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    for kind in (str, int, float, bool):
+        converter.register_structure_hook(kind, _strict(kind))
+    return converter
+
+
+class CommandRegistry:
+    """Maps command names to classes and encodes/decodes their JSON payloads.
+
+    Each :class:`App` owns one; names it was not told about fall back to classes
+    marked with :func:`command` in this process.
+    """
+
+    def __init__(self, *, max_payload_bytes: int = 1 << 20) -> None:
+        self.max_payload_bytes = max_payload_bytes
+        self._classes: dict[str, type[Any]] = {}
+        self._converter = _converter()
+        self._structure: dict[type[Any], Callable[[Any], Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<CommandRegistry {len(self._classes)} commands>"
+
+    def register(self, cls: type[Any]) -> str:
+        name = command_name(cls)
+        existing = self._classes.get(name)
+        if existing is not None and existing is not cls:
+            raise ConfigurationError(
+                f"command {name!r} is already registered to {existing.__qualname__}"
+            )
+        self._classes[name] = cls
+        return name
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def lookup(self, name: str) -> type[Any]:
+        cls = self._classes.get(name) or _CATALOG.get(name)
+        if cls is None:
+            raise UnknownCommand(f"unknown command {name!r}", command_name=name)
+        return cls
+
+    def is_known(self, name: str) -> bool:
+        return name in self._classes or name in _CATALOG
+
+    def encode(self, cmd: object) -> tuple[str, bytes]:
+        """The name and JSON payload of a command instance."""
+        name = command_name(cmd)
+        try:
+            payload = orjson.dumps(self._converter.unstructure(cmd))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise DecodeError(f"{name}: cannot encode: {exc}", command_name=name) from exc
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"{name}: payload of {len(payload)} bytes exceeds {self.max_payload_bytes}",
+                command_name=name,
+            )
+        return name, payload
+
+    def decode(self, name: str, payload: bytes | str) -> Any:
+        """The command instance for a stored or received payload."""
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"{name}: payload of {len(payload)} bytes exceeds {self.max_payload_bytes}",
+                command_name=name,
+            )
+        cls = self.lookup(name)
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"{name}: payload is not valid JSON: {exc}", command_name=name) from exc
+        return self.structure(name, cls, data)
+
+    def structure(self, name: str, cls: type[Any], data: Any) -> Any:
+        """Build ``cls`` from already-parsed JSON ``data``, refusing wrong types."""
+        hook = self._structure.get(cls)
+        if hook is None:
+            hook = self._structure[cls] = self._converter.get_structure_hook(cls)
+        if not isinstance(data, dict):
+            raise DecodeError(f"{name}: payload must be a JSON object", command_name=name)
+        try:
+            return hook(data)
+        except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+            detail = "; ".join(cattrs.transform_error(exc)) if isinstance(
+                exc, cattrs.BaseValidationError
+            ) else str(exc)
+            raise DecodeError(f"{name}: {detail}", command_name=name) from exc
+
+
+def validate(cmd: object, state: Any) -> None:
+    """Run a command's optional ``validate(state)``."""
+    check = getattr(cmd, "validate", None)
+    if check is not None:
+        cast("_Validating", cmd).validate(state)
+
+
+def registered_names(classes: Iterable[type[Any]]) -> list[str]:
+    return sorted(command_name(cls) for cls in classes)

@@ -1,0 +1,107 @@
+"""What handlers and periodic work receive besides the command and the state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ._message import Message
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["HandlerContext", "PeriodicContext"]
+
+
+class HandlerContext:
+    """The message being handled and the ways a handler acts on the log.
+
+    ``emit(cmd)`` queues a command; it is appended in the same transaction that records
+    this message as handled, so it lands exactly once. During replay
+    (``is_replay=True``) ``emit`` does nothing: those commands are already in the log.
+    ``idempotency_key`` is stable across retries and restarts: pass it to external
+    services so that a repeated call has no second effect.
+    """
+
+    __slots__ = ("_log", "_rt", "attempt", "emitted", "is_replay", "message", "worker_name")
+
+    def __init__(
+        self, rt: Runtime, worker_name: str, message: Message, *, is_replay: bool, attempt: int
+    ) -> None:
+        self._rt = rt
+        self.worker_name = worker_name
+        self.message = message
+        self.is_replay = is_replay
+        self.attempt = attempt
+        self.emitted: list[tuple[str, bytes]] = []
+        self._log: structlog.typing.FilteringBoundLogger | None = None
+
+    def __repr__(self) -> str:
+        mode = "replay" if self.is_replay else f"live attempt={self.attempt}"
+        return (
+            f"<HandlerContext {self.worker_name!r} message={self.message.id} "
+            f"{self.message.name!r} {mode} emitted={len(self.emitted)}>"
+        )
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.worker_name}:{self.message.id}"
+
+    @property
+    def log(self) -> Any:
+        if self._log is None:
+            self._log = structlog.get_logger("petrock_trio.worker").bind(
+                worker_name=self.worker_name,
+                command_type=self.message.name,
+                message_id=self.message.id,
+                attempt=self.attempt,
+                is_replay=self.is_replay,
+            )
+        return self._log
+
+    def emit(self, cmd: object) -> None:
+        """Append ``cmd`` together with this message's position (no-op during replay).
+
+        Raises :class:`UnknownCommand`, :class:`PayloadTooLarge` or
+        :class:`ValidationError` at once, inside the handler, if ``cmd`` is not valid now.
+        """
+        if self.is_replay:
+            return
+        self.emitted.append(self._rt.encode_valid(cmd))
+
+    def now(self) -> datetime:
+        """The app's wall-clock time (a ``TrioWallClock`` under test)."""
+        return datetime.fromtimestamp(self._rt.clock(), UTC)
+
+
+class PeriodicContext:
+    """What periodic work receives: emit, a bound logger, the run number and the time."""
+
+    __slots__ = ("_log", "_rt", "emitted", "run", "worker_name")
+
+    def __init__(self, rt: Runtime, worker_name: str, run: int) -> None:
+        self._rt = rt
+        self.worker_name = worker_name
+        self.run = run
+        self.emitted: list[tuple[str, bytes]] = []
+        self._log: Any = None
+
+    def __repr__(self) -> str:
+        return f"<PeriodicContext {self.worker_name!r} run={self.run} emitted={len(self.emitted)}>"
+
+    @property
+    def log(self) -> Any:
+        if self._log is None:
+            self._log = structlog.get_logger("petrock_trio.worker").bind(
+                worker_name=self.worker_name, command_type="periodic", run=self.run
+            )
+        return self._log
+
+    def emit(self, cmd: object) -> None:
+        """Append ``cmd`` when this run finishes without error (all of the run's emits together)."""
+        self.emitted.append(self._rt.encode_valid(cmd))
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._rt.clock(), UTC)

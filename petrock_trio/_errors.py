@@ -1,0 +1,125 @@
+"""Every error petrock_trio raises on purpose.
+
+The hierarchy::
+
+    PetrockError
+     ├── CommandError                   a command cannot be accepted; nothing was appended
+     │    ├── UnknownCommand (LookupError)      no class is registered under that name
+     │    ├── DecodeError (ValueError)          a payload does not decode into its class
+     │    ├── ValidationError (ValueError)      the command is invalid against current state
+     │    └── PayloadTooLarge (ValueError)      the encoded payload exceeds the limit
+     ├── HandlerError                   raised *by* handlers to steer retries
+     │    ├── Permanent                         do not retry; dead-letter at once
+     │    └── Retry                             retry after `delay`, no error-level log
+     ├── HandlerTimeout (TimeoutError)  a handler or periodic run overran its timeout
+     ├── ServiceUnavailable             an external service's circuit is open
+     ├── StoreError                     the database failed; wraps the driver's error
+     ├── NotRunning (RuntimeError)      the app is not serving (not started, or stopping)
+     └── ConfigurationError (ValueError)   a worker, command or app is set up wrongly
+
+All are ``Exception`` subclasses: none of them must slip past ``except Exception``,
+which is reserved for trio's ``Cancelled`` and ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CommandError",
+    "ConfigurationError",
+    "DecodeError",
+    "HandlerError",
+    "HandlerTimeout",
+    "NotRunning",
+    "PayloadTooLarge",
+    "Permanent",
+    "PetrockError",
+    "Retry",
+    "ServiceUnavailable",
+    "StoreError",
+    "UnknownCommand",
+    "ValidationError",
+]
+
+
+class PetrockError(Exception):
+    """Base class of every error raised by petrock_trio."""
+
+
+class ConfigurationError(PetrockError, ValueError):
+    """A worker, a command class or the app is set up in a way that cannot work."""
+
+
+class CommandError(PetrockError):
+    """A command was refused; nothing was appended to the log.
+
+    ``command_name`` names the command when it is known.
+    """
+
+    def __init__(self, message: str, *, command_name: str | None = None) -> None:
+        super().__init__(message)
+        self.command_name = command_name
+
+
+class UnknownCommand(CommandError, LookupError):
+    """No command class is registered under this name."""
+
+
+class DecodeError(CommandError, ValueError):
+    """A payload does not decode into its command class (bad JSON, wrong types, missing fields)."""
+
+
+class ValidationError(CommandError, ValueError):
+    """A command's ``validate(state)`` refused it against the current state."""
+
+
+class PayloadTooLarge(CommandError, ValueError):
+    """The encoded payload is larger than the app's ``max_payload_bytes``."""
+
+
+class HandlerError(PetrockError):
+    """Base class of the exceptions handlers raise to steer their own retries."""
+
+
+class Permanent(HandlerError):
+    """Raise from a handler: this message can never succeed; dead-letter it without retrying."""
+
+
+class Retry(HandlerError):
+    """Raise from a handler: try this message again after ``delay`` seconds.
+
+    It counts as an attempt but is logged at info level, not as an error: use it for
+    expected, transient conditions (a resource that is not ready yet).
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class HandlerTimeout(PetrockError, TimeoutError):
+    """A handler or a periodic run did not finish within its timeout."""
+
+    def __init__(self, worker: str, timeout: float, what: str) -> None:
+        super().__init__(f"{what} of worker {worker!r} timed out after {timeout:g} s")
+        self.worker = worker
+        self.timeout = timeout
+        self.what = what
+
+
+class ServiceUnavailable(PetrockError):
+    """An external service's circuit is open; the call was not attempted."""
+
+    def __init__(self, service: str, retry_after: float | None = None) -> None:
+        detail = f"; retry in {retry_after:g} s" if retry_after is not None else ""
+        super().__init__(f"external service {service!r} is unavailable{detail}")
+        self.service = service
+        self.retry_after = retry_after
+
+
+class StoreError(PetrockError):
+    """The database failed; ``__cause__`` holds the driver's exception."""
+
+
+class NotRunning(PetrockError, RuntimeError):
+    """The app is not serving: ``serve`` has not started it yet, or it is shutting down."""

@@ -1,0 +1,147 @@
+"""Old-style workers (start / replay / work / stop), run beside pattern workers on a tick.
+
+This is the shape of Petrock's ``Worker`` interface: the worker owns its loop over the
+log, its position and its context. petrock_trio runs such workers unchanged so that a
+feature can migrate one worker at a time; new workers should be ``PatternWorker``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+import structlog
+import trio
+
+from ._health import Health, HealthReport
+from ._metrics import MetricsRecorder, WorkerMetrics
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._runtime import Runtime
+
+__all__ = ["LegacyWorker", "WorkerInfo"]
+
+_log = structlog.get_logger("petrock_trio.worker")
+
+
+@attrs.frozen
+class WorkerInfo:
+    name: str
+    description: str = ""
+
+
+@runtime_checkable
+class LegacyWorker(Protocol):
+    """The old worker interface: the engine calls these; the worker does the rest."""
+
+    def info(self) -> WorkerInfo: ...
+
+    async def start(self, app: App) -> None: ...
+
+    async def replay(self) -> None: ...
+
+    async def work(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class LegacyRunner:
+    """Runs one :class:`LegacyWorker`: start, replay, then ``work()`` every ``tick`` seconds."""
+
+    def __init__(self, worker: LegacyWorker, *, tick: float = 1.0, timeout: float = 30.0) -> None:
+        self.worker = worker
+        info = worker.info()
+        self.name = info.name
+        self.description = info.description
+        self.tick = tick
+        self.timeout = timeout
+        self._metrics = MetricsRecorder()
+        self._rt: Runtime | None = None
+        self._crashed: str | None = None
+        self._stop_scope: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<LegacyRunner {self.name!r} tick={self.tick} worker={self.worker!r}>"
+
+    @property
+    def position(self) -> int:
+        return int(getattr(self.worker, "last_processed_id", 0))
+
+    def metrics(self) -> WorkerMetrics:
+        head = self._rt.log.head.value if self._rt is not None else self.position
+        return self._metrics.snapshot(position=self.position, head=head)
+
+    def health(self) -> HealthReport:
+        if self._crashed is not None:
+            return HealthReport(Health.UNHEALTHY, (f"worker crashed: {self._crashed}",))
+        if self._rt is not None:
+            _, errors = self._metrics.rates(trio.current_time())
+            if errors >= 1:
+                return HealthReport(Health.DEGRADED, (f"error rate {errors:.1f}/min",))
+        return HealthReport(Health.HEALTHY)
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": "legacy", "description": self.description, "tick": self.tick}
+
+    def _prepare(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._metrics = MetricsRecorder()
+
+    def _stop(self) -> None:
+        if self._stop_scope is not None:
+            self._stop_scope.cancel()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start, replay, tick; never returns unless cancelled or stopped.
+
+        Error handling: an error from ``work()`` is logged and counted; the next tick
+        runs as usual. An error from ``start()`` or ``replay()`` marks it unhealthy.
+        """
+        rt = self._rt
+        assert rt is not None
+        try:
+            try:
+                await self.worker.start(rt.app)
+                await self.worker.replay()
+            except Exception as exc:
+                self._crashed = repr(exc)
+                _log.exception("petrock.worker_crashed", worker_name=self.name, error_details=repr(exc))
+                task_status.started()
+                return
+            task_status.started()
+            while not rt.stopping.is_set():
+                # Only the wait between ticks is interrupted by graceful shutdown; a
+                # running work() finishes (serve cancels it when the grace runs out).
+                with trio.CancelScope() as self._stop_scope:
+                    await trio.sleep(self.tick)
+                if self._stop_scope.cancelled_caught:
+                    break
+                await self._tick()
+        finally:
+            self._stop_scope = None
+            with trio.CancelScope(shield=True), trio.move_on_after(self.timeout):
+                try:
+                    await self.worker.stop()
+                except Exception as exc:  # noqa: BLE001 - shutdown goes on
+                    _log.warning("petrock.worker_stop_failed", worker_name=self.name, error_details=repr(exc))
+            self._rt = None
+
+    async def _tick(self) -> None:
+        started = trio.current_time()
+        error: Exception | None = None
+        with trio.move_on_after(self.timeout) as scope:
+            try:
+                await self.worker.work()
+            except Exception as exc:  # noqa: BLE001 - counted and logged
+                error = exc
+        now = trio.current_time()
+        if scope.cancelled_caught:
+            error = TimeoutError(f"work() took longer than {self.timeout:g} s")
+        self._metrics.periodic_runs += 1
+        if error is None:
+            self._metrics.handled(now, now - started)
+            return
+        self._metrics.periodic_failures += 1
+        self._metrics.failure(now, repr(error))
+        _log.error("petrock.legacy_work_failed", worker_name=self.name, error_details=repr(error))

@@ -1,0 +1,144 @@
+"""The message log: a typed facade over the store, with group commit and a live head."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+from trio_util import AsyncValue
+
+from ._clock import WallClock
+from ._commands import CommandRegistry
+from ._errors import PetrockError
+from ._message import Message, Row
+from .stores import Commit, Store
+
+__all__ = ["MessageLog"]
+
+
+@attrs.define
+class _Pending:
+    commit: Commit
+    done: trio.Event = attrs.field(factory=trio.Event)
+    rows: list[Row] | None = None
+    error: BaseException | None = None
+
+
+class MessageLog:
+    """Append and read commands; ``head`` is the id of the last committed message.
+
+    ``head`` is a ``trio_util.AsyncValue``: followers ``await head.wait_value(...)``
+    instead of polling. While :meth:`run_writer` runs, concurrent commits are grouped
+    into one transaction (group commit); otherwise each commit is its own transaction.
+    """
+
+    def __init__(self, store: Store, registry: CommandRegistry, clock: WallClock) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.head: AsyncValue[int] = AsyncValue(0)
+        self._queue: trio.MemorySendChannel[_Pending] | None = None
+        self._batches = 0
+
+    def __repr__(self) -> str:
+        return f"<MessageLog {self.store.url!r} head={self.head.value}>"
+
+    async def open(self) -> None:
+        self.head.value = await self.store.open()
+
+    async def commit(self, commit: Commit) -> list[Row]:
+        """Write ``commit`` atomically; return the rows it appended."""
+        if self._queue is None:
+            (rows,) = await self.store.commit_many([commit])
+            self._published(rows)
+            return rows
+        pending = _Pending(commit)
+        self._queue.send_nowait(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.rows is not None
+        return pending.rows
+
+    def new_commit(
+        self, cmds: Sequence[Any] = (), *, encoded: Sequence[tuple[str, bytes]] = (), **kw: Any
+    ) -> Commit:
+        appends = [*encoded, *(self.registry.encode(c) for c in cmds)]
+        return Commit(appends=appends, timestamp=self.clock(), **kw)
+
+    async def append(self, *cmds: Any) -> list[Message]:
+        """Append commands without validation (workers and tools; apps use ``execute``)."""
+        rows = await self.commit(self.new_commit(cmds))
+        return [Message.from_row(r, c) for r, c in zip(rows, cmds, strict=True)]
+
+    async def read_after(self, after: int, limit: int = 1000) -> list[Message]:
+        """Decoded messages after ``after``; raises on a row that does not decode."""
+        rows = await self.store.read_after(after, limit)
+        return [Message.from_row(r, self.registry.decode(r.name, r.payload)) for r in rows]
+
+    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Group-commit loop; never returns unless cancelled.
+
+        Error handling: a failed batch is retried commit by commit so that one bad
+        commit fails only its own caller.
+        """
+        send, receive = trio.open_memory_channel[_Pending](math.inf)
+        self._queue = send
+        try:
+            task_status.started()
+            async with receive:
+                async for first in receive:
+                    batch = [first]
+                    while True:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    await self._write_batch(batch)
+        finally:
+            self._queue = None
+            self._fail_queued(receive)
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        self._batches += 1
+        try:
+            results = await self.store.commit_many([p.commit for p in batch])
+        except PetrockError as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+                batch[0].done.set()
+                return
+            for pending in batch:
+                await self._write_batch([pending])
+            return
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): whether the transaction landed is unknown,
+            # so callers are not told it failed; they are woken to unwind with the app.
+            for pending in batch:
+                pending.error = PetrockError("the log writer was interrupted")
+                pending.done.set()
+            raise
+        for pending, rows in zip(batch, results, strict=True):
+            pending.rows = rows
+            self._published(rows)
+            pending.done.set()
+
+    def _fail_queued(self, receive: trio.MemoryReceiveChannel[_Pending]) -> None:
+        while True:
+            try:
+                pending = receive.receive_nowait()
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                return
+            pending.error = PetrockError("the log writer stopped before this commit was written")
+            pending.done.set()
+
+    def _published(self, rows: list[Row]) -> None:
+        if rows and rows[-1].id > self.head.value:
+            self.head.value = rows[-1].id
+
+    @property
+    def batches(self) -> int:
+        return self._batches

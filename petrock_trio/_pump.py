@@ -1,0 +1,182 @@
+"""The log pump: one task reads each new message once and fans pages out to feeds."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection
+
+import trio
+from trio_util import AsyncValue
+
+from ._log import MessageLog
+from ._message import Page
+
+__all__ = ["Feed", "LogPump"]
+
+
+class Feed:
+    """One subscriber's view of the log, in id order, with no gaps and no repeats.
+
+    While attached, the pump sends it every page that routes one of its names (one
+    channel operation per page) and moves its position past pages that route nothing.
+    When its channel is full the pump detaches it rather than wait: it then reads what
+    it missed from the pump's recent pages or from the store, and re-attaches once it
+    reaches the pump. ``position`` is the last id this subscriber has fully handled.
+    """
+
+    def __init__(
+        self, pump: LogPump, name: str, routes: Collection[str] | None, position: int, capacity: int
+    ) -> None:
+        self.pump = pump
+        self.name = name
+        self.routes: frozenset[str] | None = None if routes is None else frozenset(routes)
+        self.position: AsyncValue[int] = AsyncValue(position)
+        self.attached = False
+        self.detaches = 0
+        self._send, self._receive = trio.open_memory_channel[Page](capacity)
+        self._idle = False
+        self._skip_to = position
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return f"<Feed {self.name!r} {state} position={self.position.value}>"
+
+    # --- called by the pump, synchronously -------------------------------------------
+
+    def _offer(self, page: Page) -> bool:
+        """Deliver ``page`` if it routes anything here; False when the feed must detach."""
+        if not page.routes_any(self.routes):
+            if self._idle:
+                self.advance(page.last)
+            else:
+                self._skip_to = max(self._skip_to, page.last)
+            return True
+        try:
+            self._send.send_nowait(page)
+        except trio.WouldBlock:
+            return False
+        self._skip_to = max(self._skip_to, page.last)
+        return True
+
+    # --- called by the subscriber -----------------------------------------------------
+
+    def advance(self, position: int) -> None:
+        if position > self.position.value:
+            self.position.value = position
+
+    async def next_page(self) -> Page:
+        """The next page to handle; routed rows after ``position`` are all that matter."""
+        while True:
+            try:
+                return self._receive.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            # Channel empty and nothing in hand: every page sent has been handled, so
+            # pages skipped since then are done too.
+            self.advance(self._skip_to)
+            if self.attached:
+                self._idle = True
+                try:
+                    return await self._receive.receive()
+                finally:
+                    self._idle = False
+            if self.pump.try_attach(self):
+                continue
+            page = self.pump.recent_page(self.position.value)
+            if page is None:
+                page = await self.pump.read_page(self.position.value, self.routes)
+            await trio.lowlevel.checkpoint()
+            return page
+
+    def close(self) -> None:
+        self.pump.detach(self)
+        self._send.close()
+
+
+class LogPump:
+    """Reads each new message once, in pages, and offers every page to attached feeds.
+
+    Never blocks on a slow feed; idles while no feed is attached, since nobody would
+    use what it read.
+    """
+
+    def __init__(self, log: MessageLog, *, page_size: int = 1000, recent_pages: int = 32) -> None:
+        self.log = log
+        self.page_size = page_size
+        self.position: AsyncValue[int] = AsyncValue(0)
+        self._feeds: list[Feed] = []
+        self._attached: dict[Feed, None] = {}
+        self._any_attached: AsyncValue[int] = AsyncValue(0)
+        self._recent: deque[Page] = deque(maxlen=recent_pages)
+        self.pages_read = 0
+        self.rows_read = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<LogPump position={self.position.value} feeds={len(self._feeds)} "
+            f"attached={len(self._attached)}>"
+        )
+
+    def feed(self, name: str, routes: Collection[str] | None, position: int, capacity: int = 16) -> Feed:
+        """A new feed starting after ``position``; call before :meth:`run` starts."""
+        feed = Feed(self, name, routes, position, capacity)
+        self._feeds.append(feed)
+        return feed
+
+    def try_attach(self, feed: Feed) -> bool:
+        if feed.position.value < self.position.value:
+            return False
+        feed.attached = True
+        self._attached[feed] = None
+        self._any_attached.value = len(self._attached)
+        return True
+
+    def detach(self, feed: Feed) -> None:
+        if feed.attached:
+            feed.attached = False
+            feed.detaches += 1
+            self._attached.pop(feed, None)
+            self._any_attached.value = len(self._attached)
+
+    def recent_page(self, after: int) -> Page | None:
+        for page in self._recent:
+            if page.after <= after < page.last:
+                return page
+        return None
+
+    async def read_page(self, after: int, names: Collection[str] | None = None) -> Page:
+        """A page read from the store, up to the pump's position (for detached feeds)."""
+        upto = self.position.value
+        rows = await self.log.store.read_after(
+            after, self.page_size, upto=upto, names=None if names is None else sorted(names)
+        )
+        last = rows[-1].id if len(rows) == self.page_size else upto
+        return Page(after, last, rows)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the log; never returns unless cancelled."""
+        start = min((f.position.value for f in self._feeds), default=self.log.head.value)
+        self.position.value = start
+        for feed in self._feeds:
+            self.try_attach(feed)
+        task_status.started()
+        head = self.log.head
+        store = self.log.store
+        while True:
+            position = self.position.value
+            if head.value <= position:
+                await head.wait_value(lambda h: h > position)
+            if not self._attached:
+                await self._any_attached.wait_value(lambda n: n > 0)
+                continue
+            upto = head.value
+            rows = await store.read_after(position, self.page_size, upto=upto)
+            last = rows[-1].id if len(rows) == self.page_size else upto
+            page = Page(position, last, rows)
+            self.pages_read += 1
+            self.rows_read += len(rows)
+            self._recent.append(page)
+            for feed in list(self._attached):
+                if not feed._offer(page):  # noqa: SLF001 - the pump and its feeds are one unit
+                    self.detach(feed)
+            self.position.value = last

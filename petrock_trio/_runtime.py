@@ -1,0 +1,108 @@
+"""What one run of ``serve`` shares between the app, the pump and the workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._clock import WallClock
+from ._commands import CommandRegistry
+from ._log import MessageLog
+from ._pump import Feed, LogPump
+
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["PositionFlusher", "Runtime"]
+
+
+class PositionFlusher:
+    """Commits the positions of messages that emitted nothing, in groups.
+
+    A message with emits commits its position at once, with its emits. The others only
+    move a feed's position in memory; this task writes every moved position in one
+    transaction ``interval`` seconds after the first move (or at once after
+    ``max_pending`` moves), and once more at shutdown. A crash in between re-handles
+    at most those messages, which emitted nothing.
+    """
+
+    def __init__(self, log: MessageLog, *, interval: float = 0.2, max_pending: int = 10_000) -> None:
+        self.log = log
+        self.interval = interval
+        self.max_pending = max_pending
+        self.feeds: dict[str, Feed] = {}
+        self.saved: dict[str, int] = {}
+        self._dirty = trio.Event()
+        self._pending = 0
+        self._urgent = trio.Event()
+        self.flushes = 0
+
+    def touch(self, moved: int = 1) -> None:
+        self._pending += moved
+        self._dirty.set()
+        if self._pending >= self.max_pending:
+            self._urgent.set()
+
+    def committed(self, worker: str, position: int) -> None:
+        """A commit with emits already wrote ``position`` for ``worker``."""
+        if position > self.saved.get(worker, 0):
+            self.saved[worker] = position
+
+    def changes(self) -> dict[str, int]:
+        return {
+            name: feed.position.value
+            for name, feed in self.feeds.items()
+            if feed.position.value > self.saved.get(name, 0)
+        }
+
+    async def flush(self) -> None:
+        changes = self.changes()
+        self._pending = 0
+        if not changes:
+            return
+        await self.log.commit(self.log.new_commit(positions=changes))
+        self.saved.update(changes)
+        self.flushes += 1
+
+    async def flush_direct(self) -> None:
+        """Flush straight through the store, bypassing group commit (used at shutdown,
+        when the writer task may already be cancelled)."""
+        changes = self.changes()
+        if changes:
+            await self.log.store.commit_many([self.log.new_commit(positions=changes)])
+            self.saved.update(changes)
+
+    async def run(self) -> None:
+        """Never returns unless cancelled."""
+        while True:
+            await self._dirty.wait()
+            with trio.move_on_after(self.interval):
+                await self._urgent.wait()
+            self._dirty = trio.Event()
+            self._urgent = trio.Event()
+            await self.flush()
+
+
+@attrs.define(eq=False)
+class Runtime:
+    """Services of one serving app, handed to workers when they start."""
+
+    app: App
+    log: MessageLog
+    pump: LogPump
+    flusher: PositionFlusher
+    saved_positions: dict[str, int]
+    dead_letter_ids: dict[str, set[int]]
+    encode_valid: Callable[[Any], tuple[str, bytes]]
+    stopping: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def registry(self) -> CommandRegistry:
+        return self.log.registry
+
+    @property
+    def clock(self) -> WallClock:
+        return self.log.clock

@@ -1,0 +1,124 @@
+"""serve(app): one root nursery holding the writer, the pump, the projection and the workers."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import structlog
+import trio
+
+from ._app import App
+from ._log import MessageLog
+from ._pump import LogPump
+from ._runtime import PositionFlusher, Runtime
+from .stores import open_store
+
+__all__ = ["serve"]
+
+_log = structlog.get_logger("petrock_trio")
+
+
+async def serve(
+    app: App,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``app`` until cancelled, ``app.stop()``, or SIGINT/SIGTERM.
+
+    ``task_status.started()`` is called once every worker has replayed its saved
+    position and the state projection has applied the log, so ``await
+    nursery.start(serve, app)`` returns an app ready for ``execute``.
+
+    Shutdown (signal or ``app.stop()``) is graceful: new commands are refused, waits
+    end, running handlers get ``app.shutdown_grace`` seconds to finish, positions are
+    committed and the store is closed. Cancelling the caller's scope is the hard stop:
+    running handlers are cancelled (their messages are handled again next time), and
+    positions are still committed.
+
+    Error handling: handler and periodic errors never reach here; a failing store
+    raises :class:`StoreError` out of ``serve``.
+    """
+    store = open_store(app.database, synchronous=app.synchronous)
+    log = MessageLog(store, app.registry, app.clock)
+    await log.open()
+    try:
+        positions = await store.positions()
+        letters: dict[str, set[int]] = {}
+        for letter in await store.dead_letters():
+            letters.setdefault(letter.worker, set()).add(letter.message_id)
+        pump = LogPump(log, page_size=app.page_size)
+        flusher = PositionFlusher(log, interval=app.position_flush_interval)
+        rt = Runtime(
+            app=app,
+            log=log,
+            pump=pump,
+            flusher=flusher,
+            saved_positions=positions,
+            dead_letter_ids=letters,
+            encode_valid=app.encode_valid,
+        )
+        app.projection._prepare(rt)  # noqa: SLF001 - serve drives the app's parts
+        for worker in app.workers.values():
+            worker._prepare(rt)  # noqa: SLF001
+        async with trio.open_nursery() as root:
+            await root.start(log.run_writer)
+            try:
+                async with trio.open_nursery() as engine:
+                    await engine.start(pump.run)
+                    engine.start_soon(flusher.run)
+                    if handle_signals and threading.current_thread() is threading.main_thread():
+                        engine.start_soon(_watch_signals, app, engine.cancel_scope)
+                    await engine.start(_run_workers, app, rt, engine.cancel_scope)
+                    app._rt = rt  # noqa: SLF001
+                    _log.info(
+                        "petrock.serving",
+                        database=app.database,
+                        head=log.head.value,
+                        workers=len(app.workers),
+                    )
+                    task_status.started()
+            finally:
+                app._rt = None  # noqa: SLF001
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await flusher.flush_direct()
+                root.cancel_scope.cancel()
+    finally:
+        app._rt = None  # noqa: SLF001
+        await store.aclose()
+    _log.info("petrock.stopped", database=app.database, head=log.head.value)
+
+
+async def _run_workers(
+    app: App,
+    rt: Runtime,
+    engine: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    parts: list[Any] = [app.projection, *app.workers.values()]
+    async with trio.open_nursery() as nursery:
+        # Start every part concurrently: the pump feeds them all while they replay.
+        async with trio.open_nursery() as starting:
+            for part in parts:
+                starting.start_soon(nursery.start, part._run)  # noqa: SLF001
+        task_status.started()
+        await rt.stopping.wait()
+        _log.info("petrock.stopping", grace=app.shutdown_grace)
+        for part in parts:
+            part._stop()  # noqa: SLF001
+        nursery.cancel_scope.deadline = trio.current_time() + app.shutdown_grace
+    engine.cancel()
+
+
+async def _watch_signals(app: App, engine: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if app._rt is not None and not app._rt.stopping.is_set():  # noqa: SLF001
+                _log.info("petrock.signal", signal=signal.Signals(signum).name)
+                app.stop()
+            else:
+                engine.cancel()  # a second signal: stop now
+                return

@@ -1,0 +1,173 @@
+"""External services behind a circuit breaker, so their failures degrade instead of crash."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import attrs
+import structlog
+import trio
+
+from ._errors import ConfigurationError, ServiceUnavailable
+
+__all__ = ["Circuit", "ExternalService", "ServiceStatistics"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_log = structlog.get_logger("petrock_trio.service")
+
+
+class Circuit(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@attrs.frozen
+class ServiceStatistics:
+    name: str
+    circuit: Circuit
+    calls: int
+    failures: int
+    rejected: int
+    consecutive_failures: int
+    opened: int
+    retry_after: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        data = attrs.asdict(self)
+        data["circuit"] = self.circuit.value
+        return data
+
+
+class ExternalService:
+    """A dependency that can fail, such as an HTTP API, with a circuit breaker.
+
+    After ``failure_threshold`` consecutive failures the circuit opens: calls raise
+    :class:`ServiceUnavailable` at once, without touching the service, for
+    ``reset_timeout`` seconds (Trio's clock). Then it is half-open: one call goes
+    through as a probe; success closes the circuit, failure opens it again. Failures
+    are exceptions of the types in ``failures`` (cancellation never counts), and calls
+    that take longer than ``timeout`` seconds when one is given.
+
+    Workers that declare the service (``PatternWorker(services=[...])``) skip periodic
+    work while it is open, retry handlers later without burning attempts, and report
+    degraded health naming it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        timeout: float | None = None,
+        failures: tuple[type[BaseException], ...] = (Exception,),
+    ) -> None:
+        if failure_threshold < 1 or reset_timeout < 0:
+            raise ConfigurationError("failure_threshold must be >= 1 and reset_timeout >= 0")
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.timeout = timeout
+        self.failures = failures
+        self._consecutive = 0
+        self._opened_at: float | None = None
+        self._probing = False
+        self._calls = 0
+        self._failed = 0
+        self._rejected = 0
+        self._opened = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<ExternalService {self.name!r} {self._circuit_name()} "
+            f"consecutive_failures={self._consecutive}>"
+        )
+
+    def _circuit_name(self) -> str:
+        try:
+            return self.circuit.value
+        except RuntimeError:  # outside trio: no clock to compare against
+            return "open" if self._opened_at is not None else "closed"
+
+    @property
+    def circuit(self) -> Circuit:
+        if self._opened_at is None:
+            return Circuit.CLOSED
+        if trio.current_time() >= self._opened_at + self.reset_timeout:
+            return Circuit.HALF_OPEN
+        return Circuit.OPEN
+
+    @property
+    def available(self) -> bool:
+        """False while calls would be rejected (open, or half-open with a probe in flight)."""
+        circuit = self.circuit
+        return circuit is Circuit.CLOSED or (circuit is Circuit.HALF_OPEN and not self._probing)
+
+    def retry_after(self) -> float | None:
+        """Seconds until the circuit lets a probe through; ``None`` when closed."""
+        if self._opened_at is None:
+            return None
+        return max(0.0, self._opened_at + self.reset_timeout - trio.current_time())
+
+    async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``await fn(*args, **kwargs)`` through the breaker; raises ServiceUnavailable when open."""
+        circuit = self.circuit
+        probe = circuit is Circuit.HALF_OPEN
+        if circuit is Circuit.OPEN or (probe and self._probing):
+            self._rejected += 1
+            raise ServiceUnavailable(self.name, self.retry_after())
+        self._calls += 1
+        self._probing = probe
+        try:
+            if self.timeout is None:
+                result = await fn(*args, **kwargs)
+            else:
+                with trio.fail_after(self.timeout):
+                    result = await fn(*args, **kwargs)
+        except self.failures as exc:
+            self._record_failure(exc)
+            raise
+        except trio.TooSlowError as exc:
+            self._record_failure(exc)
+            raise
+        finally:
+            self._probing = False
+        self._record_success()
+        return result
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self._failed += 1
+        self._consecutive += 1
+        if self._opened_at is not None or self._consecutive >= self.failure_threshold:
+            if self._opened_at is None:
+                self._opened += 1
+                _log.warning(
+                    "petrock.circuit_opened",
+                    service=self.name,
+                    error_details=repr(exc),
+                    reset_timeout=self.reset_timeout,
+                )
+            self._opened_at = trio.current_time()
+
+    def _record_success(self) -> None:
+        if self._opened_at is not None:
+            _log.info("petrock.circuit_closed", service=self.name)
+        self._consecutive = 0
+        self._opened_at = None
+
+    def statistics(self) -> ServiceStatistics:
+        return ServiceStatistics(
+            name=self.name,
+            circuit=self.circuit,
+            calls=self._calls,
+            failures=self._failed,
+            rejected=self._rejected,
+            consecutive_failures=self._consecutive,
+            opened=self._opened,
+            retry_after=self.retry_after(),
+        )

@@ -1,0 +1,633 @@
+"""PatternWorker: declare handlers by command name; the engine runs everything else."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar, overload
+
+import attrs
+import structlog
+import trio
+
+from ._context import HandlerContext, PeriodicContext
+from ._errors import (
+    ConfigurationError,
+    HandlerTimeout,
+    NotRunning,
+    Permanent,
+    Retry,
+    ServiceUnavailable,
+)
+from ._health import Health, HealthReport, HealthThresholds
+from ._message import Page, Row
+from ._metrics import MetricsRecorder, WorkerMetrics
+from ._pump import Feed
+from ._retry import Backoff
+from ._runtime import Runtime
+from ._services import ExternalService
+from .stores import DeadLetterRecord
+
+__all__ = ["Handler", "PatternWorker", "PeriodicWork", "WorkerStatistics"]
+
+S = TypeVar("S")
+Handler = Callable[[HandlerContext, Any, Any], Awaitable[None]]
+PeriodicWork = Callable[[PeriodicContext, Any], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+
+_log = structlog.get_logger("petrock_trio.worker")
+
+
+@attrs.frozen
+class _Route:
+    name: str
+    handler: Handler
+    timeout: float | None
+    retry: Backoff | None
+
+
+@attrs.frozen
+class _Periodic:
+    work: PeriodicWork
+    interval: float
+    timeout: float | None
+
+
+@attrs.frozen
+class WorkerStatistics:
+    """What a worker is doing right now."""
+
+    running: bool
+    live: bool
+    position: int
+    in_flight: int
+    retrying_message: int | None
+    retry_attempt: int
+    detaches: int
+    crashes: int
+
+
+class _Stop(Exception):  # noqa: N818 - internal unwinding signal, never escapes the worker
+    """Graceful shutdown interrupted a wait; leave without committing the current message."""
+
+
+class _RedriveRequest:
+    def __init__(self, message_id: int) -> None:
+        self.message_id = message_id
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
+class PatternWorker(Generic[S]):
+    """A background worker declared by command patterns.
+
+    Handlers are ``async def handler(ctx, cmd, state)``; periodic work is
+    ``async def work(ctx, state)``. Handlers and periodic work of one worker never run
+    at the same time, so they share ``state`` without locks.
+
+    On start the worker replays messages up to its saved position with
+    ``ctx.is_replay=True`` (emits suppressed) to rebuild ``state``, then handles later
+    messages live, one at a time in id order. A live handler that raises or overruns
+    its timeout is retried with ``retry`` backoff and dead-lettered after
+    ``retry.max_attempts``. With ``replay=False`` the rebuild is skipped.
+
+    When the worker is served again (a restart in the same process), ``state`` starts
+    again from a deep copy of the state it was constructed with.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        description: str = "",
+        state: S = None,  # type: ignore[assignment]
+        *,
+        handler_timeout: float = 5.0,
+        periodic_timeout: float = 30.0,
+        retry: Backoff | None = None,
+        replay: bool = True,
+        services: Iterable[ExternalService] = (),
+        health: HealthThresholds | None = None,
+        page_capacity: int = 16,
+    ) -> None:
+        if not name or not name.strip():
+            raise ConfigurationError("a worker needs a name")
+        self.name = name
+        self.description = description
+        self.state: S = state
+        self._initial_state = copy.deepcopy(state)
+        self.handler_timeout = handler_timeout
+        self.periodic_timeout = periodic_timeout
+        self.retry = retry or Backoff()
+        self.replay = replay
+        self.services: tuple[ExternalService, ...] = tuple(services)
+        self.thresholds = health or HealthThresholds()
+        self.page_capacity = page_capacity
+        self._routes: dict[str, _Route] = {}
+        self._periodic: _Periodic | None = None
+        self._metrics = MetricsRecorder()
+        self._rt: Runtime | None = None
+        self._feed: Feed | None = None
+        self._lock = trio.Lock()
+        self._wait_scopes: set[trio.CancelScope] = set()
+        self._runs = 0
+        self._live = False
+        self._crashed: str | None = None
+        self._crashes = 0
+        self._in_flight = 0
+        self._retrying: tuple[int, int] | None = None
+        self._redrive: trio.MemorySendChannel[_RedriveRequest] | None = None
+
+    def __repr__(self) -> str:
+        retrying = f" retrying={self._retrying[0]}" if self._retrying else ""
+        return (
+            f"<PatternWorker {self.name!r} routes={sorted(self._routes)} "
+            f"position={self.position} in_flight={self._in_flight}{retrying} "
+            f"state={self.state!r}>"
+        )
+
+    # --- declaration ------------------------------------------------------------------
+
+    @overload
+    def on_command(
+        self, name: str, handler: None = None, *, timeout: float | None = None, retry: Backoff | None = None
+    ) -> Callable[[H], H]: ...
+
+    @overload
+    def on_command(
+        self, name: str, handler: H, *, timeout: float | None = None, retry: Backoff | None = None
+    ) -> H: ...
+
+    def on_command(
+        self,
+        name: str,
+        handler: H | None = None,
+        *,
+        timeout: float | None = None,
+        retry: Backoff | None = None,
+    ) -> H | Callable[[H], H]:
+        """Route commands called ``name`` to ``handler`` (or use as a decorator)."""
+        if isinstance(name, type):
+            from ._commands import command_name  # noqa: PLC0415 - accepts a class too
+
+            name = command_name(name)
+
+        def register(fn: H) -> H:
+            if name in self._routes:
+                raise ConfigurationError(f"worker {self.name!r} already routes {name!r}")
+            if self._rt is not None:
+                raise ConfigurationError("routes cannot change while the worker runs")
+            self._routes[name] = _Route(name, fn, timeout, retry)
+            return fn
+
+        return register if handler is None else register(handler)
+
+    def set_periodic_work(
+        self, work: PeriodicWork, interval: float = 1.0, *, timeout: float | None = None
+    ) -> None:
+        """Run ``work(ctx, state)`` every ``interval`` seconds while the worker is live.
+
+        The first run starts as soon as the worker has replayed; later runs start
+        ``interval`` seconds after the previous start (a run that overruns delays the
+        next one, it never overlaps it). Skipped while a declared service is unavailable.
+        """
+        if interval <= 0:
+            raise ConfigurationError("interval must be positive")
+        self._periodic = _Periodic(work, interval, timeout)
+
+    @property
+    def routes(self) -> frozenset[str]:
+        return frozenset(self._routes)
+
+    # --- observation --------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        return self._feed.position.value if self._feed is not None else 0
+
+    def metrics(self) -> WorkerMetrics:
+        head = self._rt.log.head.value if self._rt is not None else self.position
+        return self._metrics.snapshot(position=self.position, head=head)
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(
+            running=self._rt is not None,
+            live=self._live,
+            position=self.position,
+            in_flight=self._in_flight,
+            retrying_message=self._retrying[0] if self._retrying else None,
+            retry_attempt=self._retrying[1] if self._retrying else 0,
+            detaches=self._feed.detaches if self._feed is not None else 0,
+            crashes=self._crashes,
+        )
+
+    def health(self) -> HealthReport:
+        t = self.thresholds
+        unhealthy: list[str] = []
+        degraded: list[str] = []
+        now = trio.current_time() if self._rt is not None else None
+        if self._crashed is not None:
+            unhealthy.append(f"worker task crashed: {self._crashed}")
+        if now is not None:
+            _, errors = self._metrics.rates(now)
+            if errors >= t.unhealthy_errors_per_minute:
+                unhealthy.append(f"error rate {errors:.1f}/min")
+            elif errors >= t.degraded_errors_per_minute:
+                degraded.append(f"error rate {errors:.1f}/min")
+            last = self._metrics.last_dead_letter_at
+            if last is not None and now - last < t.dead_letter_window:
+                degraded.append(f"dead-lettered a message {now - last:.0f} s ago")
+            for service in self.services:
+                if not service.available:
+                    degraded.append(f"external service {service.name!r} unavailable")
+            lag = self.metrics().lag
+            if lag > t.unhealthy_lag:
+                unhealthy.append(f"lag {lag}")
+            elif lag > t.degraded_lag:
+                degraded.append(f"lag {lag}")
+        if self._retrying is not None:
+            degraded.append(f"retrying message {self._retrying[0]} (attempt {self._retrying[1]})")
+        if unhealthy:
+            return HealthReport(Health.UNHEALTHY, tuple(unhealthy))
+        if degraded:
+            return HealthReport(Health.DEGRADED, tuple(degraded))
+        return HealthReport(Health.HEALTHY)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "kind": "pattern",
+            "description": self.description,
+            "routes": sorted(self._routes),
+            "periodic_interval": self._periodic.interval if self._periodic else None,
+            "services": [s.name for s in self.services],
+        }
+
+    # --- running (called by serve) -------------------------------------------------------
+
+    def _prepare(self, rt: Runtime) -> Feed:
+        if self._rt is not None:
+            raise ConfigurationError(f"worker {self.name!r} is already running")
+        if self._runs:
+            self.state = copy.deepcopy(self._initial_state)
+            self._metrics = MetricsRecorder()
+        self._runs += 1
+        self._rt = rt
+        self._crashed = None
+        self._live = False
+        saved = min(rt.saved_positions.get(self.name, 0), rt.log.head.value)
+        self._saved = saved
+        self._feed = rt.pump.feed(
+            self.name, self._routes, 0 if self.replay else saved, self.page_capacity
+        )
+        rt.flusher.feeds[self.name] = self._feed
+        rt.flusher.saved[self.name] = rt.saved_positions.get(self.name, 0)
+        return self._feed
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Replay, then handle live; never returns unless cancelled or stopped.
+
+        Error handling: handler errors are retried and dead-lettered, never raised. An
+        unexpected error in the engine's own loop marks the worker unhealthy, is logged,
+        and the loop restarts after a backoff from the last committed point.
+        """
+        rt = self._rt
+        assert rt is not None
+        send, receive = trio.open_memory_channel[_RedriveRequest](64)
+        self._redrive = send
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._supervise, rt)
+                if self._periodic is not None:
+                    nursery.start_soon(self._periodic_loop, rt, self._periodic)
+                nursery.start_soon(self._redrive_loop, rt, receive)
+                task_status.started()
+                await rt.stopping.wait()
+                # Waits end at once; a running handler or periodic run finishes first
+                # (serve cancels everything when the grace period runs out).
+                self._stop()
+        finally:
+            self._redrive = None
+            self._live = False
+            if self._feed is not None:
+                self._feed.close()
+            self._rt = None
+
+    async def _supervise(
+        self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        status: trio.TaskStatus[None] | None = task_status
+        backoff = Backoff(initial=1.0, max_delay=60.0)
+        while True:
+            try:
+                await self._message_loop(rt, status)
+            except _Stop:
+                return
+            except Exception as exc:  # an engine bug must not take the app down silently
+                self._crashes += 1
+                self._crashed = repr(exc)
+                _log.exception("petrock.worker_crashed", worker_name=self.name, error_details=repr(exc))
+                await self._interruptible(rt, trio.sleep(backoff.delay(min(self._crashes, 10))))
+                self._crashed = None
+                if self._live:
+                    status = None
+                continue
+            return
+
+    def _mark_live(self, status: trio.TaskStatus[None] | None) -> None:
+        if status is not None and not self._live:
+            self._live = True
+            status.started()
+
+    async def _message_loop(self, rt: Runtime, status: trio.TaskStatus[None] | None) -> None:
+        feed = self._feed
+        assert feed is not None
+        saved = self._saved
+        routes = self._routes
+        if feed.position.value >= saved:
+            self._mark_live(status)
+        while not rt.stopping.is_set():
+            page = await self._interruptible(rt, feed.next_page())
+            async with self._lock:
+                await self._handle_page(rt, feed, page, routes, saved, status)
+            feed.advance(page.last)
+            rt.flusher.touch()
+            if feed.position.value >= saved:
+                self._mark_live(status)
+
+    async def _handle_page(
+        self,
+        rt: Runtime,
+        feed: Feed,
+        page: Page,
+        routes: dict[str, _Route],
+        saved: int,
+        status: trio.TaskStatus[None] | None,
+    ) -> None:
+        for index in page.routed(routes, after=feed.position.value):
+            row = page.rows[index]
+            if row.id <= saved:
+                await self._replay_one(rt, page, index, row)
+            else:
+                self._mark_live(status)
+                await self._handle_live(rt, page, index, row)
+            feed.advance(row.id)
+
+    async def _replay_one(self, rt: Runtime, page: Page, index: int, row: Row) -> None:
+        if row.id in rt.dead_letter_ids.get(self.name, ()):
+            return  # it never took effect live, so it does not take effect in replay
+        try:
+            message = page.message(index, rt.registry)
+        except Exception:  # noqa: BLE001 - a bad row was dead-lettered when it was live
+            return
+        route = self._routes[row.name]
+        ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
+        timeout = route.timeout if route.timeout is not None else self.handler_timeout
+        with trio.move_on_after(timeout):
+            try:
+                await route.handler(ctx, message.command, self.state)
+            except Exception as exc:  # noqa: BLE001 - replay must go on; the live run decided
+                _log.warning(
+                    "petrock.replay_failed",
+                    worker_name=self.name,
+                    command_type=row.name,
+                    message_id=row.id,
+                    error_details=repr(exc),
+                )
+        self._metrics.replayed += 1
+
+    async def _handle_live(
+        self, rt: Runtime, page: Page, index: int, row: Row, *, redrive: bool = False
+    ) -> None:
+        """Handle one message until it succeeds or is dead-lettered."""
+        try:
+            message = page.message(index, rt.registry)
+        except Exception as exc:  # noqa: BLE001 - bad input in the log: dead-letter, go on
+            await self._dead_letter(rt, row, exc, attempts=1, first_failed_at=rt.clock())
+            return
+        route = self._routes[row.name]
+        policy = route.retry or self.retry
+        timeout = route.timeout if route.timeout is not None else self.handler_timeout
+        attempt = 1
+        first_failed_at: float | None = None
+        self._in_flight = 1
+        try:
+            while True:
+                ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
+                started = trio.current_time()
+                error: Exception | None = None
+                with trio.move_on_after(timeout) as scope:
+                    try:
+                        await route.handler(ctx, message.command, self.state)
+                    except Exception as exc:  # noqa: BLE001 - every handler failure is retried
+                        error = exc
+                if scope.cancelled_caught:
+                    error = HandlerTimeout(self.name, timeout, f"handler for {row.name!r}")
+                if error is None:
+                    try:
+                        await self._commit_success(rt, row, ctx, redrive=redrive)
+                    except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
+                        error = exc
+                    else:
+                        now = trio.current_time()
+                        self._metrics.handled(now, now - started)
+                        return
+                now = trio.current_time()
+                first_failed_at = first_failed_at or rt.clock()
+                delay = self._after_failure(row, error, attempt, policy, now)
+                if delay is None:
+                    await self._dead_letter(
+                        rt, row, error, attempts=attempt, first_failed_at=first_failed_at
+                    )
+                    return
+                self._retrying = (row.id, attempt)
+                self._metrics.retried += 1
+                self._lock.release()
+                try:
+                    await self._interruptible(rt, trio.sleep(delay))
+                finally:
+                    await self._lock.acquire()
+                if not isinstance(error, ServiceUnavailable):
+                    attempt += 1
+        finally:
+            self._in_flight = 0
+            self._retrying = None
+
+    def _after_failure(
+        self, row: Row, error: Exception, attempt: int, policy: Backoff, now: float
+    ) -> float | None:
+        """Record a failure; the delay before the next attempt, or None to dead-letter."""
+        timed_out = isinstance(error, HandlerTimeout)
+        fields = {
+            "worker_name": self.name,
+            "command_type": row.name,
+            "message_id": row.id,
+            "attempt": attempt,
+            "error_details": repr(error),
+        }
+        if isinstance(error, ServiceUnavailable):
+            # The service is known to be down: wait for it without spending attempts.
+            delay = error.retry_after if error.retry_after else policy.delay(attempt)
+            _log.warning("petrock.retry_scheduled", delay=delay, reason="service unavailable", **fields)
+            return delay
+        self._metrics.failure(now, repr(error), timeout=timed_out)
+        if isinstance(error, (Permanent, *policy.never_retry)) or attempt >= policy.max_attempts:
+            return None
+        if isinstance(error, Retry):
+            delay = error.delay if error.delay is not None else policy.delay(attempt)
+            _log.info("petrock.retry_scheduled", delay=delay, reason=error.reason, **fields)
+            return delay
+        delay = policy.delay(attempt)
+        event = "petrock.handler_timeout" if timed_out else "petrock.handler_failed"
+        _log.error(event, delay=delay, **fields)
+        return delay
+
+    async def _commit_success(self, rt: Runtime, row: Row, ctx: HandlerContext, *, redrive: bool) -> None:
+        if redrive:
+            await rt.log.commit(
+                rt.log.new_commit(encoded=ctx.emitted, resolved=[(self.name, row.id)])
+            )
+            rt.dead_letter_ids.get(self.name, set()).discard(row.id)
+        elif ctx.emitted:
+            await rt.log.commit(rt.log.new_commit(encoded=ctx.emitted, positions={self.name: row.id}))
+            rt.flusher.committed(self.name, row.id)
+
+    async def _dead_letter(
+        self, rt: Runtime, row: Row, error: BaseException, *, attempts: int, first_failed_at: float
+    ) -> None:
+        record = DeadLetterRecord(
+            worker=self.name,
+            message_id=row.id,
+            command_name=row.name,
+            error=repr(error),
+            attempts=attempts,
+            first_failed_at=first_failed_at,
+            last_failed_at=rt.clock(),
+        )
+        await rt.log.commit(
+            rt.log.new_commit(positions={self.name: row.id}, dead_letters=[record])
+        )
+        rt.flusher.committed(self.name, row.id)
+        rt.dead_letter_ids.setdefault(self.name, set()).add(row.id)
+        self._metrics.dead_letter(trio.current_time())
+        _log.error(
+            "petrock.dead_lettered",
+            worker_name=self.name,
+            command_type=row.name,
+            message_id=row.id,
+            attempts=attempts,
+            error_details=repr(error),
+        )
+
+    async def _interruptible(self, rt: Runtime, wait: Awaitable[Any]) -> Any:
+        """Await ``wait`` unless graceful shutdown starts, then raise _Stop."""
+        with trio.CancelScope() as scope:
+            self._wait_scopes.add(scope)
+            if rt.stopping.is_set():
+                scope.cancel()
+            try:
+                return await wait
+            finally:
+                self._wait_scopes.discard(scope)
+        raise _Stop
+
+    def _stop(self) -> None:
+        """Interrupt waits (never running handlers) for graceful shutdown."""
+        for scope in self._wait_scopes:
+            scope.cancel()
+        if self._redrive is not None:
+            self._redrive.close()
+
+    # --- periodic work and re-drives ----------------------------------------------------
+
+    async def _periodic_loop(self, rt: Runtime, periodic: _Periodic) -> None:
+        timeout = periodic.timeout if periodic.timeout is not None else self.periodic_timeout
+        next_at = trio.current_time()
+        run = 0
+        while not rt.stopping.is_set():
+            try:
+                await self._interruptible(rt, trio.sleep_until(next_at))
+            except _Stop:
+                return
+            started = trio.current_time()
+            unavailable = [s.name for s in self.services if not s.available]
+            if unavailable:
+                self._metrics.periodic_skipped += 1
+                _log.warning(
+                    "petrock.periodic_skipped",
+                    worker_name=self.name,
+                    command_type="periodic",
+                    reason=f"external service unavailable: {', '.join(unavailable)}",
+                )
+            else:
+                run += 1
+                async with self._lock:
+                    await self._periodic_once(rt, periodic, run, timeout)
+            next_at = started + periodic.interval
+            now = trio.current_time()
+            while next_at < now:
+                next_at += periodic.interval
+
+    async def _periodic_once(self, rt: Runtime, periodic: _Periodic, run: int, timeout: float) -> None:
+        ctx = PeriodicContext(rt, self.name, run)
+        started = trio.current_time()
+        error: Exception | None = None
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await periodic.work(ctx, self.state)
+                if ctx.emitted:
+                    await rt.log.commit(rt.log.new_commit(encoded=ctx.emitted))
+            except Exception as exc:  # noqa: BLE001 - periodic failures are logged and counted
+                error = exc
+        if scope.cancelled_caught:
+            error = HandlerTimeout(self.name, timeout, "periodic work")
+        elapsed_ms = (trio.current_time() - started) * 1000
+        self._metrics.periodic_runs += 1
+        if error is None:
+            _log.debug(
+                "petrock.periodic.complete",
+                worker_name=self.name,
+                command_type="periodic",
+                execution_time=elapsed_ms,
+            )
+            return
+        self._metrics.periodic_failures += 1
+        self._metrics.failure(
+            trio.current_time(), repr(error), timeout=isinstance(error, HandlerTimeout)
+        )
+        _log.error(
+            "petrock.periodic.failed",
+            worker_name=self.name,
+            command_type="periodic",
+            execution_time=elapsed_ms,
+            error_details=repr(error),
+        )
+
+    async def redrive(self, message_id: int) -> None:
+        """Handle a dead-lettered message again, live; returns when it is done."""
+        if self._redrive is None:
+            raise NotRunning(f"worker {self.name!r} is not running")
+        request = _RedriveRequest(message_id)
+        try:
+            await self._redrive.send(request)
+        except trio.ClosedResourceError:
+            raise NotRunning(f"worker {self.name!r} is stopping") from None
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+
+    async def _redrive_loop(self, rt: Runtime, receive: trio.MemoryReceiveChannel[_RedriveRequest]) -> None:
+        async for request in receive:
+            try:
+                rows = await rt.log.store.read_after(request.message_id - 1, 1)
+                if not rows or rows[0].id != request.message_id:
+                    raise LookupError(f"message {request.message_id} is not in the log")  # noqa: TRY301
+                row = rows[0]
+                if row.name not in self._routes:
+                    raise LookupError(f"worker {self.name!r} does not route {row.name!r}")  # noqa: TRY301
+                page = Page(row.id - 1, row.id, [row])
+                async with self._lock:
+                    await self._handle_live(rt, page, 0, row, redrive=True)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller
+                request.error = exc
+            finally:
+                request.done.set()
+

@@ -1,0 +1,258 @@
+"""The embedded default store: SQLite through the standard library.
+
+A file database has one writer connection and one reader connection, each driven
+from a worker thread behind a one-slot limiter, so the Trio thread never waits on
+disk. ``":memory:"`` keeps one connection and runs every call inline on the Trio
+thread: with no thread hop, MockClock's autojump sees the true state of the program
+and timing tests are exact.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Final, TypeVar
+
+import trio
+
+from .._errors import StoreError
+from .._message import Row
+from ._base import Commit, DeadLetterRecord, StoreStatistics
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS messages (
+    id        INTEGER PRIMARY KEY,
+    timestamp REAL    NOT NULL,
+    name      TEXT    NOT NULL,
+    payload   BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    worker     TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    updated_at REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    worker          TEXT    NOT NULL,
+    message_id      INTEGER NOT NULL,
+    command_name    TEXT    NOT NULL,
+    error           TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    first_failed_at REAL    NOT NULL,
+    last_failed_at  REAL    NOT NULL,
+    PRIMARY KEY (worker, message_id)
+);
+"""
+
+_UPSERT_POSITION: Final = """
+INSERT INTO positions (worker, position, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (worker) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
+WHERE excluded.position > positions.position
+"""
+
+_UPSERT_DEAD_LETTER: Final = """
+INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (worker, message_id) DO UPDATE SET
+    error = excluded.error, attempts = dead_letters.attempts + excluded.attempts,
+    last_failed_at = excluded.last_failed_at
+"""
+
+
+class SQLiteStore:
+    """Messages, worker positions and dead letters in one SQLite file (WAL)."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
+        self.url = path
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.inline = path == ":memory:"
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(1)
+        self._reads = 0
+        self._rows_read = 0
+        self._transactions = 0
+        self._rows_appended = 0
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path!r} open={self._writer is not None}>"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout,
+            )
+            if not self.inline:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        return conn
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._writer
+        if conn is None:
+            raise StoreError("store is closed")
+        if self.inline:
+            return _wrap(fn, conn)
+        return await trio.to_thread.run_sync(_wrap, fn, conn, limiter=self._write_limiter)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._reader
+        if conn is None:
+            raise StoreError("store is closed")
+        if self.inline:
+            return _wrap(fn, conn)
+        return await trio.to_thread.run_sync(_wrap, fn, conn, limiter=self._read_limiter)
+
+    async def open(self) -> int:
+        def setup() -> sqlite3.Connection:
+            conn = self._connect()
+            try:
+                conn.executescript(_SCHEMA)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StoreError(f"cannot create schema in {self.path!r}: {exc}") from exc
+            return conn
+
+        if self.inline:
+            self._writer = self._reader = setup()
+        else:
+            self._writer = await trio.to_thread.run_sync(setup)
+            self._reader = await trio.to_thread.run_sync(self._connect)
+        return await self.head()
+
+    async def aclose(self) -> None:
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        for conn in {id(c): c for c in (writer, reader) if c is not None}.values():
+            conn.close()
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[list[Row]]:
+        def run(conn: sqlite3.Connection) -> list[list[Row]]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+                results: list[list[Row]] = []
+                for commit in commits:
+                    rows = [
+                        Row(last + i, commit.timestamp, name, payload)
+                        for i, (name, payload) in enumerate(commit.appends, 1)
+                    ]
+                    last += len(rows)
+                    if rows:
+                        conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", rows)
+                    if commit.positions:
+                        conn.executemany(
+                            _UPSERT_POSITION,
+                            [(w, p, commit.timestamp) for w, p in commit.positions.items()],
+                        )
+                    if commit.dead_letters:
+                        conn.executemany(
+                            _UPSERT_DEAD_LETTER,
+                            [
+                                (
+                                    d.worker,
+                                    d.message_id,
+                                    d.command_name,
+                                    d.error,
+                                    d.attempts,
+                                    d.first_failed_at,
+                                    d.last_failed_at,
+                                )
+                                for d in commit.dead_letters
+                            ],
+                        )
+                    if commit.resolved:
+                        conn.executemany(
+                            "DELETE FROM dead_letters WHERE worker = ? AND message_id = ?",
+                            commit.resolved,
+                        )
+                    results.append(rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return results
+
+        results = await self._write(run)
+        self._transactions += 1
+        self._rows_appended += sum(map(len, results))
+        return results
+
+    async def read_after(
+        self,
+        after: int,
+        limit: int,
+        *,
+        upto: int | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[Row]:
+        sql = "SELECT id, timestamp, name, payload FROM messages WHERE id > ?"
+        args: list[object] = [after]
+        if upto is not None:
+            sql += " AND id <= ?"
+            args.append(upto)
+        if names is not None:
+            sql += f" AND name IN ({','.join('?' * len(names))})"
+            args.extend(names)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+
+        def run(conn: sqlite3.Connection) -> list[Row]:
+            return list(map(Row._make, conn.execute(sql, args).fetchall()))
+
+        rows = await self._read(run)
+        self._reads += 1
+        self._rows_read += len(rows)
+        return rows
+
+    async def head(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            (head,) = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+            return int(head)
+
+        return await self._read(run)
+
+    async def positions(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute("SELECT worker, position FROM positions").fetchall())
+
+        return await self._read(run)
+
+    async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
+        sql = "SELECT * FROM dead_letters"
+        args: tuple[object, ...] = ()
+        if worker is not None:
+            sql += " WHERE worker = ?"
+            args = (worker,)
+        sql += " ORDER BY last_failed_at, worker, message_id"
+
+        def run(conn: sqlite3.Connection) -> list[DeadLetterRecord]:
+            return [DeadLetterRecord(*r) for r in conn.execute(sql, args).fetchall()]
+
+        return await self._read(run)
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(
+            reads=self._reads,
+            rows_read=self._rows_read,
+            transactions=self._transactions,
+            rows_appended=self._rows_appended,
+        )
+
+
+def _wrap(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    try:
+        return fn(conn)
+    except sqlite3.Error as exc:
+        raise StoreError(f"SQLite: {exc}") from exc
