@@ -444,7 +444,9 @@ class PatternWorker(Generic[S]):
                 try:
                     await self._interruptible(rt, trio.sleep(delay))
                 finally:
-                    await self._lock.acquire()
+                    # Even when cancelled: the caller's `async with` releases it again.
+                    with trio.CancelScope(shield=True):
+                        await self._lock.acquire()
                 if not isinstance(error, ServiceUnavailable):
                     attempt += 1
         finally:
