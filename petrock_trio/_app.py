@@ -163,9 +163,12 @@ class App:
 
     def encode_valid(self, cmd: object) -> tuple[str, bytes]:
         """Encode ``cmd`` after checking it against current state; raises the typed errors."""
+        name = command_name(cmd)
+        if not self.registry.is_registered(name):
+            raise UnknownCommand(
+                f"command {name!r} is not registered with this app", command_name=name
+            )
         name, payload = self.registry.encode(cmd)
-        if not self.registry.is_known(name):
-            raise UnknownCommand(f"unknown command {name!r}", command_name=name)
         validate(cmd, self.state_for(name))
         return name, payload
 
@@ -177,14 +180,11 @@ class App:
         in every such case nothing was appended.
         """
         rt = self._runtime()
-        name = command_name(cmd)
-        if not self.registry.is_known(name):
-            raise UnknownCommand(f"unknown command {name!r}", command_name=name)
         feed = self.projection.feed
         assert feed is not None
         if getattr(cmd, "validate", None) is None:
             # Nothing to check: go straight to group commit with concurrent callers.
-            encoded = self.registry.encode(cmd)
+            encoded = self.encode_valid(cmd)
             (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded]))
         else:
             # Validation must see every earlier command applied, so validated commands

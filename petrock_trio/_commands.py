@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeVar, cast
 
 import attrs
@@ -116,16 +116,21 @@ class CommandRegistry:
             raise UnknownCommand(f"unknown command {name!r}", command_name=name)
         return cls
 
-    def is_known(self, name: str) -> bool:
-        return name in self._classes or name in _CATALOG
+    def is_registered(self, name: str) -> bool:
+        """True for names registered on this registry (what ``execute`` accepts)."""
+        return name in self._classes
 
     def encode(self, cmd: object) -> tuple[str, bytes]:
         """The name and JSON payload of a command instance."""
         name = command_name(cmd)
         try:
-            payload = orjson.dumps(self._converter.unstructure(cmd))
+            data = self._converter.unstructure(cmd)
+            payload = orjson.dumps(data)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise DecodeError(f"{name}: cannot encode: {exc}", command_name=name) from exc
+        # A payload that would not decode is poison in the log: refuse it now (a field
+        # of the wrong type, say), while the caller can still be told.
+        self.structure(name, type(cmd), data)
         if len(payload) > self.max_payload_bytes:
             raise PayloadTooLarge(
                 f"{name}: payload of {len(payload)} bytes exceeds {self.max_payload_bytes}",
@@ -169,6 +174,3 @@ def validate(cmd: object, state: Any) -> None:
     if check is not None:
         cast("_Validating", cmd).validate(state)
 
-
-def registered_names(classes: Iterable[type[Any]]) -> list[str]:
-    return sorted(command_name(cls) for cls in classes)

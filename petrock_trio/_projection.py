@@ -58,30 +58,32 @@ class Projection:
         assert rt is not None
         assert feed is not None
         target = rt.log.head.value
-        started = False
-        registry = rt.registry
         try:
-            with trio.CancelScope() as self._scope:
-                while True:
-                    if not started and feed.position.value >= target:
-                        started = True
-                        task_status.started()
-                    page = await feed.next_page()
-                    for index in page.routed(self.appliers, after=feed.position.value):
-                        row = page.rows[index]
-                        try:
-                            message = page.message(index, registry)
-                            apply, state = self.appliers[row.name]
-                            apply(state, message.command, message)
-                        except Exception as exc:  # noqa: BLE001 - one bad row must not stop state
-                            self.errors += 1
-                            _log.error(
-                                "petrock.apply_failed",
-                                command_type=row.name,
-                                message_id=row.id,
-                                error_details=repr(exc),
-                            )
-                    feed.advance(page.last)
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._apply_loop, rt, feed)
+                await feed.position.wait_value(lambda p: p >= target)
+                task_status.started()
         finally:
             feed.close()
             self._scope = None
+
+    async def _apply_loop(self, rt: Runtime, feed: Feed) -> None:
+        registry = rt.registry
+        while True:
+            page = await feed.next_page()
+            for index in page.routed(self.appliers, after=feed.position.value):
+                row = page.rows[index]
+                try:
+                    message = page.message(index, registry)
+                    apply, state = self.appliers[row.name]
+                    apply(state, message.command, message)
+                except Exception as exc:  # noqa: BLE001 - one bad row must not stop state
+                    self.errors += 1
+                    _log.error(
+                        "petrock.apply_failed",
+                        command_type=row.name,
+                        message_id=row.id,
+                        error_details=repr(exc),
+                    )
+            feed.advance(page.last)

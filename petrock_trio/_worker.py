@@ -295,7 +295,10 @@ class PatternWorker(Generic[S]):
         self._redrive = send
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self._supervise, rt)
+                nursery.start_soon(self._supervise, rt)
+                # Live once everything up to the saved position is replayed (or skipped).
+                await self._feed.position.wait_value(lambda p: p >= self._saved)
+                self._live = True
                 if self._periodic is not None:
                     nursery.start_soon(self._periodic_loop, rt, self._periodic)
                 nursery.start_soon(self._redrive_loop, rt, receive)
@@ -311,14 +314,11 @@ class PatternWorker(Generic[S]):
                 self._feed.close()
             self._rt = None
 
-    async def _supervise(
-        self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        status: trio.TaskStatus[None] | None = task_status
+    async def _supervise(self, rt: Runtime) -> None:
         backoff = Backoff(initial=1.0, max_delay=60.0)
         while True:
             try:
-                await self._message_loop(rt, status)
+                await self._message_loop(rt)
             except _Stop:
                 return
             except Exception as exc:  # an engine bug must not take the app down silently
@@ -327,31 +327,20 @@ class PatternWorker(Generic[S]):
                 _log.exception("petrock.worker_crashed", worker_name=self.name, error_details=repr(exc))
                 await self._interruptible(rt, trio.sleep(backoff.delay(min(self._crashes, 10))))
                 self._crashed = None
-                if self._live:
-                    status = None
                 continue
             return
 
-    def _mark_live(self, status: trio.TaskStatus[None] | None) -> None:
-        if status is not None and not self._live:
-            self._live = True
-            status.started()
-
-    async def _message_loop(self, rt: Runtime, status: trio.TaskStatus[None] | None) -> None:
+    async def _message_loop(self, rt: Runtime) -> None:
         feed = self._feed
         assert feed is not None
         saved = self._saved
         routes = self._routes
-        if feed.position.value >= saved:
-            self._mark_live(status)
         while not rt.stopping.is_set():
             page = await self._interruptible(rt, feed.next_page())
             async with self._lock:
-                await self._handle_page(rt, feed, page, routes, saved, status)
+                await self._handle_page(rt, feed, page, routes, saved)
             feed.advance(page.last)
             rt.flusher.touch()
-            if feed.position.value >= saved:
-                self._mark_live(status)
 
     async def _handle_page(
         self,
@@ -360,14 +349,12 @@ class PatternWorker(Generic[S]):
         page: Page,
         routes: dict[str, _Route],
         saved: int,
-        status: trio.TaskStatus[None] | None,
     ) -> None:
         for index in page.routed(routes, after=feed.position.value):
             row = page.rows[index]
             if row.id <= saved:
                 await self._replay_one(rt, page, index, row)
             else:
-                self._mark_live(status)
                 await self._handle_live(rt, page, index, row)
             feed.advance(row.id)
 

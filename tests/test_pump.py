@@ -1,0 +1,112 @@
+"""The log pump: each message read once, fan-out by name, slow subscribers detached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+import petrock_trio as pt
+from petrock_trio.testing import serving
+from tests.support import Add, Note, Unrouted
+
+
+def recording_worker(name: str, routes: list[str], seen: list[int], delay: float = 0.0, **kw: Any) -> pt.PatternWorker[None]:
+    worker: pt.PatternWorker[None] = pt.PatternWorker(name, **kw)
+
+    async def handler(ctx: pt.HandlerContext, cmd: Any, state: None) -> None:
+        if delay:
+            await trio.sleep(delay)
+        seen.append(ctx.message.id)
+
+    for route in routes:
+        worker.on_command(route, handler)
+    return worker
+
+
+def app_with(*workers: pt.PatternWorker[Any], database: str = ":memory:", **kw: Any) -> pt.App:
+    app = pt.App(database=database, **kw)
+    for cls in (Add, Note, Unrouted):
+        app.register_command(cls)
+    for worker in workers:
+        app.register_worker(worker)
+    return app
+
+
+class TestFanOut:
+    """Every worker sees exactly its routed messages, in id order; rows are read once."""
+
+    async def test_routing_and_order(self) -> None:
+        adds: list[int] = []
+        notes: list[int] = []
+        both: list[int] = []
+        app = app_with(
+            recording_worker("adds", ["test/add"], adds),
+            recording_worker("notes", ["test/note"], notes),
+            recording_worker("both", ["test/add", "test/note"], both),
+        )
+        async with serving(app):
+            for i in range(30):
+                cmd = Add(str(i)) if i % 3 == 0 else Note(str(i)) if i % 3 == 1 else Unrouted(i)
+                await app.execute(cmd)
+            await app.caught_up()
+            positions = {name: w.position for name, w in app.workers.items()}
+        assert adds == list(range(1, 31, 3))
+        assert notes == list(range(2, 31, 3))
+        assert both == sorted(adds + notes)
+        assert positions == {"adds": 30, "notes": 30, "both": 30}
+
+    async def test_each_row_read_once_with_many_workers(self, tmp_path: Path) -> None:
+        db = str(tmp_path / "fan.db")
+        async with pt.open_log(db, commands=[Add, Note]) as log:
+            await log.append(*[Add(str(i)) if i % 2 else Note(str(i)) for i in range(2000)])
+        seen: dict[str, list[int]] = {}
+        workers = []
+        for n in range(20):
+            seen[f"w{n}"] = []
+            workers.append(recording_worker(f"w{n}", ["test/add" if n % 2 else "test/note"], seen[f"w{n}"]))
+        app = app_with(*workers, database=db)
+        async with serving(app) as running:
+            await running.caught_up()
+            store = running._rt.log.store  # type: ignore[union-attr]
+            rows_read = store.statistics().rows_read
+        assert rows_read == 2000
+        for n in range(20):
+            assert len(seen[f"w{n}"]) == 1000
+
+    async def test_slow_worker_does_not_delay_another(self, autojump_clock: trio.testing.MockClock) -> None:
+        fast: list[int] = []
+        slow: list[int] = []
+        app = app_with(
+            recording_worker("fast", ["test/add"], fast),
+            recording_worker("slow", ["test/add"], slow, delay=4.0, page_capacity=2),
+        )
+        async with serving(app):
+            start = trio.current_time()
+            for i in range(50):
+                await app.execute(Add(str(i)))
+            await trio.testing.wait_all_tasks_blocked()
+            fast_done = trio.current_time() - start
+            assert fast == list(range(1, 51))
+            assert len(slow) <= 1
+            await app.caught_up()
+            slow_done = trio.current_time() - start
+            stats = app.workers["slow"].statistics()  # type: ignore[union-attr]
+        assert fast_done == 0
+        assert slow_done == 50 * 4.0
+        assert slow == list(range(1, 51))
+        assert stats.detaches >= 1  # it fell behind, read on its own, and caught up
+
+    async def test_unrouted_messages_only_advance_position(self) -> None:
+        seen: list[int] = []
+        app = app_with(recording_worker("adds", ["test/add"], seen))
+        async with serving(app):
+            for i in range(5):
+                await app.execute(Unrouted(i))
+            await app.caught_up()
+            worker = app.workers["adds"]
+            assert worker.position == 5
+            assert worker.metrics().processed == 0
+        assert seen == []
