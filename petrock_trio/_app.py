@@ -14,6 +14,7 @@ from ._commands import CommandRegistry, command_name, validate
 from ._errors import ConfigurationError, NotRunning, UnknownCommand
 from ._health import HealthReport
 from ._legacy import LegacyRunner, LegacyWorker
+from ._log import MessageLog
 from ._message import Message
 from ._projection import Applier, Projection
 from ._runtime import Runtime
@@ -157,6 +158,11 @@ class App:
         if rt is None or rt.stopping.is_set():
             raise NotRunning("the app is not serving; start it with serve(app)")
         return rt
+
+    @property
+    def log(self) -> MessageLog:
+        """The message log while serving (old-style workers read it directly)."""
+        return self._runtime().log
 
     def state_for(self, name: str) -> Any:
         return self._command_state.get(name, self.state)

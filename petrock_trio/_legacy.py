@@ -87,6 +87,7 @@ class LegacyRunner:
     def _prepare(self, rt: Runtime) -> None:
         self._rt = rt
         self._metrics = MetricsRecorder()
+        self._metrics.started_at = trio.current_time()
 
     def _stop(self) -> None:
         if self._stop_scope is not None:

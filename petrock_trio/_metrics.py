@@ -89,7 +89,8 @@ class MetricsRecorder:
 
     def __init__(self, *, window: float = 60.0, samples: int = 1024) -> None:
         self.window = window
-        self.started_at = trio.current_time()
+        # Set by the worker when it starts serving; construction happens outside Trio.
+        self.started_at = 0.0
         self.processed = 0
         self.failed = 0
         self.retried = 0
@@ -131,8 +132,10 @@ class MetricsRecorder:
         return self._processed.count(now) / span, self._errors.count(now) * 60.0 / span
 
     def snapshot(self, *, position: int, head: int) -> WorkerMetrics:
-        now = trio.current_time()
-        per_second, per_minute = self.rates(now)
+        try:
+            per_second, per_minute = self.rates(trio.current_time())
+        except RuntimeError:  # outside Trio: no clock, no window
+            per_second, per_minute = 0.0, 0.0
         times = sorted(self._times)
         return WorkerMetrics(
             processed=self.processed,

@@ -269,6 +269,7 @@ class PatternWorker(Generic[S]):
         if self._runs:
             self.state = copy.deepcopy(self._initial_state)
             self._metrics = MetricsRecorder()
+        self._metrics.started_at = trio.current_time()
         self._runs += 1
         self._rt = rt
         self._crashed = None
@@ -351,6 +352,8 @@ class PatternWorker(Generic[S]):
         saved: int,
     ) -> None:
         for index in page.routed(routes, after=feed.position.value):
+            if rt.stopping.is_set():
+                raise _Stop
             row = page.rows[index]
             if row.id <= saved:
                 await self._replay_one(rt, page, index, row)

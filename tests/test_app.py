@@ -1,0 +1,184 @@
+"""The app: inspect, caught_up, graceful and hard shutdown, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import petrock_trio as pt
+from petrock_trio.stores import SQLiteStore
+from petrock_trio.testing import serving
+from tests.support import Add, Note, make_app
+
+
+class TestInspect:
+    """inspect() is JSON-serialisable and shows positions, lag, health and metrics."""
+
+    async def test_report(self) -> None:
+        app, worker, _ = make_app()
+        async with serving(app):
+            await app.execute(Add("a"))
+            await app.execute(Note("n"))
+            await app.caught_up()
+            report = app.inspect()
+        json.dumps(report)
+        assert report["running"] is True
+        assert report["head"] == 3
+        assert "test/add" in report["commands"]
+        tally = report["workers"]["tally"]
+        assert tally["routes"] == ["test/add", "test/note"]
+        assert (tally["position"], tally["lag"]) == (3, 0)
+        assert tally["metrics"]["processed"] == 2
+        assert tally["health"] == {"status": "healthy", "reasons": []}
+        assert report["positions"] == {"tally": 3}
+        assert report["health"]["status"] == "healthy"
+
+    def test_report_when_stopped(self) -> None:
+        app, _, _ = make_app()
+        report = app.inspect()
+        assert (report["running"], report["head"]) == (False, None)
+
+    def test_repr_shows_state(self) -> None:
+        app, worker, _ = make_app()
+        assert repr(app) == "<App ':memory:' stopped commands=5 workers=1>"
+        assert repr(worker) == (
+            "<PatternWorker 'tally' routes=['test/add', 'test/note'] position=0 in_flight=0 "
+            "state=Tally(totals={})>"
+        )
+
+
+class TestRegistration:
+    """Registration errors are configuration errors, found before serving."""
+
+    def test_duplicate_worker_and_route(self) -> None:
+        app, worker, _ = make_app()
+        with pytest.raises(pt.ConfigurationError, match="already registered"):
+            app.register_worker(worker)
+        with pytest.raises(pt.ConfigurationError, match="already routes"):
+            worker.on_command("test/add", lambda ctx, cmd, state: None)  # type: ignore[arg-type,return-value]
+
+    async def test_no_registration_while_serving(self) -> None:
+        app, _, _ = make_app()
+        async with serving(app):
+            with pytest.raises(pt.ConfigurationError, match="while the app is serving"):
+                app.register_command(Add)
+
+    def test_register_feature(self) -> None:
+        class Feature:
+            @staticmethod
+            def register(app: pt.App) -> None:
+                app.register_command(Add)
+
+        app = pt.App()
+        app.register_feature(Feature)
+        assert app.registry.names() == ["test/add"]
+        with pytest.raises(pt.ConfigurationError):
+            app.register_feature(object())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def file_clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
+    """Virtual time for tests on a real file: the store's thread hops look like idleness
+    to autojump, so jump only after 50 ms of real quiet (far longer than a write here)."""
+    mock_clock.autojump_threshold = 0.05
+    return mock_clock
+
+
+class TestShutdown:
+    """Graceful shutdown finishes running handlers, commits, and starts nothing new."""
+
+    async def test_graceful_finishes_in_flight(self, tmp_path: Path, file_clock: trio.testing.MockClock) -> None:
+        db = str(tmp_path / "g.db")
+        app = pt.App(database=db, shutdown_grace=10.0)
+        app.register_command(Note)
+        worker: pt.PatternWorker[None] = pt.PatternWorker("slow")
+        finished: list[int] = []
+
+        @worker.on_command("test/note")
+        async def handle(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
+            await trio.sleep(3)
+            finished.append(ctx.message.id)
+
+        app.register_worker(worker)
+        async with serving(app):
+            await app.execute(Note("1"))
+            await app.execute(Note("2"))
+            await trio.sleep(1)
+            app.stop()
+            with pytest.raises(pt.NotRunning):
+                await app.execute(Note("3"))
+        assert finished == [1]
+        store = SQLiteStore(db)
+        await store.open()
+        assert (await store.positions())["slow"] == 1
+        await store.aclose()
+
+    async def test_grace_period_runs_out(self, tmp_path: Path, file_clock: trio.testing.MockClock) -> None:
+        db = str(tmp_path / "g.db")
+        app = pt.App(database=db, shutdown_grace=2.0)
+        app.register_command(Note)
+        worker: pt.PatternWorker[None] = pt.PatternWorker("stuck", handler_timeout=100)
+
+        @worker.on_command("test/note")
+        async def handle(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
+            await trio.sleep(50)
+
+        app.register_worker(worker)
+        async with serving(app):
+            await app.execute(Note("1"))
+            await trio.testing.wait_all_tasks_blocked()
+            stopping_at = trio.current_time()
+            app.stop()
+        assert trio.current_time() - stopping_at == 2.0
+        store = SQLiteStore(db)
+        await store.open()
+        assert (await store.positions()).get("stuck", 0) == 0  # not done: handled again next time
+        await store.aclose()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_gracefully(tmp_path: Path, signum: int) -> None:
+    db = tmp_path / "sig.db"
+    script = textwrap.dedent(
+        f"""
+        import sys, trio
+        import petrock_trio as pt
+        from tests.support import make_app, Add
+
+        app, worker, calls = make_app({str(db)!r})
+
+        async def main():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(pt.serve, app)
+                await app.execute(Add("a"))
+                await app.caught_up()
+                print("ready", flush=True)
+        trio.run(main)
+        print("stopped", calls.live, flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # structlog writes its own lines to stdout too
+        if line.strip() == "ready":
+            break
+    os.kill(proc.pid, signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped [('a', 1)]" in out
