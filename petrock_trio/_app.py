@@ -106,7 +106,9 @@ class App:
 
     # --- registration ---------------------------------------------------------------
 
-    def register_command(self, cls: type[Any], apply: Applier | None = None, *, state: Any = None) -> None:
+    def register_command(
+        self, cls: type[Any], apply: Applier | None = None, *, state: Any = None
+    ) -> None:
         """Register a command class; ``apply(state, cmd, message)`` keeps feature state.
 
         ``state`` is what ``apply`` and the command's ``validate`` receive; it defaults
@@ -126,7 +128,9 @@ class App:
             raise ConfigurationError(f"{feature!r} has no register(app) function")
         register(self)
 
-    def register_worker(self, worker: PatternWorker[Any] | LegacyWorker, *, tick: float = 1.0) -> None:
+    def register_worker(
+        self, worker: PatternWorker[Any] | LegacyWorker, *, tick: float = 1.0
+    ) -> None:
         """Add a worker: a :class:`PatternWorker`, or an old-style worker run every ``tick`` s."""
         self._not_running("register workers")
         runner: AnyWorker
@@ -221,7 +225,7 @@ class App:
             target = rt.log.head.value
             for feed in feeds:
                 if feed is not None:
-                    await feed.position.wait_value(lambda p: p >= target)
+                    await feed.position.wait_value(lambda p, t=target: p >= t)
             await trio.lowlevel.checkpoint()
             if rt.log.head.value == target:
                 return
@@ -235,9 +239,7 @@ class App:
 
     def health(self) -> HealthReport:
         """The worst health among the workers, with their reasons."""
-        return HealthReport.worst(
-            (w.health() for w in self.workers.values()), prefix=self.workers
-        )
+        return HealthReport.worst((w.health() for w in self.workers.values()), prefix=self.workers)
 
     def inspect(self) -> dict[str, Any]:
         """A JSON-serialisable report: log head, commands, workers with positions, lag,
@@ -282,6 +284,5 @@ class App:
         self._runtime()
         runner = self.workers.get(worker)
         if not isinstance(runner, PatternWorker):
-            raise LookupError(f"no pattern worker named {worker!r}")
+            raise LookupError(f"no pattern worker named {worker!r}")  # noqa: TRY004 - a missing name
         await runner.redrive(message_id)
-

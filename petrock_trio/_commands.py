@@ -34,7 +34,8 @@ def command(name: str) -> Callable[[C], C]:
         raise ConfigurationError(f"invalid command name {name!r}")
 
     def mark(cls: C) -> C:
-        if not attrs.has(cls):
+        is_attrs = attrs.has(cls)  # kept apart so the TypeGuard does not narrow `cls`
+        if not is_attrs:
             raise ConfigurationError(
                 f"@command({name!r}) must decorate an attrs class; put it above @attrs.frozen"
             )
@@ -51,7 +52,9 @@ def command_name(cls_or_instance: object) -> str:
     try:
         return cast("str", getattr(cls, _NAME_ATTR))
     except AttributeError:
-        raise UnknownCommand(f"{cls.__qualname__} is not a command; decorate it with @command") from None
+        raise UnknownCommand(
+            f"{cls.__qualname__} is not a command; decorate it with @command"
+        ) from None
 
 
 class _Validating(Protocol):
@@ -92,7 +95,7 @@ class CommandRegistry:
         self.max_payload_bytes = max_payload_bytes
         self._classes: dict[str, type[Any]] = {}
         self._converter = _converter()
-        self._structure: dict[type[Any], Callable[[Any], Any]] = {}
+        self._structure: dict[type[Any], Callable[[Any, Any], Any]] = {}
 
     def __repr__(self) -> str:
         return f"<CommandRegistry {len(self._classes)} commands>"
@@ -149,7 +152,9 @@ class CommandRegistry:
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"{name}: payload is not valid JSON: {exc}", command_name=name) from exc
+            raise DecodeError(
+                f"{name}: payload is not valid JSON: {exc}", command_name=name
+            ) from exc
         return self.structure(name, cls, data)
 
     def structure(self, name: str, cls: type[Any], data: Any) -> Any:
@@ -160,11 +165,13 @@ class CommandRegistry:
         if not isinstance(data, dict):
             raise DecodeError(f"{name}: payload must be a JSON object", command_name=name)
         try:
-            return hook(data)
+            return hook(data, cls)
         except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
-            detail = "; ".join(cattrs.transform_error(exc)) if isinstance(
-                exc, cattrs.BaseValidationError
-            ) else str(exc)
+            detail = (
+                "; ".join(cattrs.transform_error(exc))
+                if isinstance(exc, cattrs.BaseValidationError)
+                else str(exc)
+            )
             raise DecodeError(f"{name}: {detail}", command_name=name) from exc
 
 
@@ -173,4 +180,3 @@ def validate(cmd: object, state: Any) -> None:
     check = getattr(cmd, "validate", None)
     if check is not None:
         cast("_Validating", cmd).validate(state)
-

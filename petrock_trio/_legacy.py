@@ -105,9 +105,11 @@ class LegacyRunner:
             try:
                 await self.worker.start(rt.app)
                 await self.worker.replay()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported as unhealthy, app goes on
                 self._crashed = repr(exc)
-                _log.exception("petrock.worker_crashed", worker_name=self.name, error_details=repr(exc))
+                _log.exception(
+                    "petrock.worker_crashed", worker_name=self.name, error_details=repr(exc)
+                )
                 task_status.started()
                 return
             task_status.started()
@@ -125,7 +127,9 @@ class LegacyRunner:
                 try:
                     await self.worker.stop()
                 except Exception as exc:  # noqa: BLE001 - shutdown goes on
-                    _log.warning("petrock.worker_stop_failed", worker_name=self.name, error_details=repr(exc))
+                    _log.warning(
+                        "petrock.worker_stop_failed", worker_name=self.name, error_details=repr(exc)
+                    )
             self._rt = None
 
     async def _tick(self) -> None:

@@ -79,7 +79,9 @@ class MessageLog:
         rows = await self.store.read_after(after, limit)
         return [Message.from_row(r, self.registry.decode(r.name, r.payload)) for r in rows]
 
-    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Group-commit loop; never returns unless cancelled.
 
         Error handling: a failed batch is retried commit by commit so that one bad

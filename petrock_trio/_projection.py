@@ -37,7 +37,9 @@ class Projection:
 
     def __repr__(self) -> str:
         position = self.feed.position.value if self.feed else 0
-        return f"<Projection {len(self.appliers)} commands position={position} errors={self.errors}>"
+        return (
+            f"<Projection {len(self.appliers)} commands position={position} errors={self.errors}>"
+        )
 
     @property
     def position(self) -> int:

@@ -61,8 +61,7 @@ class Feed:
     # --- called by the subscriber -----------------------------------------------------
 
     def advance(self, position: int) -> None:
-        if position > self.position.value:
-            self.position.value = position
+        self.position.value = max(self.position.value, position)
 
     async def next_page(self) -> Page:
         """The next page to handle; routed rows after ``position`` are all that matter."""
@@ -117,7 +116,9 @@ class LogPump:
             f"attached={len(self._attached)}>"
         )
 
-    def feed(self, name: str, routes: Collection[str] | None, position: int, capacity: int = 16) -> Feed:
+    def feed(
+        self, name: str, routes: Collection[str] | None, position: int, capacity: int = 16
+    ) -> Feed:
         """A new feed starting after ``position``; call before :meth:`run` starts."""
         feed = Feed(self, name, routes, position, capacity)
         self._feeds.append(feed)
@@ -165,7 +166,7 @@ class LogPump:
         while True:
             position = self.position.value
             if head.value <= position:
-                await head.wait_value(lambda h: h > position)
+                await head.wait_value(lambda h, p=position: h > p)
             if not self._attached:
                 await self._any_attached.wait_value(lambda n: n > 0)
                 continue

@@ -29,7 +29,9 @@ class PositionFlusher:
     at most those messages, which emitted nothing.
     """
 
-    def __init__(self, log: MessageLog, *, interval: float = 0.2, max_pending: int = 10_000) -> None:
+    def __init__(
+        self, log: MessageLog, *, interval: float = 0.2, max_pending: int = 10_000
+    ) -> None:
         self.log = log
         self.interval = interval
         self.max_pending = max_pending

@@ -115,7 +115,10 @@ class ExternalService:
         return max(0.0, self._opened_at + self.reset_timeout - trio.current_time())
 
     async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``await fn(*args, **kwargs)`` through the breaker; raises ServiceUnavailable when open."""
+        """``await fn(*args, **kwargs)`` through the breaker.
+
+        Raises :class:`ServiceUnavailable` without calling ``fn`` while the circuit is open.
+        """
         circuit = self.circuit
         probe = circuit is Circuit.HALF_OPEN
         if circuit is Circuit.OPEN or (probe and self._probing):

@@ -20,7 +20,7 @@ from ._errors import (
     ServiceUnavailable,
 )
 from ._health import Health, HealthReport, HealthThresholds
-from ._message import Page, Row
+from ._message import Message, Page, Row
 from ._metrics import MetricsRecorder, WorkerMetrics
 from ._pump import Feed
 from ._retry import Backoff
@@ -34,6 +34,7 @@ S = TypeVar("S")
 Handler = Callable[[HandlerContext, Any, Any], Awaitable[None]]
 PeriodicWork = Callable[[PeriodicContext, Any], Awaitable[None]]
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 
 _log = structlog.get_logger("petrock_trio.worker")
 
@@ -67,7 +68,7 @@ class WorkerStatistics:
     crashes: int
 
 
-class _Stop(Exception):  # noqa: N818 - internal unwinding signal, never escapes the worker
+class _Stop(Exception):
     """Graceful shutdown interrupted a wait; leave without committing the current message."""
 
 
@@ -149,7 +150,12 @@ class PatternWorker(Generic[S]):
 
     @overload
     def on_command(
-        self, name: str, handler: None = None, *, timeout: float | None = None, retry: Backoff | None = None
+        self,
+        name: str,
+        handler: None = None,
+        *,
+        timeout: float | None = None,
+        retry: Backoff | None = None,
     ) -> Callable[[H], H]: ...
 
     @overload
@@ -221,29 +227,12 @@ class PatternWorker(Generic[S]):
         )
 
     def health(self) -> HealthReport:
-        t = self.thresholds
         unhealthy: list[str] = []
         degraded: list[str] = []
-        now = trio.current_time() if self._rt is not None else None
         if self._crashed is not None:
             unhealthy.append(f"worker task crashed: {self._crashed}")
-        if now is not None:
-            _, errors = self._metrics.rates(now)
-            if errors >= t.unhealthy_errors_per_minute:
-                unhealthy.append(f"error rate {errors:.1f}/min")
-            elif errors >= t.degraded_errors_per_minute:
-                degraded.append(f"error rate {errors:.1f}/min")
-            last = self._metrics.last_dead_letter_at
-            if last is not None and now - last < t.dead_letter_window:
-                degraded.append(f"dead-lettered a message {now - last:.0f} s ago")
-            for service in self.services:
-                if not service.available:
-                    degraded.append(f"external service {service.name!r} unavailable")
-            lag = self.metrics().lag
-            if lag > t.unhealthy_lag:
-                unhealthy.append(f"lag {lag}")
-            elif lag > t.degraded_lag:
-                degraded.append(f"lag {lag}")
+        if self._rt is not None:
+            self._judge(trio.current_time(), unhealthy, degraded)
         if self._retrying is not None:
             degraded.append(f"retrying message {self._retrying[0]} (attempt {self._retrying[1]})")
         if unhealthy:
@@ -251,6 +240,26 @@ class PatternWorker(Generic[S]):
         if degraded:
             return HealthReport(Health.DEGRADED, tuple(degraded))
         return HealthReport(Health.HEALTHY)
+
+    def _judge(self, now: float, unhealthy: list[str], degraded: list[str]) -> None:
+        """Add the reasons that come from rates, dead letters, services and lag."""
+        t = self.thresholds
+        _, errors = self._metrics.rates(now)
+        if errors >= t.unhealthy_errors_per_minute:
+            unhealthy.append(f"error rate {errors:.1f}/min")
+        elif errors >= t.degraded_errors_per_minute:
+            degraded.append(f"error rate {errors:.1f}/min")
+        last = self._metrics.last_dead_letter_at
+        if last is not None and now - last < t.dead_letter_window:
+            degraded.append(f"dead-lettered a message {now - last:.0f} s ago")
+        degraded.extend(
+            f"external service {s.name!r} unavailable" for s in self.services if not s.available
+        )
+        lag = self.metrics().lag
+        if lag > t.unhealthy_lag:
+            unhealthy.append(f"lag {lag}")
+        elif lag > t.degraded_lag:
+            degraded.append(f"lag {lag}")
 
     def info(self) -> dict[str, Any]:
         return {
@@ -297,6 +306,7 @@ class PatternWorker(Generic[S]):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._supervise, rt)
+                assert self._feed is not None
                 # Live once everything up to the saved position is replayed (or skipped).
                 await self._feed.position.wait_value(lambda p: p >= self._saved)
                 self._live = True
@@ -322,11 +332,13 @@ class PatternWorker(Generic[S]):
                 await self._message_loop(rt)
             except _Stop:
                 return
-            except Exception as exc:  # an engine bug must not take the app down silently
+            except Exception as exc:  # noqa: BLE001 - an engine bug must not take the app down silently
                 self._crashes += 1
                 self._crashed = repr(exc)
-                _log.exception("petrock.worker_crashed", worker_name=self.name, error_details=repr(exc))
-                await self._interruptible(rt, trio.sleep(backoff.delay(min(self._crashes, 10))))
+                _log.exception(
+                    "petrock.worker_crashed", worker_name=self.name, error_details=repr(exc)
+                )
+                await self._interruptible(rt, trio.sleep, backoff.delay(min(self._crashes, 10)))
                 self._crashed = None
                 continue
             return
@@ -337,7 +349,7 @@ class PatternWorker(Generic[S]):
         saved = self._saved
         routes = self._routes
         while not rt.stopping.is_set():
-            page = await self._interruptible(rt, feed.next_page())
+            page = await self._interruptible(rt, feed.next_page)
             async with self._lock:
                 await self._handle_page(rt, feed, page, routes, saved)
             feed.advance(page.last)
@@ -401,25 +413,14 @@ class PatternWorker(Generic[S]):
         self._in_flight = 1
         try:
             while True:
-                ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
                 started = trio.current_time()
-                error: Exception | None = None
-                with trio.move_on_after(timeout) as scope:
-                    try:
-                        await route.handler(ctx, message.command, self.state)
-                    except Exception as exc:  # noqa: BLE001 - every handler failure is retried
-                        error = exc
-                if scope.cancelled_caught:
-                    error = HandlerTimeout(self.name, timeout, f"handler for {row.name!r}")
+                error = await self._attempt(
+                    rt, route, message, attempt=attempt, limit=timeout, redrive=redrive
+                )
                 if error is None:
-                    try:
-                        await self._commit_success(rt, row, ctx, redrive=redrive)
-                    except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
-                        error = exc
-                    else:
-                        now = trio.current_time()
-                        self._metrics.handled(now, now - started)
-                        return
+                    now = trio.current_time()
+                    self._metrics.handled(now, now - started)
+                    return
                 now = trio.current_time()
                 first_failed_at = first_failed_at or rt.clock()
                 delay = self._after_failure(row, error, attempt, policy, now)
@@ -432,7 +433,7 @@ class PatternWorker(Generic[S]):
                 self._metrics.retried += 1
                 self._lock.release()
                 try:
-                    await self._interruptible(rt, trio.sleep(delay))
+                    await self._interruptible(rt, trio.sleep, delay)
                 finally:
                     # Even when cancelled: the caller's `async with` releases it again.
                     with trio.CancelScope(shield=True):
@@ -442,6 +443,34 @@ class PatternWorker(Generic[S]):
         finally:
             self._in_flight = 0
             self._retrying = None
+
+    async def _attempt(
+        self,
+        rt: Runtime,
+        route: _Route,
+        message: Message,
+        *,
+        attempt: int,
+        limit: float,
+        redrive: bool,
+    ) -> Exception | None:
+        """Run the handler once and commit its outcome; the error if either failed."""
+        ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
+        error: Exception | None = None
+        with trio.move_on_after(limit) as scope:
+            try:
+                await route.handler(ctx, message.command, self.state)
+            except Exception as exc:  # noqa: BLE001 - every handler failure is retried
+                error = exc
+        if scope.cancelled_caught:
+            return HandlerTimeout(self.name, limit, f"handler for {message.name!r}")
+        if error is not None:
+            return error
+        try:
+            await self._commit_success(rt, message.id, ctx, redrive=redrive)
+        except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
+            return exc
+        return None
 
     def _after_failure(
         self, row: Row, error: Exception, attempt: int, policy: Backoff, now: float
@@ -457,8 +486,10 @@ class PatternWorker(Generic[S]):
         }
         if isinstance(error, ServiceUnavailable):
             # The service is known to be down: wait for it without spending attempts.
-            delay = error.retry_after if error.retry_after else policy.delay(attempt)
-            _log.warning("petrock.retry_scheduled", delay=delay, reason="service unavailable", **fields)
+            delay = error.retry_after or policy.delay(attempt)
+            _log.warning(
+                "petrock.retry_scheduled", delay=delay, reason="service unavailable", **fields
+            )
             return delay
         self._metrics.failure(now, repr(error), timeout=timed_out)
         if isinstance(error, (Permanent, *policy.never_retry)) or attempt >= policy.max_attempts:
@@ -472,15 +503,19 @@ class PatternWorker(Generic[S]):
         _log.error(event, delay=delay, **fields)
         return delay
 
-    async def _commit_success(self, rt: Runtime, row: Row, ctx: HandlerContext, *, redrive: bool) -> None:
+    async def _commit_success(
+        self, rt: Runtime, message_id: int, ctx: HandlerContext, *, redrive: bool
+    ) -> None:
         if redrive:
             await rt.log.commit(
-                rt.log.new_commit(encoded=ctx.emitted, resolved=[(self.name, row.id)])
+                rt.log.new_commit(encoded=ctx.emitted, resolved=[(self.name, message_id)])
             )
-            rt.dead_letter_ids.get(self.name, set()).discard(row.id)
+            rt.dead_letter_ids.get(self.name, set()).discard(message_id)
         elif ctx.emitted:
-            await rt.log.commit(rt.log.new_commit(encoded=ctx.emitted, positions={self.name: row.id}))
-            rt.flusher.committed(self.name, row.id)
+            await rt.log.commit(
+                rt.log.new_commit(encoded=ctx.emitted, positions={self.name: message_id})
+            )
+            rt.flusher.committed(self.name, message_id)
 
     async def _dead_letter(
         self, rt: Runtime, row: Row, error: BaseException, *, attempts: int, first_failed_at: float
@@ -494,9 +529,7 @@ class PatternWorker(Generic[S]):
             first_failed_at=first_failed_at,
             last_failed_at=rt.clock(),
         )
-        await rt.log.commit(
-            rt.log.new_commit(positions={self.name: row.id}, dead_letters=[record])
-        )
+        await rt.log.commit(rt.log.new_commit(positions={self.name: row.id}, dead_letters=[record]))
         rt.flusher.committed(self.name, row.id)
         rt.dead_letter_ids.setdefault(self.name, set()).add(row.id)
         self._metrics.dead_letter(trio.current_time())
@@ -509,14 +542,14 @@ class PatternWorker(Generic[S]):
             error_details=repr(error),
         )
 
-    async def _interruptible(self, rt: Runtime, wait: Awaitable[Any]) -> Any:
-        """Await ``wait`` unless graceful shutdown starts, then raise _Stop."""
+    async def _interruptible(self, rt: Runtime, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await wait(*args)`` unless graceful shutdown starts, then raise _Stop."""
         with trio.CancelScope() as scope:
             self._wait_scopes.add(scope)
             if rt.stopping.is_set():
                 scope.cancel()
             try:
-                return await wait
+                return await wait(*args)
             finally:
                 self._wait_scopes.discard(scope)
         raise _Stop
@@ -536,7 +569,7 @@ class PatternWorker(Generic[S]):
         run = 0
         while not rt.stopping.is_set():
             try:
-                await self._interruptible(rt, trio.sleep_until(next_at))
+                await self._interruptible(rt, trio.sleep_until, next_at)
             except _Stop:
                 return
             started = trio.current_time()
@@ -558,11 +591,13 @@ class PatternWorker(Generic[S]):
             while next_at < now:
                 next_at += periodic.interval
 
-    async def _periodic_once(self, rt: Runtime, periodic: _Periodic, run: int, timeout: float) -> None:
+    async def _periodic_once(
+        self, rt: Runtime, periodic: _Periodic, run: int, limit: float
+    ) -> None:
         ctx = PeriodicContext(rt, self.name, run)
         started = trio.current_time()
         error: Exception | None = None
-        with trio.move_on_after(timeout) as scope:
+        with trio.move_on_after(limit) as scope:
             try:
                 await periodic.work(ctx, self.state)
                 if ctx.emitted:
@@ -570,7 +605,7 @@ class PatternWorker(Generic[S]):
             except Exception as exc:  # noqa: BLE001 - periodic failures are logged and counted
                 error = exc
         if scope.cancelled_caught:
-            error = HandlerTimeout(self.name, timeout, "periodic work")
+            error = HandlerTimeout(self.name, limit, "periodic work")
         elapsed_ms = (trio.current_time() - started) * 1000
         self._metrics.periodic_runs += 1
         if error is None:
@@ -606,7 +641,9 @@ class PatternWorker(Generic[S]):
         if request.error is not None:
             raise request.error
 
-    async def _redrive_loop(self, rt: Runtime, receive: trio.MemoryReceiveChannel[_RedriveRequest]) -> None:
+    async def _redrive_loop(
+        self, rt: Runtime, receive: trio.MemoryReceiveChannel[_RedriveRequest]
+    ) -> None:
         async for request in receive:
             try:
                 rows = await rt.log.store.read_after(request.message_id - 1, 1)
@@ -622,4 +659,3 @@ class PatternWorker(Generic[S]):
                 request.error = exc
             finally:
                 request.done.set()
-

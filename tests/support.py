@@ -70,7 +70,9 @@ class Calls:
     replayed: list[tuple[str, int]] = attrs.Factory(list)
 
 
-def make_app(database: str = ":memory:", calls: Calls | None = None, **kw: Any) -> tuple[pt.App, pt.PatternWorker[Tally], Calls]:
+def make_app(
+    database: str = ":memory:", calls: Calls | None = None, **kw: Any
+) -> tuple[pt.App, pt.PatternWorker[Tally], Calls]:
     """An app with the test commands and a `tally` worker that echoes each Add."""
     calls = calls if calls is not None else Calls()
     app = pt.App(database=database, **kw)

@@ -24,7 +24,7 @@ class TestInspect:
     """inspect() is JSON-serialisable and shows positions, lag, health and metrics."""
 
     async def test_report(self) -> None:
-        app, worker, _ = make_app()
+        app, _, _ = make_app()
         async with serving(app):
             await app.execute(Add("a"))
             await app.execute(Note("n"))
@@ -64,7 +64,7 @@ class TestRegistration:
         with pytest.raises(pt.ConfigurationError, match="already registered"):
             app.register_worker(worker)
         with pytest.raises(pt.ConfigurationError, match="already routes"):
-            worker.on_command("test/add", lambda ctx, cmd, state: None)  # type: ignore[arg-type,return-value]
+            worker.on_command("test/add", lambda ctx, cmd, state: None)  # type: ignore[type-var]
 
     async def test_no_registration_while_serving(self) -> None:
         app, _, _ = make_app()
@@ -96,7 +96,9 @@ def file_clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
 class TestShutdown:
     """Graceful shutdown finishes running handlers, commits, and starts nothing new."""
 
-    async def test_graceful_finishes_in_flight(self, tmp_path: Path, file_clock: trio.testing.MockClock) -> None:
+    async def test_graceful_finishes_in_flight(
+        self, tmp_path: Path, file_clock: trio.testing.MockClock
+    ) -> None:
         db = str(tmp_path / "g.db")
         app = pt.App(database=db, shutdown_grace=10.0)
         app.register_command(Note)
@@ -122,7 +124,9 @@ class TestShutdown:
         assert (await store.positions())["slow"] == 1
         await store.aclose()
 
-    async def test_grace_period_runs_out(self, tmp_path: Path, file_clock: trio.testing.MockClock) -> None:
+    async def test_grace_period_runs_out(
+        self, tmp_path: Path, file_clock: trio.testing.MockClock
+    ) -> None:
         db = str(tmp_path / "g.db")
         app = pt.App(database=db, shutdown_grace=2.0)
         app.register_command(Note)

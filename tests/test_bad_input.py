@@ -1,4 +1,4 @@
-"""Bad input gets a typed error and loses nothing; bad rows are dead-lettered, processing goes on."""
+"""Bad input gets a typed error and loses nothing; bad rows are dead-lettered, work goes on."""
 
 from __future__ import annotations
 
@@ -68,10 +68,9 @@ class TestExecuteRefuses:
             except pt.ValidationError:
                 outcomes.append("refused")
 
-        async with serving(app):
-            async with trio.open_nursery() as nursery:
-                for _ in range(10):
-                    nursery.start_soon(attempt)
+        async with serving(app), trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(attempt)
         assert sorted(outcomes) == ["ok"] + ["refused"] * 9
 
     async def test_not_running(self) -> None:
@@ -169,9 +168,13 @@ class TestHandlerSteering:
         assert len(calls) == 1
         assert letter.attempts == 1
 
-    async def test_invalid_emit_fails_the_handler(self, autojump_clock: trio.testing.MockClock) -> None:
+    async def test_invalid_emit_fails_the_handler(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
         app, _, _ = make_app()
-        worker: pt.PatternWorker[None] = pt.PatternWorker("emitter", retry=pt.Backoff(max_attempts=2))
+        worker: pt.PatternWorker[None] = pt.PatternWorker(
+            "emitter", retry=pt.Backoff(max_attempts=2)
+        )
 
         @worker.on_command("test/note")
         async def handle(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:

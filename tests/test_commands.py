@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import types
+
 import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import petrock_trio as pt
+from petrock_trio._commands import validate
 from tests.support import Add, Named, Note
 
 
@@ -97,14 +100,10 @@ class TestCodec:
             registry.decode("test/note", b'{"text": "' + b"x" * 100 + b'"}')
 
     def test_validate_is_optional(self) -> None:
-        from petrock_trio._commands import validate
-
-        class State:
-            names = {"taken"}
-
-        validate(Note("anything"), State())
+        state = types.SimpleNamespace(names={"taken"})
+        validate(Note("anything"), state)
         with pytest.raises(pt.ValidationError, match="taken"):
-            validate(Named("taken"), State())
+            validate(Named("taken"), state)
 
     @given(key=st.text(), amount=st.integers(min_value=-(2**63), max_value=2**63 - 1))
     def test_round_trip_property(self, key: str, amount: int) -> None:

@@ -46,8 +46,10 @@ class CountingLegacyWorker:
 class TestLegacyWorkers:
     """The engine calls start, replay, then work every tick, and stop at shutdown."""
 
-    async def test_runs_beside_pattern_workers(self, autojump_clock: trio.testing.MockClock) -> None:
-        app, pattern, calls = make_app()
+    async def test_runs_beside_pattern_workers(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, _, calls = make_app()
         legacy = CountingLegacyWorker()
         app.register_worker(legacy, tick=0.5)
         async with serving(app):
@@ -63,7 +65,9 @@ class TestLegacyWorkers:
         assert report["workers"]["legacy-counter"]["position"] == 2
         assert report["workers"]["legacy-counter"]["metrics"]["periodic_runs"] == 3
 
-    async def test_failing_work_is_counted_not_fatal(self, autojump_clock: trio.testing.MockClock) -> None:
+    async def test_failing_work_is_counted_not_fatal(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
         class Broken(CountingLegacyWorker):
             async def work(self) -> None:
                 self.ticks.append(trio.current_time())

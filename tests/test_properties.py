@@ -31,7 +31,7 @@ step = st.tuples(
 )
 
 
-async def run_sequence(db: str, steps: list[tuple[str, list[Any], str]]) -> None:
+async def run_sequence(db: str, steps: list[tuple[str, list[Any], str]]) -> None:  # noqa: C901, PLR0912 - one scenario, read top to bottom
     appended: list[Any] = []  # what the log holds, in id order (None for unknown rows)
     all_live: list[int] = []
     positions: list[int] = []

@@ -13,7 +13,9 @@ from petrock_trio.testing import serving
 from tests.support import Add, Note, Unrouted
 
 
-def recording_worker(name: str, routes: list[str], seen: list[int], delay: float = 0.0, **kw: Any) -> pt.PatternWorker[None]:
+def recording_worker(
+    name: str, routes: list[str], seen: list[int], delay: float = 0.0, **kw: Any
+) -> pt.PatternWorker[None]:
     worker: pt.PatternWorker[None] = pt.PatternWorker(name, **kw)
 
     async def handler(ctx: pt.HandlerContext, cmd: Any, state: None) -> None:
@@ -66,7 +68,9 @@ class TestFanOut:
         workers = []
         for n in range(20):
             seen[f"w{n}"] = []
-            workers.append(recording_worker(f"w{n}", ["test/add" if n % 2 else "test/note"], seen[f"w{n}"]))
+            workers.append(
+                recording_worker(f"w{n}", ["test/add" if n % 2 else "test/note"], seen[f"w{n}"])
+            )
         app = app_with(*workers, database=db)
         async with serving(app) as running:
             await running.caught_up()
@@ -76,7 +80,9 @@ class TestFanOut:
         for n in range(20):
             assert len(seen[f"w{n}"]) == 1000
 
-    async def test_slow_worker_does_not_delay_another(self, autojump_clock: trio.testing.MockClock) -> None:
+    async def test_slow_worker_does_not_delay_another(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
         fast: list[int] = []
         slow: list[int] = []
         app = app_with(

@@ -12,7 +12,7 @@ import trio
 import petrock_trio as pt
 from petrock_trio.stores import SQLiteStore
 from petrock_trio.testing import serving
-from tests.support import Add, Calls, Echoed, Note, make_app
+from tests.support import Add, Echoed, Note, make_app
 
 
 async def log_names(path: str) -> list[tuple[int, str, Any]]:
@@ -32,6 +32,7 @@ class TestRestart:
         app, worker, first = make_app(db)
         async with serving(app):
             await app.execute(Add("a"))
+            await app.caught_up()  # its echo (id 2) lands before the next add
             await app.execute(Add("b", 2))
             await app.caught_up()
         assert first.live == [("a", 1), ("b", 3)]
@@ -103,7 +104,9 @@ class SimulatedCrash(BaseException):
 class TestCrashBeforeCommit:
     """A crash between handler and commit re-handles the message; its emits land once."""
 
-    async def test_emits_exactly_once(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_emits_exactly_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         db = str(tmp_path / "app.db")
         original = SQLiteStore.commit_many
         crashes = 0
@@ -124,7 +127,7 @@ class TestCrashBeforeCommit:
         assert calls.live == [("a", 1)]
         assert await echo_counts(db) == {}
 
-        app, worker, calls = make_app(db)
+        app, _, calls = make_app(db)
         async with serving(app):
             await app.caught_up()
         assert calls.live == [("a", 1)]  # handled again, live: its effect had not landed

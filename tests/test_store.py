@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
 import petrock_trio as pt
@@ -35,7 +37,11 @@ class TestStoreContract:
 
     async def test_append_and_read(self, store: Store) -> None:
         (rows,) = await store.commit_many([Commit(appends=appends("a", "b", "c"), timestamp=5.0)])
-        assert [(r.id, r.name, r.timestamp) for r in rows] == [(1, "a", 5.0), (2, "b", 5.0), (3, "c", 5.0)]
+        assert [(r.id, r.name, r.timestamp) for r in rows] == [
+            (1, "a", 5.0),
+            (2, "b", 5.0),
+            (3, "c", 5.0),
+        ]
         assert await store.head() == 3
         assert [r.id for r in await store.read_after(1, 10)] == [2, 3]
         assert [r.id for r in await store.read_after(0, 2)] == [1, 2]
@@ -56,7 +62,9 @@ class TestStoreContract:
     async def test_dead_letters_accumulate_attempts_and_resolve(self, store: Store) -> None:
         letter = DeadLetterRecord("w", 7, "x/y", "boom", 3, 1.0, 2.0)
         await store.commit_many([Commit(dead_letters=[letter])])
-        await store.commit_many([Commit(dead_letters=[attrs_evolve(letter, error="again", attempts=2)])])
+        await store.commit_many(
+            [Commit(dead_letters=[attrs_evolve(letter, error="again", attempts=2)])]
+        )
         (stored,) = await store.dead_letters("w")
         assert (stored.attempts, stored.error) == (5, "again")
         assert await store.dead_letters("other") == []
@@ -77,9 +85,7 @@ class TestStoreContract:
         assert (stats.reads, stats.rows_read, stats.rows_appended) == (1, 2, 2)
 
 
-def attrs_evolve(letter: DeadLetterRecord, **changes: object) -> DeadLetterRecord:
-    import attrs
-
+def attrs_evolve(letter: DeadLetterRecord, **changes: Any) -> DeadLetterRecord:
     return attrs.evolve(letter, **changes)
 
 

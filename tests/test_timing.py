@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -15,7 +16,7 @@ from tests.support import Add, make_app
 
 
 def diffs(times: list[float]) -> list[float]:
-    return [round(b - a, 9) for a, b in zip(times, times[1:], strict=False)]
+    return [round(b - a, 9) for a, b in itertools.pairwise(times)]
 
 
 class TestPeriodicWork:
@@ -35,7 +36,9 @@ class TestPeriodicWork:
         assert [r - start for r in runs] == [0.0, 2.5, 5.0, 7.5, 10.0]
         assert worker.metrics().periodic_runs == 5
 
-    async def test_overrunning_run_delays_the_next(self, autojump_clock: trio.testing.MockClock) -> None:
+    async def test_overrunning_run_delays_the_next(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
         app, worker, _ = make_app()
         runs: list[float] = []
 
@@ -49,7 +52,9 @@ class TestPeriodicWork:
         # 0 overran to 2.5: ticks at 1 and 2 were missed, the next starts at 3.
         assert diffs(runs) == [3.0, 1.0, 1.0]
 
-    async def test_default_timeout_is_30_seconds(self, autojump_clock: trio.testing.MockClock) -> None:
+    async def test_default_timeout_is_30_seconds(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
         app, worker, _ = make_app()
         ends: list[float] = []
 
@@ -100,7 +105,11 @@ class TestPeriodicWork:
 
 
 def failing_worker(
-    *, handler_timeout: float = 5.0, timeout: float | None = None, retry: pt.Backoff | None = None, hang: bool = False
+    *,
+    handler_timeout: float = 5.0,
+    timeout: float | None = None,
+    retry: pt.Backoff | None = None,
+    hang: bool = False,
 ) -> tuple[pt.App, list[float]]:
     app = pt.App()
     app.register_command(Add)

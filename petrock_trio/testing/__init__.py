@@ -21,7 +21,9 @@ async def serving(app: App, *, graceful: bool = True) -> AsyncIterator[App]:
     False, which cancels it the way a hard stop would.
     """
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: serve(app, handle_signals=False, task_status=task_status))
+        await nursery.start(
+            lambda task_status: serve(app, handle_signals=False, task_status=task_status)
+        )
         try:
             yield app
         finally:
