@@ -1,9 +1,7 @@
 """petrock_trio: background workers for command-sourced applications, on Trio."""
 
-from __future__ import annotations
-
-import contextlib
-from typing import Any
+import contextlib as _contextlib
+from typing import Any as _Any
 
 from ._app import App as App
 from ._app import DeadLetter as DeadLetter
@@ -95,12 +93,12 @@ __all__ = [
 for _name in __all__:
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("petrock_trio._"):
-        with contextlib.suppress(AttributeError, TypeError):
+        with _contextlib.suppress(AttributeError, TypeError):
             _obj.__module__ = __name__
 del _name, _obj
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415 - only when asked
 
