@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 import trio
+from trio_util import AsyncValue
 
 from ._message import Message
 from ._pump import Feed
@@ -44,6 +45,11 @@ class Projection:
     @property
     def position(self) -> int:
         return self.feed.position.value if self.feed is not None else 0
+
+    @property
+    def position_value(self) -> AsyncValue[int]:
+        assert self.feed is not None, "the projection is not running"
+        return self.feed.position
 
     def _prepare(self, rt: Runtime) -> Feed:
         self._rt = rt

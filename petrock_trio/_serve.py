@@ -63,6 +63,9 @@ async def serve(
         app.projection._prepare(rt)  # noqa: SLF001 - serve drives the app's parts
         for worker in app.workers.values():
             worker._prepare(rt)  # noqa: SLF001
+        # From here on the app can be used, by its workers' start-up code too; commands
+        # executed meanwhile wait for the state projection like any other.
+        app._rt = rt  # noqa: SLF001
         async with trio.open_nursery() as root:
             await root.start(log.run_writer)
             try:
@@ -72,7 +75,6 @@ async def serve(
                     if handle_signals and threading.current_thread() is threading.main_thread():
                         engine.start_soon(_watch_signals, app, engine.cancel_scope)
                     await engine.start(_run_workers, app, rt, engine.cancel_scope)
-                    app._rt = rt  # noqa: SLF001
                     _log.info(
                         "petrock.serving",
                         database=app.database,

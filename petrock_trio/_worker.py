@@ -408,6 +408,11 @@ class PatternWorker(Generic[S]):
         route = self._routes[row.name]
         policy = route.retry or self.retry
         timeout = route.timeout if route.timeout is not None else self.handler_timeout
+        # A live handler sees app state at least as new as its message, so what it
+        # emits is validated against the state that message produced.
+        applied = rt.app.projection.position_value
+        if applied.value < row.id:
+            await applied.wait_value(lambda p: p >= row.id)
         attempt = 1
         first_failed_at: float | None = None
         self._in_flight = 1

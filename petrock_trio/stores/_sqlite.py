@@ -69,7 +69,10 @@ class SQLiteStore:
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
-        self.inline = path == ":memory:"
+        # ":memory:" or a shared in-memory URI ("file:NAME?mode=memory&cache=shared"):
+        # nothing to wait for on disk, so no thread hop.
+        self.uri = path.startswith("file:")
+        self.inline = path == ":memory:" or (self.uri and "mode=memory" in path)
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._write_limiter = trio.CapacityLimiter(1)
@@ -89,6 +92,7 @@ class SQLiteStore:
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=self.busy_timeout,
+                uri=self.uri,
             )
             if not self.inline:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -124,6 +128,7 @@ class SQLiteStore:
             return conn
 
         if self.inline:
+            # One connection serves reads and writes: there is no disk to wait for.
             self._writer = self._reader = setup()
         else:
             self._writer = await trio.to_thread.run_sync(setup)

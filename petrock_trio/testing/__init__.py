@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import trio
 
 from .._app import App
 from .._serve import serve
+from ._fakes import FakeCall, FakeService, FakeServiceError
 
-__all__ = ["serving"]
+__all__ = ["FakeCall", "FakeService", "FakeServiceError", "memory_database", "serving"]
+
+
+@contextmanager
+def memory_database() -> Iterator[str]:
+    """A SQLite database in memory that outlives app restarts inside the ``with``.
+
+    Yields a database URL for ``App(database=...)``. Like ``":memory:"`` it runs on the
+    Trio thread (exact under MockClock), but several apps, one after another, see the
+    same log: restarts and replay can be tested in virtual time.
+    """
+    url = f"file:petrock-{uuid.uuid4().hex}?mode=memory&cache=shared"
+    keeper = sqlite3.connect(url, uri=True)
+    try:
+        yield url
+    finally:
+        keeper.close()
 
 
 @asynccontextmanager

@@ -1,3 +1,5 @@
+"""Shared by the engine's tests and the features' tests."""
+
 from __future__ import annotations
 
 import os

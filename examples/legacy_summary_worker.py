@@ -1,0 +1,200 @@
+"""The items summary worker written the old way: the "before" of the migration guide.
+
+Run it:  python examples/legacy_summary_worker.py
+
+It implements the old-style worker interface (info / start / replay / work / stop)
+the way a Petrock feature did before PatternWorker: its own loop over the log, its
+own position tracking and checkpointing, its own replay, its own error handling.
+``features/items/workers/summary_worker.py`` is the same behaviour as a
+PatternWorker; ``tests/test_items_equivalence.py`` checks that both emit the same
+commands and leave the same items behind.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import structlog
+import trio
+
+import petrock_trio as pt
+from features.items import (
+    CreateItem,
+    DeleteItem,
+    FailSummaryGeneration,
+    RequestSummaryGeneration,
+    SetGeneratedSummary,
+    UpdateItem,
+)
+from features.items.summarizer import Summarizer
+
+log = structlog.get_logger("legacy_summary_worker")
+
+MAX_AGE = timedelta(hours=24)
+PAGE = 100
+
+
+class LegacySummaryWorker:
+    """Summarises items; every piece of infrastructure is written out by hand."""
+
+    def __init__(self, summarizer: Summarizer, name: str = "items-summaries") -> None:
+        self.name = name
+        self.summarizer = summarizer
+        self.app: pt.App | None = None
+        self.last_processed_id = 0
+        self.saved_position = 0
+        self.contents: dict[str, str] = {}
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.submitted: set[str] = set()
+
+    def info(self) -> pt.WorkerInfo:
+        return pt.WorkerInfo(self.name, "Generates summaries of item content (old style)")
+
+    async def start(self, app: pt.App) -> None:
+        self.app = app
+        self.contents.clear()
+        self.pending.clear()
+        self.submitted.clear()
+        self.last_processed_id = 0
+        positions = await app.log.store.positions()
+        self.saved_position = positions.get(self.name, 0)
+        log.info("worker starting", worker=self.name, saved_position=self.saved_position)
+
+    async def replay(self) -> None:
+        """Rebuild state from the log up to the saved position, with no side effects."""
+        assert self.app is not None
+        while self.last_processed_id < self.saved_position:
+            try:
+                messages = await self.app.log.read_after(self.last_processed_id, PAGE)
+            except pt.PetrockError as exc:
+                log.error("replay read failed", worker=self.name, error=repr(exc))
+                return
+            if not messages:
+                break
+            for message in messages:
+                if message.id > self.saved_position:
+                    break
+                try:
+                    await self.handle(message, replay=True)
+                except Exception as exc:  # noqa: BLE001 - the old way: log and go on
+                    log.error(
+                        "replay failed", worker=self.name, message_id=message.id, error=repr(exc)
+                    )
+                self.last_processed_id = message.id
+        log.info("replay done", worker=self.name, position=self.last_processed_id)
+
+    async def work(self) -> None:
+        """One tick: handle every new message, checkpoint, then process pending summaries."""
+        assert self.app is not None
+        while True:
+            try:
+                messages = await self.app.log.read_after(self.last_processed_id, PAGE)
+            except pt.PetrockError as exc:
+                log.error("read failed", worker=self.name, error=repr(exc))
+                return
+            if not messages:
+                break
+            for message in messages:
+                try:
+                    with trio.fail_after(5):
+                        await self.handle(message, replay=False)
+                except Exception as exc:  # noqa: BLE001 - the old way: log and go on
+                    log.error(
+                        "handler failed", worker=self.name, message_id=message.id, error=repr(exc)
+                    )
+                self.last_processed_id = message.id
+                await self.checkpoint()
+        await self.process_pending()
+
+    async def checkpoint(self) -> None:
+        assert self.app is not None
+        if self.last_processed_id > self.saved_position:
+            await self.app.log.commit(
+                self.app.log.new_commit(positions={self.name: self.last_processed_id})
+            )
+            self.saved_position = self.last_processed_id
+
+    async def stop(self) -> None:
+        log.info("worker stopping", worker=self.name, position=self.last_processed_id)
+
+    async def handle(self, message: pt.Message, *, replay: bool) -> None:
+        cmd = message.command
+        if isinstance(cmd, CreateItem):
+            self.contents[cmd.name] = cmd.content
+            if not replay:
+                request = RequestSummaryGeneration(cmd.name, f"{self.name}:{message.id}")
+                await self.execute(request)
+        elif isinstance(cmd, UpdateItem):
+            self.contents[cmd.name] = cmd.content
+        elif isinstance(cmd, DeleteItem):
+            self.contents.pop(cmd.name, None)
+            for request_id in [r for r, p in self.pending.items() if p["item_id"] == cmd.name]:
+                del self.pending[request_id]
+        elif isinstance(cmd, RequestSummaryGeneration):
+            if cmd.item_id in self.contents:
+                self.pending[cmd.request_id] = {
+                    "request_id": cmd.request_id,
+                    "item_id": cmd.item_id,
+                    "content": self.contents[cmd.item_id],
+                    "requested_at": message.timestamp.timestamp(),
+                }
+        elif isinstance(cmd, SetGeneratedSummary | FailSummaryGeneration):
+            self.pending.pop(cmd.request_id, None)
+            self.submitted.discard(cmd.request_id)
+
+    async def execute(self, cmd: object) -> bool:
+        assert self.app is not None
+        try:
+            await self.app.execute(cmd)
+        except pt.ValidationError as exc:
+            log.warning("command refused", worker=self.name, error=repr(exc))
+            return False
+        return True
+
+    async def process_pending(self) -> None:
+        assert self.app is not None
+        now = self.app.clock()
+        for pending in list(self.pending.values()):
+            if pending["request_id"] in self.submitted:
+                continue
+            if now - pending["requested_at"] > MAX_AGE.total_seconds():
+                result: object = FailSummaryGeneration(
+                    pending["item_id"], pending["request_id"], "timeout"
+                )
+            else:
+                try:
+                    with trio.fail_after(30):
+                        summary = await self.summarizer.summarize(
+                            pending["content"], pending["request_id"]
+                        )
+                except Exception as exc:  # noqa: BLE001 - the old way: log and go on
+                    log.error("summarizer failed", worker=self.name, error=repr(exc))
+                    continue
+                result = SetGeneratedSummary(pending["item_id"], pending["request_id"], summary)
+            if await self.execute(result):
+                self.submitted.add(pending["request_id"])
+
+
+async def main() -> None:
+    """Run the legacy worker on the items feature with the local summariser."""
+    from features.items import ItemsFeature, SummarizerService, serve_summarizer  # noqa: PLC0415
+    from features.items.summarizer import HttpSummarizer  # noqa: PLC0415
+
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_summarizer, SummarizerService())
+        app = pt.App(database=":memory:")
+        feature = ItemsFeature()
+        feature.register_commands(app)
+        app.register_worker(LegacySummaryWorker(HttpSummarizer(url)), tick=0.2)
+        await nursery.start(pt.serve, app)
+        await app.execute(CreateItem("legacy", content="Old workers poll. They track ids by hand."))
+        with trio.fail_after(10):
+            while (item := feature.state.get("legacy")) is None or item.summary_status != "ready":  # noqa: ASYNC110 - the old way polls
+                await trio.sleep(0.1)
+        print(f"summary: {item.summary}")
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    trio.run(main)
