@@ -120,7 +120,9 @@ class TestOutagesAndTimeouts:
             health = feature.worker.health()
             assert health.status is pt.Health.DEGRADED
             assert any("summarizer" in r for r in health.reasons)
-            assert {n: i.summary_status for n, i in feature.state.items.items()} == dict.fromkeys("abc", "pending")
+            assert {n: i.summary_status for n, i in feature.state.items.items()} == dict.fromkeys(
+                "abc", "pending"
+            )
             await trio.sleep(40)
             await app.caught_up()
             statuses = {n: i.summary_status for n, i in feature.state.items.items()}
