@@ -28,3 +28,7 @@ demo *args: setup
 # Benchmarks (long; prints ratios against baselines measured in the same run).
 bench: setup
     for b in benchmarks/bench_*.py; do {{python}} "$b"; done
+
+# Code reduction of the items worker migration (legacy vs PatternWorker).
+loc: setup
+    {{python}} benchmarks/loc.py

@@ -28,11 +28,17 @@ from features.items import (
     UpdateItem,
 )
 from features.items.summarizer import Summarizer
+from petrock_trio.stores import DeadLetterRecord
 
 log = structlog.get_logger("legacy_summary_worker")
 
 MAX_AGE = timedelta(hours=24)
 PAGE = 100
+HANDLER_TIMEOUT = 5.0
+WORK_TIMEOUT = 30.0
+MAX_ATTEMPTS = 8
+FAILURE_THRESHOLD = 3  # consecutive summariser failures before backing off
+COOL_DOWN = 10.0  # seconds to leave the summariser alone after that
 
 
 class LegacySummaryWorker:
@@ -47,6 +53,13 @@ class LegacySummaryWorker:
         self.contents: dict[str, str] = {}
         self.pending: dict[str, dict[str, Any]] = {}
         self.submitted: set[str] = set()
+        self.dead_letter_ids: set[int] = set()
+        # Retry bookkeeping for the message at the head of the queue.
+        self.attempts = 0
+        self.retry_at = 0.0
+        # A hand-rolled circuit breaker around the summariser.
+        self.consecutive_failures = 0
+        self.summarizer_open_until = 0.0
 
     def info(self) -> pt.WorkerInfo:
         return pt.WorkerInfo(self.name, "Generates summaries of item content (old style)")
@@ -59,6 +72,9 @@ class LegacySummaryWorker:
         self.last_processed_id = 0
         positions = await app.log.store.positions()
         self.saved_position = positions.get(self.name, 0)
+        # Messages given up on are not replayed: they never took effect.
+        letters = await app.log.store.dead_letters(self.name)
+        self.dead_letter_ids = {letter.message_id for letter in letters}
         log.info("worker starting", worker=self.name, saved_position=self.saved_position)
 
     async def replay(self) -> None:
@@ -75,6 +91,9 @@ class LegacySummaryWorker:
             for message in messages:
                 if message.id > self.saved_position:
                     break
+                if message.id in self.dead_letter_ids:
+                    self.last_processed_id = message.id
+                    continue
                 try:
                     await self.handle(message, replay=True)
                 except Exception as exc:  # noqa: BLE001 - the old way: log and go on
@@ -87,6 +106,8 @@ class LegacySummaryWorker:
     async def work(self) -> None:
         """One tick: handle every new message, checkpoint, then process pending summaries."""
         assert self.app is not None
+        if trio.current_time() < self.retry_at:
+            return  # backing off after a failed message
         while True:
             try:
                 messages = await self.app.log.read_after(self.last_processed_id, PAGE)
@@ -97,15 +118,41 @@ class LegacySummaryWorker:
                 break
             for message in messages:
                 try:
-                    with trio.fail_after(5):
+                    with trio.fail_after(HANDLER_TIMEOUT):
                         await self.handle(message, replay=False)
-                except Exception as exc:  # noqa: BLE001 - the old way: log and go on
+                except Exception as exc:  # noqa: BLE001 - retried on a later tick
+                    self.attempts += 1
                     log.error(
-                        "handler failed", worker=self.name, message_id=message.id, error=repr(exc)
+                        "handler failed",
+                        worker=self.name,
+                        message_id=message.id,
+                        attempt=self.attempts,
+                        error=repr(exc),
                     )
+                    if self.attempts < MAX_ATTEMPTS:
+                        delay = min(2.0 ** (self.attempts - 1), 30.0)
+                        self.retry_at = trio.current_time() + delay
+                        return
+                    await self.dead_letter(message, exc)
+                self.attempts = 0
                 self.last_processed_id = message.id
                 await self.checkpoint()
-        await self.process_pending()
+        try:
+            with trio.fail_after(WORK_TIMEOUT):
+                await self.process_pending()
+        except trio.TooSlowError:
+            log.error("processing pending summaries timed out", worker=self.name)
+
+    async def dead_letter(self, message: pt.Message, error: Exception) -> None:
+        """Record the message as given up on, so that it is not lost."""
+        assert self.app is not None
+        now = self.app.clock()
+        letter = DeadLetterRecord(
+            self.name, message.id, message.name, repr(error), self.attempts, now, now
+        )
+        await self.app.log.commit(self.app.log.new_commit(dead_letters=[letter]))
+        self.dead_letter_ids.add(message.id)
+        log.error("gave up on message", worker=self.name, message_id=message.id)
 
     async def checkpoint(self) -> None:
         assert self.app is not None
@@ -154,6 +201,9 @@ class LegacySummaryWorker:
 
     async def process_pending(self) -> None:
         assert self.app is not None
+        if trio.current_time() < self.summarizer_open_until:
+            log.warning("summarizer unavailable, skipping", worker=self.name)
+            return
         now = self.app.clock()
         for pending in list(self.pending.values()):
             if pending["request_id"] in self.submitted:
@@ -164,13 +214,17 @@ class LegacySummaryWorker:
                 )
             else:
                 try:
-                    with trio.fail_after(30):
-                        summary = await self.summarizer.summarize(
-                            pending["content"], pending["request_id"]
-                        )
-                except Exception as exc:  # noqa: BLE001 - the old way: log and go on
+                    summary = await self.summarizer.summarize(
+                        pending["content"], pending["request_id"]
+                    )
+                except Exception as exc:  # noqa: BLE001 - counted by the breaker below
                     log.error("summarizer failed", worker=self.name, error=repr(exc))
+                    self.consecutive_failures += 1
+                    if self.consecutive_failures >= FAILURE_THRESHOLD:
+                        self.summarizer_open_until = trio.current_time() + COOL_DOWN
+                        return
                     continue
+                self.consecutive_failures = 0
                 result = SetGeneratedSummary(pending["item_id"], pending["request_id"], summary)
             if await self.execute(result):
                 self.submitted.add(pending["request_id"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import trio
@@ -13,7 +13,30 @@ from .._app import App
 from .._serve import serve
 from ._fakes import FakeCall, FakeService, FakeServiceError
 
-__all__ = ["FakeCall", "FakeService", "FakeServiceError", "memory_database", "serving"]
+__all__ = [
+    "FakeCall",
+    "FakeService",
+    "FakeServiceError",
+    "memory_database",
+    "serving",
+    "wait_until",
+]
+
+
+async def wait_until(
+    predicate: Callable[[], object],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a bound on the polling, applied with fail_after
+    interval: float = 0.01,
+) -> None:
+    """Check ``predicate`` every ``interval`` seconds until it is true.
+
+    For conditions nothing signals, such as a reply from a real HTTP service. Raises
+    ``trio.TooSlowError`` after ``timeout`` seconds (Trio's clock) instead of hanging.
+    """
+    with trio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - the condition has no event to wait on
+            await trio.sleep(interval)
 
 
 @contextmanager
