@@ -34,6 +34,7 @@ from ._health import HealthThresholds as HealthThresholds
 from ._legacy import LegacyWorker as LegacyWorker
 from ._legacy import WorkerInfo as WorkerInfo
 from ._log import MessageLog as MessageLog
+from ._logging import configure_logging as configure_logging
 from ._message import Message as Message
 from ._metrics import WorkerMetrics as WorkerMetrics
 from ._open import open_log as open_log
@@ -85,6 +86,7 @@ __all__ = [
     "WorkerStatistics",
     "command",
     "command_name",
+    "configure_logging",
     "open_log",
     "serve",
 ]
