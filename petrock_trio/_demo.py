@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import trio
@@ -59,7 +60,8 @@ async def run_demo(database: str, timeout: float) -> bool:  # noqa: ASYNC109 - h
         serve_summarizer,
     )
 
-    console = Console()
+    # Piped output (logs, CI) is not cut to 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 140)
     async with trio.open_nursery() as nursery:
         service = SummarizerService()
         url = await nursery.start(serve_summarizer, service)
