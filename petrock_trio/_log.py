@@ -138,8 +138,12 @@ class MessageLog:
             pending.done.set()
 
     def _published(self, rows: list[Row]) -> None:
-        if rows and rows[-1].id > self.head.value:
-            self.head.value = rows[-1].id
+        if rows:
+            self.publish_head(rows[-1].id)
+
+    def publish_head(self, head: int) -> None:
+        """Raise ``head`` (never lower it): new rows exist up to ``head``."""
+        self.head.value = max(self.head.value, head)
 
     @property
     def batches(self) -> int:

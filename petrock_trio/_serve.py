@@ -72,6 +72,7 @@ async def serve(
                 async with trio.open_nursery() as engine:
                     await engine.start(pump.run)
                     engine.start_soon(flusher.run)
+                    engine.start_soon(store.watch, log.publish_head)
                     if handle_signals and threading.current_thread() is threading.main_thread():
                         engine.start_soon(_watch_signals, app, engine.cancel_scope)
                     await engine.start(_run_workers, app, rt, engine.cancel_scope)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -79,6 +79,14 @@ class Store(Protocol):
         ...
 
     async def head(self) -> int: ...
+
+    async def watch(self, publish: Callable[[int], None]) -> None:
+        """Call ``publish(head)`` whenever another process appends; never returns.
+
+        Appends made through this store object are published by the log itself; this
+        covers writers elsewhere (other processes on the same database).
+        """
+        ...
 
     async def positions(self) -> dict[str, int]: ...
 

@@ -228,6 +228,11 @@ class SQLiteStore:
 
         return await self._read(run)
 
+    async def watch(self, publish: Callable[[int], None]) -> None:  # noqa: ARG002 - see below
+        # One process owns an embedded database: every append goes through this store
+        # object and is published by the log, so there is nothing to watch.
+        await trio.sleep_forever()
+
     async def positions(self) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             return dict(conn.execute("SELECT worker, position FROM positions").fetchall())
