@@ -28,6 +28,17 @@ from ._errors import ServiceUnavailable as ServiceUnavailable
 from ._errors import StoreError as StoreError
 from ._errors import UnknownCommand as UnknownCommand
 from ._errors import ValidationError as ValidationError
+from ._events import DeadLettered as DeadLettered
+from ._events import Event as Event
+from ._events import HandlerCompleted as HandlerCompleted
+from ._events import HandlerFailed as HandlerFailed
+from ._events import Hook as Hook
+from ._events import PeriodicCompleted as PeriodicCompleted
+from ._events import PeriodicFailed as PeriodicFailed
+from ._events import PeriodicSkipped as PeriodicSkipped
+from ._events import Replayed as Replayed
+from ._events import StructlogHook as StructlogHook
+from ._events import WorkerCrashed as WorkerCrashed
 from ._health import Health as Health
 from ._health import HealthReport as HealthReport
 from ._health import HealthThresholds as HealthThresholds
@@ -54,33 +65,44 @@ __all__ = [
     "CommandRegistry",
     "ConfigurationError",
     "DeadLetter",
+    "DeadLettered",
     "DecodeError",
+    "Event",
     "ExternalService",
     "Feature",
+    "HandlerCompleted",
     "HandlerContext",
     "HandlerError",
+    "HandlerFailed",
     "HandlerTimeout",
     "Health",
     "HealthReport",
     "HealthThresholds",
+    "Hook",
     "LegacyWorker",
     "Message",
     "MessageLog",
     "NotRunning",
     "PatternWorker",
     "PayloadTooLarge",
+    "PeriodicCompleted",
     "PeriodicContext",
+    "PeriodicFailed",
+    "PeriodicSkipped",
     "Permanent",
     "PetrockError",
+    "Replayed",
     "Retry",
     "ServiceStatistics",
     "ServiceUnavailable",
     "StoreError",
+    "StructlogHook",
     "SystemClock",
     "TrioWallClock",
     "UnknownCommand",
     "ValidationError",
     "WallClock",
+    "WorkerCrashed",
     "WorkerInfo",
     "WorkerMetrics",
     "WorkerStatistics",

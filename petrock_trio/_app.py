@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -12,6 +13,7 @@ import trio
 from ._clock import SystemClock, WallClock
 from ._commands import CommandRegistry, command_name, validate
 from ._errors import ConfigurationError, NotRunning, UnknownCommand
+from ._events import Hook, StructlogHook
 from ._health import HealthReport
 from ._legacy import LegacyRunner, LegacyWorker
 from ._log import MessageLog
@@ -19,7 +21,7 @@ from ._message import Message
 from ._projection import Applier, Projection
 from ._runtime import Runtime
 from ._worker import PatternWorker
-from .stores import DeadLetterRecord
+from .stores import DeadLetterRecord, Store
 
 __all__ = ["App", "DeadLetter", "Feature"]
 
@@ -67,7 +69,8 @@ AnyWorker = PatternWorker[Any] | LegacyRunner
 class App:
     """Commands, feature state and workers over one log.
 
-    ``database`` is a SQLite file path, ``":memory:"`` or a ``postgresql://`` URL.
+    ``database`` is a SQLite file path, ``":memory:"`` or a ``postgresql://`` URL
+    (or pass an opened-on-serve ``store`` object instead).
     Run it with ``trio.run(petrock_trio.serve, app)`` or ``await nursery.start(serve, app)``.
     """
 
@@ -82,6 +85,8 @@ class App:
         position_flush_interval: float = 0.2,
         synchronous: str = "FULL",
         clock: WallClock = SystemClock,
+        hooks: Iterable[Hook] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.database = database
         self.state: Any = types.SimpleNamespace() if state is None else state
@@ -90,6 +95,10 @@ class App:
         self.position_flush_interval = position_flush_interval
         self.synchronous = synchronous
         self.clock = clock
+        # Instrumentation: every hook receives every worker event; structured logs by default.
+        self.hooks: list[Hook] = [StructlogHook()] if hooks is None else list(hooks)
+        # A store object instead of a URL: tests wrap a real store to inject faults.
+        self.store = store
         self.registry = CommandRegistry(max_payload_bytes=max_payload_bytes)
         self.projection = Projection()
         self.workers: dict[str, AnyWorker] = {}

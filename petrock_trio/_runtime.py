@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import structlog
 import trio
 
 from ._clock import WallClock
 from ._commands import CommandRegistry
+from ._events import Event, Hook
 from ._log import MessageLog
 from ._pump import Feed, LogPump
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from ._app import App
 
 __all__ = ["PositionFlusher", "Runtime"]
+
+_log = structlog.get_logger("petrock_trio")
 
 
 class PositionFlusher:
@@ -99,7 +103,16 @@ class Runtime:
     saved_positions: dict[str, int]
     dead_letter_ids: dict[str, set[int]]
     encode_valid: Callable[[Any], tuple[str, bytes]]
+    hooks: list[Hook] = attrs.Factory(list)
     stopping: trio.Event = attrs.field(factory=trio.Event)
+
+    def report(self, event: Event) -> None:
+        """Hand ``event`` to every hook; a failing hook is logged, never raised."""
+        for hook in self.hooks:
+            try:
+                hook(event)
+            except Exception:  # noqa: BLE001 - instrumentation must not break a worker
+                _log.exception("petrock.hook_failed", hook=repr(hook))
 
     @property
     def registry(self) -> CommandRegistry:

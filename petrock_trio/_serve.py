@@ -41,7 +41,7 @@ async def serve(
     Error handling: handler and periodic errors never reach here; a failing store
     raises :class:`StoreError` out of ``serve``.
     """
-    store = open_store(app.database, synchronous=app.synchronous)
+    store = app.store or open_store(app.database, synchronous=app.synchronous)
     log = MessageLog(store, app.registry, app.clock)
     await log.open()
     try:
@@ -59,6 +59,7 @@ async def serve(
             saved_positions=positions,
             dead_letter_ids=letters,
             encode_valid=app.encode_valid,
+            hooks=app.hooks,
         )
         app.projection._prepare(rt)  # noqa: SLF001 - serve drives the app's parts
         for worker in app.workers.values():

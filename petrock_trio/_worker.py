@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
 import attrs
-import structlog
 import trio
 
 from ._context import HandlerContext, PeriodicContext
@@ -18,6 +17,16 @@ from ._errors import (
     Permanent,
     Retry,
     ServiceUnavailable,
+)
+from ._events import (
+    DeadLettered,
+    HandlerCompleted,
+    HandlerFailed,
+    PeriodicCompleted,
+    PeriodicFailed,
+    PeriodicSkipped,
+    Replayed,
+    WorkerCrashed,
 )
 from ._health import Health, HealthReport, HealthThresholds
 from ._message import Message, Page, Row
@@ -35,8 +44,6 @@ Handler = Callable[[HandlerContext, Any, Any], Awaitable[None]]
 PeriodicWork = Callable[[PeriodicContext, Any], Awaitable[None]]
 H = TypeVar("H", bound=Handler)
 T = TypeVar("T")
-
-_log = structlog.get_logger("petrock_trio.worker")
 
 
 @attrs.frozen
@@ -335,10 +342,9 @@ class PatternWorker(Generic[S]):
             except Exception as exc:  # noqa: BLE001 - an engine bug must not take the app down silently
                 self._crashes += 1
                 self._crashed = repr(exc)
-                _log.exception(
-                    "petrock.worker_crashed", worker_name=self.name, error_details=repr(exc)
-                )
-                await self._interruptible(rt, trio.sleep, backoff.delay(min(self._crashes, 10)))
+                delay = backoff.delay(min(self._crashes, 10))
+                rt.report(WorkerCrashed(self.name, exc, delay))
+                await self._interruptible(rt, trio.sleep, delay)
                 self._crashed = None
                 continue
             return
@@ -383,18 +389,17 @@ class PatternWorker(Generic[S]):
         route = self._routes[row.name]
         ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
         timeout = route.timeout if route.timeout is not None else self.handler_timeout
-        with trio.move_on_after(timeout):
+        started = trio.current_time()
+        error: BaseException | None = None
+        with trio.move_on_after(timeout) as scope:
             try:
                 await route.handler(ctx, message.command, self.state)
             except Exception as exc:  # noqa: BLE001 - replay must go on; the live run decided
-                _log.warning(
-                    "petrock.replay_failed",
-                    worker_name=self.name,
-                    command_type=row.name,
-                    message_id=row.id,
-                    error_details=repr(exc),
-                )
+                error = exc
+        if scope.cancelled_caught:
+            error = HandlerTimeout(self.name, timeout, f"replay of {row.name!r}")
         self._metrics.replayed += 1
+        rt.report(Replayed(self.name, message, trio.current_time() - started, error))
 
     async def _handle_live(
         self, rt: Runtime, page: Page, index: int, row: Row, *, redrive: bool = False
@@ -422,13 +427,14 @@ class PatternWorker(Generic[S]):
                 error = await self._attempt(
                     rt, route, message, attempt=attempt, limit=timeout, redrive=redrive
                 )
+                now = trio.current_time()
                 if error is None:
-                    now = trio.current_time()
                     self._metrics.handled(now, now - started)
                     return
-                now = trio.current_time()
                 first_failed_at = first_failed_at or rt.clock()
-                delay = self._after_failure(row, error, attempt, policy, now)
+                delay = self._after_failure(
+                    rt, row, error, attempt=attempt, policy=policy, duration=now - started
+                )
                 if delay is None:
                     await self._dead_letter(
                         rt, row, error, attempts=attempt, first_failed_at=first_failed_at
@@ -461,6 +467,7 @@ class PatternWorker(Generic[S]):
     ) -> Exception | None:
         """Run the handler once and commit its outcome; the error if either failed."""
         ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
+        started = trio.current_time()
         error: Exception | None = None
         with trio.move_on_after(limit) as scope:
             try:
@@ -475,37 +482,55 @@ class PatternWorker(Generic[S]):
             await self._commit_success(rt, message.id, ctx, redrive=redrive)
         except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
             return exc
+        if rt.hooks:
+            duration = trio.current_time() - started
+            emitted = tuple(ctx.emitted)
+            rt.report(HandlerCompleted(self.name, message, attempt, duration, emitted, redrive))
         return None
 
     def _after_failure(
-        self, row: Row, error: Exception, attempt: int, policy: Backoff, now: float
+        self,
+        rt: Runtime,
+        row: Row,
+        error: Exception,
+        *,
+        attempt: int,
+        policy: Backoff,
+        duration: float,
     ) -> float | None:
         """Record a failure; the delay before the next attempt, or None to dead-letter."""
         timed_out = isinstance(error, HandlerTimeout)
-        fields = {
-            "worker_name": self.name,
-            "command_type": row.name,
-            "message_id": row.id,
-            "attempt": attempt,
-            "error_details": repr(error),
-        }
+        unavailable = isinstance(error, ServiceUnavailable)
+        requested = isinstance(error, Retry)
+        delay: float | None
         if isinstance(error, ServiceUnavailable):
             # The service is known to be down: wait for it without spending attempts.
             delay = error.retry_after or policy.delay(attempt)
-            _log.warning(
-                "petrock.retry_scheduled", delay=delay, reason="service unavailable", **fields
+        else:
+            self._metrics.failure(trio.current_time(), repr(error), timeout=timed_out)
+            if (
+                isinstance(error, (Permanent, *policy.never_retry))
+                or attempt >= policy.max_attempts
+            ):
+                delay = None
+            elif isinstance(error, Retry) and error.delay is not None:
+                delay = error.delay
+            else:
+                delay = policy.delay(attempt)
+        rt.report(
+            HandlerFailed(
+                self.name,
+                row.id,
+                row.name,
+                attempt,
+                duration,
+                error,
+                delay,
+                timed_out=timed_out,
+                retry_requested=requested,
+                service_unavailable=unavailable,
             )
-            return delay
-        self._metrics.failure(now, repr(error), timeout=timed_out)
-        if isinstance(error, (Permanent, *policy.never_retry)) or attempt >= policy.max_attempts:
-            return None
-        if isinstance(error, Retry):
-            delay = error.delay if error.delay is not None else policy.delay(attempt)
-            _log.info("petrock.retry_scheduled", delay=delay, reason=error.reason, **fields)
-            return delay
-        delay = policy.delay(attempt)
-        event = "petrock.handler_timeout" if timed_out else "petrock.handler_failed"
-        _log.error(event, delay=delay, **fields)
+        )
         return delay
 
     async def _commit_success(
@@ -538,14 +563,7 @@ class PatternWorker(Generic[S]):
         rt.flusher.committed(self.name, row.id)
         rt.dead_letter_ids.setdefault(self.name, set()).add(row.id)
         self._metrics.dead_letter(trio.current_time())
-        _log.error(
-            "petrock.dead_lettered",
-            worker_name=self.name,
-            command_type=row.name,
-            message_id=row.id,
-            attempts=attempts,
-            error_details=repr(error),
-        )
+        rt.report(DeadLettered(self.name, row.id, row.name, attempts, error))
 
     async def _interruptible(self, rt: Runtime, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await wait(*args)`` unless graceful shutdown starts, then raise _Stop."""
@@ -581,12 +599,7 @@ class PatternWorker(Generic[S]):
             unavailable = [s.name for s in self.services if not s.available]
             if unavailable:
                 self._metrics.periodic_skipped += 1
-                _log.warning(
-                    "petrock.periodic_skipped",
-                    worker_name=self.name,
-                    command_type="periodic",
-                    reason=f"external service unavailable: {', '.join(unavailable)}",
-                )
+                rt.report(PeriodicSkipped(self.name, tuple(unavailable)))
             else:
                 run += 1
                 async with self._lock:
@@ -609,29 +622,17 @@ class PatternWorker(Generic[S]):
                     await rt.log.commit(rt.log.new_commit(encoded=ctx.emitted))
             except Exception as exc:  # noqa: BLE001 - periodic failures are logged and counted
                 error = exc
-        if scope.cancelled_caught:
+        timed_out = scope.cancelled_caught
+        if timed_out:
             error = HandlerTimeout(self.name, limit, "periodic work")
-        elapsed_ms = (trio.current_time() - started) * 1000
+        now = trio.current_time()
         self._metrics.periodic_runs += 1
         if error is None:
-            _log.debug(
-                "petrock.periodic.complete",
-                worker_name=self.name,
-                command_type="periodic",
-                execution_time=elapsed_ms,
-            )
+            rt.report(PeriodicCompleted(self.name, run, now - started, tuple(ctx.emitted)))
             return
         self._metrics.periodic_failures += 1
-        self._metrics.failure(
-            trio.current_time(), repr(error), timeout=isinstance(error, HandlerTimeout)
-        )
-        _log.error(
-            "petrock.periodic.failed",
-            worker_name=self.name,
-            command_type="periodic",
-            execution_time=elapsed_ms,
-            error_details=repr(error),
-        )
+        self._metrics.failure(now, repr(error), timeout=timed_out)
+        rt.report(PeriodicFailed(self.name, run, now - started, error, timed_out))
 
     async def redrive(self, message_id: int) -> None:
         """Handle a dead-lettered message again, live; returns when it is done."""

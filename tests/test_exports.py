@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import petrock_trio as pt
 import petrock_trio.testing
 
@@ -16,6 +18,8 @@ def test_all_matches_public_names() -> None:
 def test_exports_claim_the_public_module() -> None:
     for name in pt.__all__:
         obj = getattr(pt, name)
+        if isinstance(obj, types.UnionType):
+            continue  # a type alias such as Event has no module of its own
         module = getattr(obj, "__module__", "petrock_trio")
         assert module == "petrock_trio", f"{name} reports module {module}"
 
