@@ -81,9 +81,10 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 class MetricsRecorder:
     """Collects one worker's metrics.
 
-    Rates count events in the last ``window`` seconds (whole seconds, on Trio's clock)
-    and divide by the window, or by the time since the worker started while that is
-    shorter (at least one second). Handler-time statistics cover the last ``samples``
+    Rates count events in the last ``window`` seconds (whole seconds, on Trio's clock).
+    Messages per second divide by the window, or by the time since the worker started
+    while that is shorter (at least one second); errors per minute are the errors in
+    the window, per minute of window. Handler-time statistics cover the last ``samples``
     handler runs.
     """
 
@@ -127,9 +128,14 @@ class MetricsRecorder:
         self.last_dead_letter_at = now
 
     def rates(self, now: float) -> tuple[float, float]:
-        """(messages per second, errors per minute) over the sliding window."""
+        """(messages per second, errors per minute) over the sliding window.
+
+        Throughput divides by the time the window covers so far, so a worker that just
+        started reports its real rate. Errors are not extrapolated: one error in the
+        first second is one error, not sixty a minute.
+        """
         span = max(1.0, min(self.window, now - self.started_at))
-        return self._processed.count(now) / span, self._errors.count(now) * 60.0 / span
+        return self._processed.count(now) / span, self._errors.count(now) * 60.0 / self.window
 
     def snapshot(self, *, position: int, head: int) -> WorkerMetrics:
         try:

@@ -87,6 +87,20 @@ class Feed:
             await trio.lowlevel.checkpoint()
             return page
 
+    def rewind(self) -> None:
+        """Forget pages received but not handled; read again from ``position``.
+
+        After the subscriber's loop failed in the middle of a page, the rest of that
+        page (and anything queued behind it) must be handled again, not skipped.
+        """
+        self.pump.detach(self)
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+        self._skip_to = self.position.value
+
     def close(self) -> None:
         self.pump.detach(self)
         self._send.close()

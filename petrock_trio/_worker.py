@@ -344,6 +344,8 @@ class PatternWorker(Generic[S]):
                 self._crashed = repr(exc)
                 delay = backoff.delay(min(self._crashes, 10))
                 rt.report(WorkerCrashed(self.name, exc, delay))
+                assert self._feed is not None
+                self._feed.rewind()
                 await self._interruptible(rt, trio.sleep, delay)
                 self._crashed = None
                 continue
