@@ -127,7 +127,7 @@ Event = (
 
 
 class Hook(Protocol):
-    def __call__(self, event: Event) -> None: ...
+    def __call__(self, event: Event, /) -> None: ...
 
 
 def _ms(seconds: float) -> float:

@@ -30,6 +30,10 @@ def single_worker(
     return app, worker
 
 
+def circuit(service: pt.ExternalService) -> pt.Circuit:
+    return service.circuit  # read afresh: the state changes with the clock
+
+
 class TestCircuitBreaker:
     """Closed -> open after the threshold -> half-open after reset_timeout -> closed on success."""
 
@@ -47,9 +51,9 @@ class TestCircuitBreaker:
         assert info.value.retry_after == 10.0
         assert len(fake.calls) == 3  # the open circuit did not call through
         await trio.sleep(9.999)
-        assert service.circuit is pt.Circuit.OPEN
+        assert circuit(service) is pt.Circuit.OPEN
         await trio.sleep(0.001)
-        assert service.circuit is pt.Circuit.HALF_OPEN
+        assert circuit(service) is pt.Circuit.HALF_OPEN
         with pytest.raises(pt.testing.FakeServiceError):
             await service.call(fake)  # the probe fails: open again for a full reset_timeout
         assert service.circuit is pt.Circuit.OPEN
@@ -375,7 +379,7 @@ class TestStructuredLogs:
                 await app.execute(Add("bad"))
                 await app.execute(Add("slow"))
                 await app.caught_up()
-        by_event: dict[str, list[dict[str, Any]]] = {}
+        by_event: dict[str, list[MutableMapping[str, Any]]] = {}
         for entry in logs:
             by_event.setdefault(entry["event"], []).append(entry)
         (done,) = by_event["petrock.handler.complete"]
