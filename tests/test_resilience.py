@@ -61,7 +61,7 @@ class TestCircuitBreaker:
         fake.up()
         await trio.sleep(10.0)
         assert await service.call(fake) == "ok"
-        assert service.circuit is pt.Circuit.CLOSED
+        assert circuit(service) is pt.Circuit.CLOSED
         stats = service.statistics()
         assert (stats.calls, stats.failures, stats.rejected, stats.opened) == (5, 4, 1, 1)
         assert trio.current_time() - start == 20.0
