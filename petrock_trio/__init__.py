@@ -42,6 +42,8 @@ from ._events import WorkerCrashed as WorkerCrashed
 from ._health import Health as Health
 from ._health import HealthReport as HealthReport
 from ._health import HealthThresholds as HealthThresholds
+from ._http import http_app as http_app
+from ._http import serve_http as serve_http
 from ._legacy import LegacyWorker as LegacyWorker
 from ._legacy import WorkerInfo as WorkerInfo
 from ._log import MessageLog as MessageLog
@@ -109,8 +111,10 @@ __all__ = [
     "command",
     "command_name",
     "configure_logging",
+    "http_app",
     "open_log",
     "serve",
+    "serve_http",
 ]
 
 # Tracebacks and reprs name the public path, not the private module.
