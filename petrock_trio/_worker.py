@@ -144,6 +144,7 @@ class PatternWorker(Generic[S]):
         self._in_flight = 0
         self._retrying: tuple[int, int] | None = None
         self._redrive: trio.MemorySendChannel[_RedriveRequest] | None = None
+        self._periodic_runs = 0
 
     def __repr__(self) -> str:
         retrying = f" retrying={self._retrying[0]}" if self._retrying else ""
@@ -591,7 +592,6 @@ class PatternWorker(Generic[S]):
     async def _periodic_loop(self, rt: Runtime, periodic: _Periodic) -> None:
         timeout = periodic.timeout if periodic.timeout is not None else self.periodic_timeout
         next_at = trio.current_time()
-        run = 0
         while not rt.stopping.is_set():
             try:
                 await self._interruptible(rt, trio.sleep_until, next_at)
@@ -603,9 +603,9 @@ class PatternWorker(Generic[S]):
                 self._metrics.periodic_skipped += 1
                 rt.report(PeriodicSkipped(self.name, tuple(unavailable)))
             else:
-                run += 1
+                self._periodic_runs += 1
                 async with self._lock:
-                    await self._periodic_once(rt, periodic, run, timeout)
+                    await self._periodic_once(rt, periodic, self._periodic_runs, timeout)
             next_at = started + periodic.interval
             now = trio.current_time()
             while next_at < now:
@@ -635,6 +635,17 @@ class PatternWorker(Generic[S]):
         self._metrics.periodic_failures += 1
         self._metrics.failure(now, repr(error), timeout=timed_out)
         rt.report(PeriodicFailed(self.name, run, now - started, error, timed_out))
+
+    async def run_periodic_now(self) -> None:
+        """Run the periodic work once, now, as the engine would (tests, operators)."""
+        rt = self._rt
+        if rt is None or self._periodic is None:
+            raise NotRunning(f"worker {self.name!r} is not running or has no periodic work")
+        periodic = self._periodic
+        limit = periodic.timeout if periodic.timeout is not None else self.periodic_timeout
+        self._periodic_runs += 1
+        async with self._lock:
+            await self._periodic_once(rt, periodic, self._periodic_runs, limit)
 
     async def redrive(self, message_id: int) -> None:
         """Handle a dead-lettered message again, live; returns when it is done."""

@@ -1,75 +1,50 @@
-"""Test helpers for petrock_trio applications and workers."""
+"""Testing workers: harness, fakes, fault injection, timing assertions, throughput.
+
+A worker's business logic is tested in a few lines, deterministically, with no
+database server, HTTP service or real time::
+
+    async def test_greets(autojump_clock):
+        async with worker_harness(worker, commands=[SendGreeting, GreetingSent]) as h:
+            await h.send(SendGreeting("Ada"))
+            assert h.emitted == [GreetingSent("Ada", "Hello, Ada!")]
+
+Hypothesis strategies live in :mod:`petrock_trio.testing.strategies`; the pytest
+plugin (fixtures ``petrock_harness``, ``petrock_database``, ``fake_service``) is
+registered automatically when petrock_trio is installed.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-
-import trio
-
-from .._app import App
-from .._serve import serve
-from ._fakes import FakeCall, FakeService, FakeServiceError
+from ._fakes import FakeCall as FakeCall
+from ._fakes import FakeService as FakeService
+from ._fakes import FakeServiceError as FakeServiceError
+from ._faults import FaultyStore as FaultyStore
+from ._harness import HandlerCall as HandlerCall
+from ._harness import WorkerHarness as WorkerHarness
+from ._harness import worker_harness as worker_harness
+from ._running import memory_database as memory_database
+from ._running import serving as serving
+from ._running import wait_until as wait_until
+from ._throughput import Throughput as Throughput
+from ._throughput import assert_throughput as assert_throughput
+from ._throughput import measure_throughput as measure_throughput
+from ._timing import assert_delays as assert_delays
+from ._timing import assert_times as assert_times
 
 __all__ = [
     "FakeCall",
     "FakeService",
     "FakeServiceError",
+    "FaultyStore",
+    "HandlerCall",
+    "Throughput",
+    "WorkerHarness",
+    "assert_delays",
+    "assert_throughput",
+    "assert_times",
+    "measure_throughput",
     "memory_database",
     "serving",
     "wait_until",
+    "worker_harness",
 ]
-
-
-async def wait_until(
-    predicate: Callable[[], object],
-    *,
-    timeout: float = 10.0,  # noqa: ASYNC109 - a bound on the polling, applied with fail_after
-    interval: float = 0.01,
-) -> None:
-    """Check ``predicate`` every ``interval`` seconds until it is true.
-
-    For conditions nothing signals, such as a reply from a real HTTP service. Raises
-    ``trio.TooSlowError`` after ``timeout`` seconds (Trio's clock) instead of hanging.
-    """
-    with trio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - the condition has no event to wait on
-            await trio.sleep(interval)
-
-
-@contextmanager
-def memory_database() -> Iterator[str]:
-    """A SQLite database in memory that outlives app restarts inside the ``with``.
-
-    Yields a database URL for ``App(database=...)``. Like ``":memory:"`` it runs on the
-    Trio thread (exact under MockClock), but several apps, one after another, see the
-    same log: restarts and replay can be tested in virtual time.
-    """
-    url = f"file:petrock-{uuid.uuid4().hex}?mode=memory&cache=shared"
-    keeper = sqlite3.connect(url, uri=True)
-    try:
-        yield url
-    finally:
-        keeper.close()
-
-
-@asynccontextmanager
-async def serving(app: App, *, graceful: bool = True) -> AsyncIterator[App]:
-    """Serve ``app`` for the body of the ``async with``; replay is done on entry.
-
-    On exit the app shuts down gracefully (positions committed) unless ``graceful`` is
-    False, which cancels it the way a hard stop would.
-    """
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: serve(app, handle_signals=False, task_status=task_status)
-        )
-        try:
-            yield app
-        finally:
-            if graceful:
-                app.stop()
-            else:
-                nursery.cancel_scope.cancel()

@@ -1,0 +1,124 @@
+"""A store wrapper that injects faults: failed writes and reads, delays, corrupt rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+import trio
+
+from .._errors import StoreError
+from .._message import Row
+from ..stores import Commit, DeadLetterRecord, Store, StoreStatistics
+
+__all__ = ["FaultyStore"]
+
+
+@attrs.define
+class _Script:
+    remaining: int = 0
+    error: Callable[[], Exception] = lambda: StoreError("injected store failure")
+    delay: float = 0.0
+    when: Callable[[Sequence[Commit]], bool] | None = None
+
+    def take(self, commits: Sequence[Commit] = ()) -> Exception | None:
+        if self.remaining <= 0 or (self.when is not None and not self.when(commits)):
+            return None
+        self.remaining -= 1
+        return self.error()
+
+
+class FaultyStore:
+    """Wraps a real store and fails, stalls or corrupts on request.
+
+    ``fail_commits(n)`` makes the next ``n`` transactions raise without writing (as a
+    full disk or a lost connection would); ``fail_reads(n)`` the same for reads;
+    ``stall_commits(seconds)`` delays every write (a locked database, on Trio's
+    clock); ``corrupt(message_id)`` returns that row with a payload that does not
+    decode. Everything else goes to the real store.
+    """
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._commits = _Script()
+        self._reads = _Script()
+        self._corrupt: set[int] = set()
+        self.failed_commits = 0
+        self.failed_reads = 0
+
+    def __repr__(self) -> str:
+        return f"<FaultyStore {self.inner!r} commits_to_fail={self._commits.remaining}>"
+
+    def fail_commits(
+        self,
+        count: int = 1,
+        error: Callable[[], Exception] | None = None,
+        *,
+        when: Callable[[Sequence[Commit]], bool] | None = None,
+    ) -> None:
+        """Fail the next ``count`` transactions (those for which ``when(commits)`` holds)."""
+        self._commits.remaining += count
+        self._commits.when = when
+        if error is not None:
+            self._commits.error = error
+
+    def fail_reads(self, count: int = 1, error: Callable[[], Exception] | None = None) -> None:
+        self._reads.remaining += count
+        if error is not None:
+            self._reads.error = error
+
+    def stall_commits(self, seconds: float) -> None:
+        self._commits.delay = seconds
+
+    def corrupt(self, message_id: int) -> None:
+        self._corrupt.add(message_id)
+
+    async def open(self) -> int:
+        return await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[list[Row]]:
+        if self._commits.delay:
+            await trio.sleep(self._commits.delay)
+        error = self._commits.take(commits)
+        if error is not None:
+            self.failed_commits += 1
+            raise error
+        return await self.inner.commit_many(commits)
+
+    async def read_after(
+        self,
+        after: int,
+        limit: int,
+        *,
+        upto: int | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[Row]:
+        error = self._reads.take()
+        if error is not None:
+            self.failed_reads += 1
+            raise error
+        rows = await self.inner.read_after(after, limit, upto=upto, names=names)
+        if self._corrupt:
+            rows = [
+                r._replace(payload=b"\x00corrupt") if r.id in self._corrupt else r for r in rows
+            ]
+        return rows
+
+    async def head(self) -> int:
+        return await self.inner.head()
+
+    async def watch(self, publish: Callable[[int], None]) -> None:
+        await self.inner.watch(publish)
+
+    async def positions(self) -> dict[str, int]:
+        return await self.inner.positions()
+
+    async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
+        return await self.inner.dead_letters(worker)
+
+    def statistics(self) -> StoreStatistics:
+        return self.inner.statistics()

@@ -1,0 +1,300 @@
+"""WorkerHarness: run one worker as the engine would, and look at everything it does."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import structlog.testing
+import trio
+
+from .._app import App, DeadLetter, Feature
+from .._clock import TrioWallClock, WallClock
+from .._events import (
+    Event,
+    HandlerCompleted,
+    HandlerFailed,
+    PeriodicCompleted,
+    PeriodicFailed,
+    Replayed,
+)
+from .._health import HealthReport
+from .._message import Message
+from .._metrics import WorkerMetrics
+from .._serve import serve
+from .._worker import PatternWorker
+from ..stores import open_store
+from ._faults import FaultyStore
+from ._running import memory_database
+
+__all__ = ["HandlerCall", "WorkerHarness", "worker_harness"]
+
+
+@attrs.frozen
+class HandlerCall:
+    """One run of a handler: ``outcome`` is ok, error, timeout, retry (asked or waiting
+    for a service) or replay."""
+
+    at: float  # Trio time the run started
+    command_type: str
+    message_id: int
+    attempt: int
+    outcome: str
+    error: BaseException | None = None
+
+
+class WorkerHarness:
+    """A running app with one worker under test, and recordings of what it did.
+
+    Build it with :func:`worker_harness`. Everything runs on Trio's clock: under
+    pytest-trio's ``autojump_clock`` a test that waits an hour takes milliseconds.
+    """
+
+    def __init__(self, app: App, worker: PatternWorker[Any], store: FaultyStore | None) -> None:
+        self.app = app
+        self.worker = worker
+        self.store = store
+        self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+        self.calls: list[HandlerCall] = []
+        self.periodic_runs: list[tuple[float, BaseException | None]] = []
+        self.events: list[Event] = []
+        self.logs: list[Any] = []
+        self._emitted: list[tuple[str, bytes]] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<WorkerHarness {self.worker.name!r} calls={len(self.calls)} "
+            f"emitted={len(self._emitted)} periodic_runs={len(self.periodic_runs)}>"
+        )
+
+    # --- recording (the harness is a hook) ------------------------------------------------
+
+    def __call__(self, event: Event, /) -> None:
+        if getattr(event, "worker", None) != self.worker.name:
+            return
+        self.events.append(event)
+        now = trio.current_time()
+        match event:
+            case HandlerCompleted():
+                self.calls.append(
+                    HandlerCall(
+                        now - event.duration,
+                        event.message.name,
+                        event.message.id,
+                        event.attempt,
+                        "ok",
+                    )
+                )
+                self._emitted.extend(event.emitted)
+            case HandlerFailed():
+                outcome = (
+                    "retry"
+                    if event.retry_requested or event.service_unavailable
+                    else "timeout"
+                    if event.timed_out
+                    else "error"
+                )
+                self.calls.append(
+                    HandlerCall(
+                        now - event.duration,
+                        event.command_type,
+                        event.message_id,
+                        event.attempt,
+                        outcome,
+                        event.error,
+                    )
+                )
+            case Replayed():
+                self.calls.append(
+                    HandlerCall(
+                        now - event.duration,
+                        event.message.name,
+                        event.message.id,
+                        1,
+                        "replay",
+                        event.error,
+                    )
+                )
+            case PeriodicCompleted():
+                self.periodic_runs.append((now - event.duration, None))
+                self._emitted.extend(event.emitted)
+            case PeriodicFailed():
+                self.periodic_runs.append((now - event.duration, event.error))
+            case _:
+                pass
+
+    # --- driving ----------------------------------------------------------------------
+
+    async def send(self, *commands: object) -> list[Message]:
+        """Execute ``commands`` (validated, like the app would) and wait until handled."""
+        messages = [await self.app.execute(cmd) for cmd in commands]
+        await self.app.caught_up()
+        return messages
+
+    async def append(self, *commands: object) -> list[Message]:
+        """Append ``commands`` without validation (replaying history, bad sequences)."""
+        messages = await self.app.log.append(*commands)
+        await self.app.caught_up()
+        return messages
+
+    async def append_raw(self, name: str, payload: bytes) -> int:
+        """Append a row as stored bytes, e.g. one that does not decode; return its id."""
+        (row,) = await self.app.log.commit(self.app.log.new_commit(encoded=[(name, payload)]))
+        await self.app.caught_up()
+        return row.id
+
+    async def settle(self) -> None:
+        """Wait until the worker has handled everything appended so far."""
+        await self.app.caught_up()
+
+    async def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of (virtual) time pass with the worker running."""
+        await trio.sleep(seconds)
+
+    async def run_periodic(self) -> None:
+        """Run the worker's periodic work once, now, as the engine runs it."""
+        await self.worker.run_periodic_now()
+        await self.app.caught_up()
+
+    async def restart(self, *, hard: bool = False) -> None:
+        """Stop the app and serve it again on the same log: the worker replays.
+
+        ``hard=True`` cancels instead of shutting down gracefully.
+        """
+        assert self._scope is not None
+        if hard:
+            self._scope.cancel()
+        else:
+            self.app.stop()
+        await self._stopped.wait()
+        await self._start()
+
+    async def _start(self) -> None:
+        assert self._nursery is not None
+        self._stopped = trio.Event()
+        await self._nursery.start(self._serve)
+
+    async def _serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            with trio.CancelScope() as self._scope:
+                await serve(self.app, handle_signals=False, task_status=task_status)
+        finally:
+            self._stopped.set()
+
+    @contextlib.contextmanager
+    def failing(
+        self,
+        command: str,
+        times: int = 1,
+        error: Callable[[], Exception] = lambda: RuntimeError("injected failure"),
+    ) -> Iterator[None]:
+        """Make the handler of ``command`` raise ``error()`` on its next ``times`` runs
+        (a network error, a bug, a timeout: whatever ``error`` builds)."""
+        routes = self.worker._routes  # noqa: SLF001 - the harness wraps the real route
+        original = routes[command]
+        remaining = times
+
+        async def wrapped(ctx: Any, cmd: Any, state: Any) -> None:
+            nonlocal remaining
+            if remaining > 0:
+                remaining -= 1
+                raise error()
+            await original.handler(ctx, cmd, state)
+
+        routes[command] = attrs.evolve(original, handler=wrapped)
+        try:
+            yield
+        finally:
+            routes[command] = original
+
+    # --- looking ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> Any:
+        return self.worker.state
+
+    @property
+    def emitted(self) -> list[Any]:
+        """Commands the worker committed (handlers and periodic work), decoded, in order."""
+        registry = self.app.registry
+        return [registry.decode(name, payload) for name, payload in self._emitted]
+
+    def calls_for(self, command_type: str | None = None, *, live: bool = True) -> list[HandlerCall]:
+        return [
+            c
+            for c in self.calls
+            if (command_type is None or c.command_type == command_type)
+            and (c.outcome != "replay" if live else c.outcome == "replay")
+        ]
+
+    def attempt_times(self, message_id: int) -> list[float]:
+        """When each live attempt at ``message_id`` started (for retry-delay assertions)."""
+        return [c.at for c in self.calls if c.message_id == message_id and c.outcome != "replay"]
+
+    def periodic_times(self) -> list[float]:
+        return [at for at, _ in self.periodic_runs]
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return await self.app.dead_letters(self.worker.name)
+
+    def metrics(self) -> WorkerMetrics:
+        return self.worker.metrics()
+
+    def health(self) -> HealthReport:
+        return self.worker.health()
+
+    async def positions(self) -> dict[str, int]:
+        """Positions as committed in the store (not the in-memory ones)."""
+        return await self.app.log.store.positions()
+
+
+@asynccontextmanager
+async def worker_harness(
+    worker: PatternWorker[Any],
+    *,
+    commands: Iterable[type[Any]] = (),
+    feature: Feature | None = None,
+    database: str | None = None,
+    clock: WallClock | None = None,
+    faults: bool = False,
+    capture_logs: bool = True,
+    **app_options: Any,
+) -> AsyncIterator[WorkerHarness]:
+    """Serve ``worker`` on a fresh app and yield a :class:`WorkerHarness` for it.
+
+    ``commands`` are registered (or a ``feature`` registers them and its state; if it
+    also registers ``worker`` that is fine). ``database`` defaults to an in-memory
+    SQLite database that survives :meth:`restart`-style re-serving inside the block;
+    pass a file path for a real log. ``faults=True`` puts a :class:`FaultyStore` in
+    front of the store (``harness.store``). Wall time defaults to
+    :class:`TrioWallClock` so ages and timestamps follow virtual time.
+    """
+    with contextlib.ExitStack() as stack:
+        url = database or stack.enter_context(memory_database())
+        app = App(database=url, clock=clock or TrioWallClock(), **app_options)
+        store = FaultyStore(open_store(url)) if faults else None
+        app.store = store
+        for cls in commands:
+            app.register_command(cls)
+        if feature is not None:
+            feature.register(app)
+        if worker.name not in app.workers:
+            app.register_worker(worker)
+        harness = WorkerHarness(app, worker, store)
+        app.hooks.append(harness)
+        if capture_logs:
+            harness.logs = stack.enter_context(structlog.testing.capture_logs())
+        async with trio.open_nursery() as nursery:
+            harness._nursery = nursery  # noqa: SLF001 - set up by its own factory
+            await harness._start()  # noqa: SLF001
+            try:
+                yield harness
+            finally:
+                app.stop()

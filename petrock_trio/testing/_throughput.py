@@ -1,0 +1,70 @@
+"""Throughput of a worker over a real SQLite log, for benchmarks and floor checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from .._app import App
+from .._commands import command_name
+from .._open import open_log
+from .._worker import PatternWorker
+from ._running import serving
+
+__all__ = ["Throughput", "assert_throughput", "measure_throughput"]
+
+
+@attrs.frozen
+class Throughput:
+    messages: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else float("inf")
+
+    def __str__(self) -> str:
+        return f"{self.messages} messages in {self.seconds:.3f} s: {self.per_second:,.0f} msg/s"
+
+
+async def measure_throughput(
+    worker_factory: Callable[[], PatternWorker[Any]],
+    commands: Sequence[object],
+    *,
+    count: int,
+    directory: str | Path,
+    batch: int = 1000,
+) -> Throughput:
+    """Fill a fresh SQLite log with ``count`` commands (cycling through ``commands``),
+    then time a new app whose only worker comes from ``worker_factory`` until it has
+    handled them all live.
+
+    Run it on the real clock (not under MockClock): the figure is wall time measured by
+    Trio's clock, start-up included.
+    """
+    database = str(Path(directory) / f"throughput-{count}.db")
+    classes = {command_name(c): type(c) for c in commands}
+    async with open_log(database, commands=classes.values()) as log:
+        for start in range(0, count, batch):
+            size = min(batch, count - start)
+            await log.append(*(commands[(start + i) % len(commands)] for i in range(size)))
+    app = App(database=database)
+    for cls in classes.values():
+        app.register_command(cls)
+    app.register_worker(worker_factory())
+    started = trio.current_time()
+    async with serving(app):
+        await app.caught_up()
+        seconds = trio.current_time() - started
+    return Throughput(count, seconds)
+
+
+def assert_throughput(result: Throughput, minimum: float = 100.0) -> None:
+    """Fail unless ``result`` reaches ``minimum`` messages per second (the floor every
+    worker must beat is 100)."""
+    if result.per_second < minimum:
+        raise AssertionError(f"throughput {result} is below the minimum of {minimum:,.0f} msg/s")
