@@ -57,12 +57,14 @@ class ItemsFeature:
     )
     interval: float = 1.0
     state: ItemsState = attrs.Factory(ItemsState)
-    worker: pt.PatternWorker[SummaryState] | None = None
+    worker: pt.PatternWorker[SummaryState] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.worker = new_summary_worker(self.summarizer, self.service, interval=self.interval)
 
     def register(self, app: pt.App) -> None:
         """Register the commands, the items state and the summary worker."""
         self.register_commands(app)
-        self.worker = new_summary_worker(self.summarizer, self.service, interval=self.interval)
         app.register_worker(self.worker)
 
     def register_commands(self, app: pt.App) -> None:
