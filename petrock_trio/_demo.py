@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from functools import partial
 from typing import Any
 
 import trio
@@ -12,7 +12,9 @@ from rich.table import Table
 
 from ._app import App
 from ._errors import ValidationError
-from ._serve import serve
+from ._health import Health
+from ._http import serve_http
+from ._services import ExternalService
 
 __all__ = ["SAMPLES", "run_demo"]
 
@@ -50,8 +52,19 @@ SAMPLES = {
 }
 
 
-async def run_demo(database: str, timeout: float) -> bool:  # noqa: ASYNC109 - how long to wait for summaries
-    """Run the demo; True when every sample item got its summary."""
+async def run_demo(
+    database: str,
+    timeout: float,  # noqa: ASYNC109 - how long to wait for summaries
+    *,
+    http: tuple[str, int] | None = None,
+    flaky: float = 0.0,
+) -> bool:
+    """Run the demo; True when every sample item got its summary.
+
+    ``http`` is ``(host, port)`` to serve the HTTP API and dashboard from the start and
+    keep serving after the summaries until a signal stops the app. ``flaky`` makes the
+    local summariser fail for that many seconds first.
+    """
     from features.items import (  # noqa: PLC0415 - the example feature is only the demo's
         CreateItem,
         HttpSummarizer,
@@ -60,15 +73,29 @@ async def run_demo(database: str, timeout: float) -> bool:  # noqa: ASYNC109 - h
         serve_summarizer,
     )
 
-    # Piped output (logs, CI) is not cut to 80 columns.
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    from ._cli import console as make_console  # noqa: PLC0415 - the CLI imports this module
+    from ._cli import start_serving  # noqa: PLC0415
+
+    console = make_console()
     async with trio.open_nursery() as nursery:
-        service = SummarizerService()
+        service = SummarizerService(failing=flaky > 0)
         url = await nursery.start(serve_summarizer, service)
-        feature = ItemsFeature(summarizer=HttpSummarizer(url), interval=0.2)
+        if flaky > 0:
+            nursery.start_soon(_recover_after, console, service, flaky)
+        feature = ItemsFeature(
+            summarizer=HttpSummarizer(url),
+            # A short cool-down, so that recovery after --flaky shows within seconds.
+            service=ExternalService("summarizer", failure_threshold=3, reset_timeout=2.0),
+            interval=0.2,
+        )
         app = App(database=database)
         app.register_feature(feature)
-        await nursery.start(serve, app)
+        if http is not None:
+            host, port = http
+            dashboard = await nursery.start(partial(serve_http, app, host, port))
+            console.print(f"HTTP API and dashboard at {dashboard}/")
+        stopped = trio.Event()
+        await start_serving(nursery, app, console, then=stopped.set)
         console.print(
             f"[bold]petrock-trio demo[/] on [cyan]{database}[/] "
             f"(log head {app.inspect()['head']}), summariser at {url}"
@@ -81,25 +108,42 @@ async def run_demo(database: str, timeout: float) -> bool:  # noqa: ASYNC109 - h
             except ValidationError:
                 pass  # from an earlier run of the demo on the same file
         console.print(f"created {created} items, {len(SAMPLES) - created} already there")
-        done = await _watch(console, feature, timeout)
-        await app.caught_up()
+        done = await _watch(console, app, feature, timeout)
+        if app.running:
+            await app.caught_up()
         _show(console, app, feature)
-        app.stop()
+        if http is not None and app.running:
+            console.print(f"still serving the dashboard at {dashboard}/; Ctrl-C stops")
+        else:
+            app.stop()
+        await stopped.wait()
         nursery.cancel_scope.cancel()
     return done
 
 
-async def _watch(console: Console, feature: Any, timeout: float) -> bool:  # noqa: ASYNC109
+async def _recover_after(console: Console, service: Any, seconds: float) -> None:
+    await trio.sleep(seconds)
+    service.failing = False
+    console.print(f"the summariser works again after {seconds:g} s")
+
+
+async def _watch(console: Console, app: App, feature: Any, timeout: float) -> bool:  # noqa: ASYNC109
     columns = (
         TextColumn("summaries"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    health = Health.HEALTHY
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("summaries", total=len(SAMPLES))
         with trio.move_on_after(timeout):
-            while True:
+            while app.running:
+                report = app.health()
+                if report.status is not health:
+                    health = report.status
+                    reasons = f" ({'; '.join(report.reasons)})" if report.reasons else ""
+                    progress.console.print(f"health: {health.value}{reasons}")
                 ready = sum(
                     1
                     for name in SAMPLES
