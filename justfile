@@ -32,3 +32,7 @@ bench: setup
 # Code reduction of the items worker migration (legacy vs PatternWorker).
 loc: setup
     {{python}} benchmarks/loc.py
+
+# Randomised kill -9 trials against a real app on SQLite (TRIALS, default 50).
+crash trials="50": setup
+    {{python}} -m tests.crash.trials {{trials}}
