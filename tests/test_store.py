@@ -13,10 +13,17 @@ import petrock_trio as pt
 from petrock_trio.stores import Commit, DeadLetterRecord, SQLiteStore, Store, open_store
 
 
-@pytest.fixture(params=["memory", "file"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = ":memory:" if request.param == "memory" else str(tmp_path / "store.db")
-    s = open_store(url)
+@pytest.fixture(params=["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        # Only this parameter needs a server; where there is none it skips.
+        return str(request.getfixturevalue("postgres_url"))
+    return ":memory:" if request.param == "memory" else str(tmp_path / "store.db")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = open_store(store_url)
     await s.open()
     yield s
     await s.aclose()
