@@ -254,6 +254,22 @@ class TestWatch:
             await until(1)
             nursery.cancel_scope.cancel()
 
+    async def test_foreign_notification_triggers_a_poll(self, postgres_url: str) -> None:
+        async with (
+            opened(postgres_url, poll_interval=3600) as watcher,
+            admin(postgres_url) as sql,
+            trio.open_nursery() as nursery,
+        ):
+            _, until = await self.watching(nursery, watcher)
+            await until(0)
+            channel = await sql.value("SELECT 'petrock_trio_' || 'messages'::regclass::oid")
+            await sql.rows(
+                "INSERT INTO messages VALUES (nextval('messages_id_seq'), 0, 'x', '\\x7b7d')"
+            )
+            await sql.rows("SELECT pg_notify(%s, 'not a head')", (channel,))
+            await until(1)
+            nursery.cancel_scope.cancel()
+
     async def test_lost_listening_connection_is_reopened(self, postgres_url: str) -> None:
         url = postgres_url + "&application_name=watcher"
         # Not opened: watch needs only its own connection, the one terminated below.

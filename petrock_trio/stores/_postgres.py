@@ -218,7 +218,10 @@ class _Connection:
             with trio.CancelScope(shield=True):
                 await self._abort(results)
             if isinstance(exc, psycopg.Error):
-                raise StoreError(f"PostgreSQL: {exc}") from exc
+                raise StoreError(
+                    f"PostgreSQL connection failed mid-transaction (it may or may not have"
+                    f" committed): {exc}"
+                ) from exc
             raise
         else:
             pg.exit_pipeline_mode()
@@ -520,8 +523,10 @@ class _Batch:
                 )
             )
             out.append((_NOTIFY, ()))
+        # Rows are written in key order, so that two processes writing the same
+        # rows lock them in the same order instead of deadlocking.
         if self.positions:
-            workers = list(self.positions)
+            workers = sorted(self.positions)
             out.append(
                 (
                     _UPSERT_POSITIONS,
@@ -533,10 +538,12 @@ class _Batch:
                 )
             )
         for kind, sql in (("add", _ADD_DEAD_LETTERS), ("replace", _REPLACE_DEAD_LETTERS)):
-            letters = [d for k, d in self.letters.values() if k == kind and d is not None]
+            letters = [
+                d for key, (k, d) in sorted(self.letters.items()) if k == kind and d is not None
+            ]
             if letters:
                 out.append((sql, _letter_params(letters)))
-        deleted = [key for key, (kind, _) in self.letters.items() if kind == "delete"]
+        deleted = [key for key, (kind, _) in sorted(self.letters.items()) if kind == "delete"]
         if deleted:
             out.append(
                 (
@@ -721,8 +728,10 @@ class PostgresStore:
                     publish(_get_int(res, 0, 0))
                     with trio.move_on_after(self.poll_interval):
                         while True:
-                            heads = [int(n.extra) for n in await conn.notifications()]
-                            publish(max(heads))
+                            heads = [_head_of(n.extra) for n in await conn.notifications()]
+                            if None in heads:
+                                break  # not an append's notification: poll at once
+                            publish(max(h for h in heads if h is not None))
             except StoreError as exc:
                 _log.warning("petrock.postgres_watch_failed", error=str(exc))
             finally:
@@ -757,6 +766,13 @@ class PostgresStore:
             transactions=self._transactions,
             rows_appended=self._rows_appended,
         )
+
+
+def _head_of(payload: bytes) -> int | None:
+    try:
+        return int(payload)
+    except ValueError:
+        return None
 
 
 def _conninfo(url: str) -> str:
