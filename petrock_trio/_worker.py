@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
@@ -372,17 +373,45 @@ class PatternWorker(Generic[S]):
         routes: dict[str, _Route],
         saved: int,
     ) -> None:
-        for index in page.routed(routes, after=feed.position.value):
-            if rt.stopping.is_set():
-                raise _Stop
-            row = page.rows[index]
-            if row.id <= saved:
-                await self._replay_one(rt, page, index, row)
-            else:
-                await self._handle_live(rt, page, index, row)
-            feed.advance(row.id)
+        rows = page.rows
+        indexes = list(page.routed(routes, after=feed.position.value))
+        i = 0
+        while i < len(indexes):
+            # One cancel scope serves the first attempts of a whole page: each handler
+            # call moves its deadline, which costs far less than a scope per message.
+            # When a deadline fires, the scope ends; the handler that overran is at i.
+            with trio.CancelScope() as scope:
+                while i < len(indexes):
+                    if rt.stopping.is_set():
+                        raise _Stop
+                    row = rows[indexes[i]]
+                    if row.id <= saved:
+                        await self._replay_one(rt, page, indexes[i], row, scope)
+                    else:
+                        await self._handle_live(rt, page, indexes[i], row, scope=scope)
+                    feed.advance(row.id)
+                    i += 1
+            if scope.cancelled_caught:
+                row = rows[indexes[i]]
+                if row.id <= saved:
+                    message = page.message(indexes[i], rt.registry)
+                    timeout = HandlerTimeout(
+                        self.name, self._limit(row.name), f"replay of {row.name!r}"
+                    )
+                    self._metrics.replayed += 1
+                    rt.report(Replayed(self.name, message, self._limit(row.name), timeout))
+                else:
+                    await self._handle_live(rt, page, indexes[i], row, first_timed_out=True)
+                feed.advance(row.id)
+                i += 1
 
-    async def _replay_one(self, rt: Runtime, page: Page, index: int, row: Row) -> None:
+    def _limit(self, name: str) -> float:
+        route = self._routes[name]
+        return route.timeout if route.timeout is not None else self.handler_timeout
+
+    async def _replay_one(
+        self, rt: Runtime, page: Page, index: int, row: Row, scope: trio.CancelScope
+    ) -> None:
         if row.id in rt.dead_letter_ids.get(self.name, ()):
             return  # it never took effect live, so it does not take effect in replay
         try:
@@ -391,23 +420,35 @@ class PatternWorker(Generic[S]):
             return
         route = self._routes[row.name]
         ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
-        timeout = route.timeout if route.timeout is not None else self.handler_timeout
         started = trio.current_time()
         error: BaseException | None = None
-        with trio.move_on_after(timeout) as scope:
-            try:
-                await route.handler(ctx, message.command, self.state)
-            except Exception as exc:  # noqa: BLE001 - replay must go on; the live run decided
-                error = exc
-        if scope.cancelled_caught:
-            error = HandlerTimeout(self.name, timeout, f"replay of {row.name!r}")
+        scope.deadline = started + self._limit(row.name)
+        try:
+            await route.handler(ctx, message.command, self.state)
+        except Exception as exc:  # noqa: BLE001 - replay must go on; the live run decided
+            error = exc
+        finally:
+            scope.deadline = math.inf
         self._metrics.replayed += 1
-        rt.report(Replayed(self.name, message, trio.current_time() - started, error))
+        if rt.hooks:
+            rt.report(Replayed(self.name, message, trio.current_time() - started, error))
 
     async def _handle_live(
-        self, rt: Runtime, page: Page, index: int, row: Row, *, redrive: bool = False
+        self,
+        rt: Runtime,
+        page: Page,
+        index: int,
+        row: Row,
+        *,
+        redrive: bool = False,
+        scope: trio.CancelScope | None = None,
+        first_timed_out: bool = False,
     ) -> None:
-        """Handle one message until it succeeds or is dead-lettered."""
+        """Handle one message until it succeeds or is dead-lettered.
+
+        With ``scope`` (the page's), the first attempt runs under it and a timeout
+        propagates to the caller, which calls again with ``first_timed_out``.
+        """
         try:
             message = page.message(index, rt.registry)
         except Exception as exc:  # noqa: BLE001 - bad input in the log: dead-letter, go on
@@ -415,7 +456,7 @@ class PatternWorker(Generic[S]):
             return
         route = self._routes[row.name]
         policy = route.retry or self.retry
-        timeout = route.timeout if route.timeout is not None else self.handler_timeout
+        timeout = self._limit(row.name)
         # A live handler sees app state at least as new as its message, so what it
         # emits is validated against the state that message produced.
         applied = rt.app.projection.position_value
@@ -427,9 +468,21 @@ class PatternWorker(Generic[S]):
         try:
             while True:
                 started = trio.current_time()
-                error = await self._attempt(
-                    rt, route, message, attempt=attempt, limit=timeout, redrive=redrive
-                )
+                if first_timed_out and attempt == 1:
+                    error: Exception | None = HandlerTimeout(
+                        self.name, timeout, f"handler for {row.name!r}"
+                    )
+                    started -= timeout
+                else:
+                    error = await self._attempt(
+                        rt,
+                        route,
+                        message,
+                        attempt=attempt,
+                        limit=timeout,
+                        redrive=redrive,
+                        scope=scope if attempt == 1 else None,
+                    )
                 now = trio.current_time()
                 if error is None:
                     self._metrics.handled(now, now - started)
@@ -467,18 +520,28 @@ class PatternWorker(Generic[S]):
         attempt: int,
         limit: float,
         redrive: bool,
+        scope: trio.CancelScope | None,
     ) -> Exception | None:
         """Run the handler once and commit its outcome; the error if either failed."""
         ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
         started = trio.current_time()
         error: Exception | None = None
-        with trio.move_on_after(limit) as scope:
+        if scope is not None:
+            scope.deadline = started + limit
             try:
                 await route.handler(ctx, message.command, self.state)
             except Exception as exc:  # noqa: BLE001 - every handler failure is retried
                 error = exc
-        if scope.cancelled_caught:
-            return HandlerTimeout(self.name, limit, f"handler for {message.name!r}")
+            finally:
+                scope.deadline = math.inf
+        else:
+            with trio.move_on_after(limit) as own:
+                try:
+                    await route.handler(ctx, message.command, self.state)
+                except Exception as exc:  # noqa: BLE001 - every handler failure is retried
+                    error = exc
+            if own.cancelled_caught:
+                return HandlerTimeout(self.name, limit, f"handler for {message.name!r}")
         if error is not None:
             return error
         try:
