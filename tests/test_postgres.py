@@ -435,6 +435,27 @@ class TestErrors:
             await store.commit_many([one("late")])
 
 
+@pytest.mark.postgres
+class TestPreparedStatements:
+    """Each statement is parsed and planned once per connection, not once per call."""
+
+    async def test_prepared_once(self, postgres_url: str) -> None:
+        async with opened(postgres_url) as store:
+            for _ in range(3):
+                await store.head()
+                await store.commit_many([one("a")])
+            for conn in (store._writer, store._reader):
+                assert conn is not None
+                (res,) = await conn.run(
+                    [(b"SELECT count(*)::int8 FROM pg_prepared_statements", ())], prepare=False
+                )
+                counted = res.get_value(0, 0)
+                assert counted is not None
+                prepared = int.from_bytes(counted, "big")
+                # head on the reader; lock, insert and notify on the writer
+                assert prepared == (1 if conn is store._reader else 3)
+
+
 class TestOpenStore:
     """open_store picks the store from the URL and imports psycopg only for PostgreSQL."""
 
