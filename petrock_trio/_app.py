@@ -199,8 +199,6 @@ class App:
         in every such case nothing was appended.
         """
         rt = self._runtime()
-        feed = self.projection.feed
-        assert feed is not None
         if getattr(cmd, "validate", None) is None:
             # Nothing to check: go straight to group commit with concurrent callers.
             encoded = self.encode_valid(cmd)
@@ -209,13 +207,12 @@ class App:
             # Validation must see every earlier command applied, so validated commands
             # go one at a time: wait for state to reach the head, check, append.
             async with self._validate_lock:
-                head = rt.log.head.value
-                await feed.position.wait_value(lambda p: p >= head)
+                await rt.wait_applied(rt.log.head.value)
                 encoded = self.encode_valid(cmd)
                 (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded]))
-                await feed.position.wait_value(lambda p: p >= row.id)
+                await rt.wait_applied(row.id)
             return Message.from_row(row, cmd)
-        await feed.position.wait_value(lambda p: p >= row.id)
+        await rt.wait_applied(row.id)
         return Message.from_row(row, cmd)
 
     async def caught_up(self) -> None:

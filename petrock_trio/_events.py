@@ -230,7 +230,18 @@ class StructlogHook:
                 )
 
 
+_levels: dict[type[Any], int] = {}
+
+
 def _debug_enabled(log: Any) -> bool:
-    bound = log.bind()  # resolve the lazy proxy to the configured logger class
-    check = getattr(bound, "is_enabled_for", None)
-    return True if check is None else bool(check(logging.DEBUG))
+    """Whether debug lines would be written, without building a logger (hot path)."""
+    if not isinstance(log, structlog._config.BoundLoggerLazyProxy):  # noqa: SLF001
+        check = getattr(log, "is_enabled_for", None)
+        return True if check is None else bool(check(logging.DEBUG))
+    wrapper = structlog.get_config()["wrapper_class"]
+    level = _levels.get(wrapper)
+    if level is None:
+        # Filtering wrappers know their level; anything else lets everything through.
+        check = getattr(log.bind(), "get_effective_level", None)
+        level = _levels[wrapper] = int(check()) if check is not None else logging.NOTSET
+    return level <= logging.DEBUG

@@ -11,6 +11,7 @@ import trio
 
 from ._clock import WallClock
 from ._commands import CommandRegistry
+from ._errors import NotRunning
 from ._events import Event, Hook
 from ._log import MessageLog
 from ._pump import Feed, LogPump
@@ -105,6 +106,33 @@ class Runtime:
     encode_valid: Callable[[Any], tuple[str, bytes]]
     hooks: list[Hook] = attrs.Factory(list)
     stopping: trio.Event = attrs.field(factory=trio.Event)
+    waiters: set[trio.CancelScope] = attrs.Factory(set)
+    closed: bool = False
+
+    async def wait_applied(self, message_id: int) -> None:
+        """Wait until the state projection has applied ``message_id``.
+
+        Raises :class:`NotRunning` if the app stops first (the command is in the log;
+        the next start applies it).
+        """
+        position = self.app.projection.position_value
+        if position.value >= message_id:
+            return
+        if self.closed:
+            raise NotRunning(f"the app stopped before message {message_id} was applied")
+        with trio.CancelScope() as scope:
+            self.waiters.add(scope)
+            try:
+                await position.wait_value(lambda p: p >= message_id)
+            finally:
+                self.waiters.discard(scope)
+        if scope.cancelled_caught:
+            raise NotRunning(f"the app stopped before message {message_id} was applied")
+
+    def close_waiters(self) -> None:
+        self.closed = True
+        for scope in self.waiters:
+            scope.cancel()
 
     def report(self, event: Event) -> None:
         """Hand ``event`` to every hook; a failing hook is logged, never raised."""

@@ -102,18 +102,24 @@ async def _run_workers(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    parts: list[Any] = [app.projection, *app.workers.values()]
-    async with trio.open_nursery() as nursery:
-        # Start every part concurrently: the pump feeds them all while they replay.
-        async with trio.open_nursery() as starting:
-            for part in parts:
-                starting.start_soon(nursery.start, part._run)  # noqa: SLF001
-        task_status.started()
-        await rt.stopping.wait()
-        _log.info("petrock.stopping", grace=app.shutdown_grace)
-        for part in parts:
-            part._stop()  # noqa: SLF001
-        nursery.cancel_scope.deadline = trio.current_time() + app.shutdown_grace
+    workers: list[Any] = list(app.workers.values())
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as nursery:
+            # Start every part concurrently: the pump feeds them all while they replay.
+            async with trio.open_nursery() as starting:
+                starting.start_soon(outer.start, app.projection._run)  # noqa: SLF001
+                for worker in workers:
+                    starting.start_soon(nursery.start, worker._run)  # noqa: SLF001
+            task_status.started()
+            await rt.stopping.wait()
+            _log.info("petrock.stopping", grace=app.shutdown_grace)
+            for worker in workers:
+                worker._stop()  # noqa: SLF001
+            nursery.cancel_scope.deadline = trio.current_time() + app.shutdown_grace
+        # The projection stops last: work that was finishing may wait for it to apply
+        # what it appended. Whoever still waits is told the app stopped.
+        app.projection._stop()  # noqa: SLF001
+        rt.close_waiters()
     engine.cancel()
 
 

@@ -459,9 +459,7 @@ class PatternWorker(Generic[S]):
         timeout = self._limit(row.name)
         # A live handler sees app state at least as new as its message, so what it
         # emits is validated against the state that message produced.
-        applied = rt.app.projection.position_value
-        if applied.value < row.id:
-            await applied.wait_value(lambda p: p >= row.id)
+        await rt.wait_applied(row.id)
         attempt = 1
         first_failed_at: float | None = None
         self._in_flight = 1

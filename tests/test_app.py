@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import petrock_trio as pt
@@ -186,3 +187,27 @@ def test_signal_stops_gracefully(tmp_path: Path, signum: int) -> None:
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "stopped [('a', 1)]" in out
+
+
+async def test_commands_in_flight_at_shutdown_do_not_hang(tmp_path: Path) -> None:
+    """An execute() caught by shutdown either lands or says the app stopped; never hangs."""
+    app, _, _ = make_app(str(tmp_path / "s.db"), shutdown_grace=30.0)
+    outcomes: list[str] = []
+
+    async def submit(i: int) -> None:
+        try:
+            await app.execute(Note(str(i)))
+            outcomes.append("ok")
+        except pt.NotRunning:
+            outcomes.append("refused")
+
+    with trio.fail_after(10):  # far below the grace period: nothing waits for it
+        async with trio.open_nursery() as nursery, serving(app):
+            for i in range(50):
+                nursery.start_soon(submit, i)
+            await trio.lowlevel.checkpoint()
+            app.stop()
+    assert len(outcomes) == 50
+    async with pt.open_log(str(tmp_path / "s.db"), commands=[Note]) as log:
+        stored = [m for m in await log.read_after(0) if m.name == "test/note"]
+    assert len(stored) >= outcomes.count("ok")  # every accepted command is in the log

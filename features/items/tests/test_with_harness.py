@@ -73,7 +73,9 @@ class TestSummaryWorker:
             request_id = h.emitted[0].request_id
             (request_call,) = [c for c in h.calls if c.outcome == "ok" and c.attempt == 3]
             assert_delays(h.attempt_times(request_call.message_id), [1, 2])
-            assert request_id in h.state.pending
+            await h.advance(1)
+            await h.settle()
+            assert SetGeneratedSummary("a", request_id, "X") in h.emitted
 
     async def test_service_timeouts_degrade_then_recover(
         self, autojump_clock: trio.testing.MockClock
