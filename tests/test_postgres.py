@@ -522,6 +522,14 @@ class TestEngineOnPostgres:
         echoes = Counter(m.command.source_id for m in messages if m.name == "test/echoed")
         assert echoes == {1: 1, 3: 1, 5: 1}
 
+    async def test_hard_stop_still_commits_positions(self, postgres_url: str) -> None:
+        app, _, _ = make_app(postgres_url, position_flush_interval=3600)
+        async with serving(app, graceful=False):
+            await app.execute(Note("n1"))
+            await app.caught_up()
+        async with opened(postgres_url) as store:
+            assert (await store.positions())["tally"] == 1
+
     async def test_another_process_appends_are_seen_at_once(self, postgres_url: str) -> None:
         app, worker, calls = make_app(postgres_url)
         # A second app on the same database stands for another process: it only
