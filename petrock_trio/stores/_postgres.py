@@ -310,15 +310,23 @@ class _Connection:
         resumed where it stopped.
         """
         pg = self._conn()
+        ended = False
         while self._awaiting_sync:
             while pg.is_busy():
                 await trio.lowlevel.wait_readable(self._fd)
                 pg.consume_input()
             res = pg.get_result()
             if res is None:  # the end of one statement's results
-                if pg.status != pq.ConnStatus.OK:
-                    raise psycopg.OperationalError(pg.get_error_message())
-            elif res.status == pq.ExecStatus.PIPELINE_SYNC:
+                if ended or pg.status != pq.ConnStatus.OK:
+                    # Two ends in a row: libpq and this loop disagree about the
+                    # pipeline. Give the connection up rather than spin on it.
+                    raise psycopg.OperationalError(
+                        pg.get_error_message() or "pipeline results out of step"
+                    )
+                ended = True
+                continue
+            ended = False
+            if res.status == pq.ExecStatus.PIPELINE_SYNC:
                 self._awaiting_sync = False
             else:
                 results.append(res)
