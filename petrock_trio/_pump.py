@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
+import structlog
 import trio
 from trio_util import AsyncValue
 
+from ._errors import StoreError
 from ._log import MessageLog
 from ._message import Page
 
 __all__ = ["Feed", "LogPump"]
+
+_log = structlog.get_logger("petrock_trio.pump")
 
 
 class Feed:
@@ -113,8 +117,18 @@ class LogPump:
     use what it read.
     """
 
-    def __init__(self, log: MessageLog, *, page_size: int = 1000, recent_pages: int = 32) -> None:
+    def __init__(
+        self,
+        log: MessageLog,
+        *,
+        page_size: int = 1000,
+        recent_pages: int = 32,
+        on_page: Callable[[], None] = lambda: None,
+    ) -> None:
         self.log = log
+        # Feeds that route nothing in a page move on without their subscriber running;
+        # this tells whoever persists positions that they moved.
+        self.on_page = on_page
         self.page_size = page_size
         self.position: AsyncValue[int] = AsyncValue(0)
         self._feeds: list[Feed] = []
@@ -123,6 +137,7 @@ class LogPump:
         self._recent: deque[Page] = deque(maxlen=recent_pages)
         self.pages_read = 0
         self.rows_read = 0
+        self.read_errors = 0
 
     def __repr__(self) -> str:
         return (
@@ -185,7 +200,17 @@ class LogPump:
                 await self._any_attached.wait_value(lambda n: n > 0)
                 continue
             upto = head.value
-            rows = await store.read_after(position, self.page_size, upto=upto)
+            try:
+                rows = await store.read_after(position, self.page_size, upto=upto)
+            except StoreError as exc:
+                # A failing database must not take the app down: every feed waits,
+                # nothing is skipped, and reading resumes where it stopped.
+                self.read_errors += 1
+                delay = min(2.0 ** min(self.read_errors - 1, 5), 30.0)
+                _log.error("petrock.store_read_failed", error_details=repr(exc), retry_in=delay)
+                await trio.sleep(delay)
+                continue
+            self.read_errors = 0
             last = rows[-1].id if len(rows) == self.page_size else upto
             page = Page(position, last, rows)
             self.pages_read += 1
@@ -195,3 +220,4 @@ class LogPump:
                 if not feed._offer(page):  # noqa: SLF001 - the pump and its feeds are one unit
                     self.detach(feed)
             self.position.value = last
+            self.on_page()

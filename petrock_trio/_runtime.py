@@ -11,7 +11,7 @@ import trio
 
 from ._clock import WallClock
 from ._commands import CommandRegistry
-from ._errors import NotRunning
+from ._errors import NotRunning, PetrockError
 from ._events import Event, Hook
 from ._log import MessageLog
 from ._pump import Feed, LogPump
@@ -46,6 +46,7 @@ class PositionFlusher:
         self._pending = 0
         self._urgent = trio.Event()
         self.flushes = 0
+        self.failures = 0
 
     def touch(self, moved: int = 1) -> None:
         self._pending += moved
@@ -90,7 +91,14 @@ class PositionFlusher:
                 await self._urgent.wait()
             self._dirty = trio.Event()
             self._urgent = trio.Event()
-            await self.flush()
+            try:
+                await self.flush()
+            except PetrockError as exc:
+                # Positions stay in memory and are written on the next round: a failed
+                # flush costs at most re-handling messages that emitted nothing.
+                self.failures += 1
+                _log.error("petrock.position_flush_failed", error_details=repr(exc))
+                self._dirty.set()
 
 
 @attrs.define(eq=False)

@@ -49,8 +49,8 @@ async def serve(
         letters: dict[str, set[int]] = {}
         for letter in await store.dead_letters():
             letters.setdefault(letter.worker, set()).add(letter.message_id)
-        pump = LogPump(log, page_size=app.page_size)
         flusher = PositionFlusher(log, interval=app.position_flush_interval)
+        pump = LogPump(log, page_size=app.page_size, on_page=flusher.touch)
         rt = Runtime(
             app=app,
             log=log,
