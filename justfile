@@ -36,3 +36,7 @@ loc: setup
 # Randomised kill -9 trials against a real app on SQLite (TRIALS, default 50).
 crash trials="50": setup
     {{python}} -m tests.crash.trials {{trials}}
+
+# Load and soak: 100 workers under sustained appends (SECONDS, default 120).
+soak seconds="120": setup
+    {{python}} -m tests.soak {{seconds}}
