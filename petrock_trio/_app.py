@@ -66,6 +66,11 @@ class DeadLetter:
 AnyWorker = PatternWorker[Any] | LegacyRunner
 
 
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)
+
+
 class App:
     """Commands, feature state and workers over one log.
 
@@ -88,6 +93,15 @@ class App:
         hooks: Iterable[Hook] | None = None,
         store: Store | None = None,
     ) -> None:
+        _require(page_size >= 1, "page_size must be at least 1")
+        _require(max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
+        _require(shutdown_grace >= 0, "shutdown_grace must not be negative")
+        _require(position_flush_interval > 0, "position_flush_interval must be positive")
+        _require(
+            synchronous.upper() in {"OFF", "NORMAL", "FULL", "EXTRA"},
+            "synchronous must be OFF, NORMAL, FULL or EXTRA",
+        )
+        _require(isinstance(database, str), "database must be a string (a path or a URL)")
         self.database = database
         self.state: Any = types.SimpleNamespace() if state is None else state
         self.page_size = page_size

@@ -118,8 +118,12 @@ class PatternWorker(Generic[S]):
         health: HealthThresholds | None = None,
         page_capacity: int = 16,
     ) -> None:
-        if not name or not name.strip():
+        if not name.strip():
             raise ConfigurationError("a worker needs a name")
+        if handler_timeout <= 0 or periodic_timeout <= 0:
+            raise ConfigurationError("handler_timeout and periodic_timeout must be positive")
+        if page_capacity < 1:
+            raise ConfigurationError("page_capacity must be at least 1")
         self.name = name
         self.description = description
         self.state: S = state
@@ -186,7 +190,12 @@ class PatternWorker(Generic[S]):
 
             name = command_name(name)
 
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError("a handler timeout must be positive")
+
         def register(fn: H) -> H:
+            if not callable(fn):
+                raise ConfigurationError(f"the handler for {name!r} is not callable")
             if name in self._routes:
                 raise ConfigurationError(f"worker {self.name!r} already routes {name!r}")
             if self._rt is not None:
@@ -205,8 +214,8 @@ class PatternWorker(Generic[S]):
         ``interval`` seconds after the previous start (a run that overruns delays the
         next one, it never overlaps it). Skipped while a declared service is unavailable.
         """
-        if interval <= 0:
-            raise ConfigurationError("interval must be positive")
+        if interval <= 0 or (timeout is not None and timeout <= 0):
+            raise ConfigurationError("interval and timeout must be positive")
         self._periodic = _Periodic(work, interval, timeout)
 
     @property
