@@ -20,6 +20,7 @@ from ._errors import DecodeError as DecodeError
 from ._errors import HandlerError as HandlerError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import NotRunning as NotRunning
+from ._errors import OutcomeUnknown as OutcomeUnknown
 from ._errors import PayloadTooLarge as PayloadTooLarge
 from ._errors import Permanent as Permanent
 from ._errors import PetrockError as PetrockError
@@ -85,6 +86,7 @@ __all__ = [
     "Message",
     "MessageLog",
     "NotRunning",
+    "OutcomeUnknown",
     "PatternWorker",
     "PayloadTooLarge",
     "PeriodicCompleted",

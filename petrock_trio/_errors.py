@@ -14,6 +14,7 @@ The hierarchy::
      ├── HandlerTimeout (TimeoutError)  a handler or periodic run overran its timeout
      ├── ServiceUnavailable             an external service's circuit is open
      ├── StoreError                     the database failed; wraps the driver's error
+     │    └── OutcomeUnknown                   a commit may or may not have landed
      ├── NotRunning (RuntimeError)      the app is not serving (not started, or stopping)
      └── ConfigurationError (ValueError)   a worker, command or app is set up wrongly
 
@@ -30,6 +31,7 @@ __all__ = [
     "HandlerError",
     "HandlerTimeout",
     "NotRunning",
+    "OutcomeUnknown",
     "PayloadTooLarge",
     "Permanent",
     "PetrockError",
@@ -119,6 +121,14 @@ class ServiceUnavailable(PetrockError):
 
 class StoreError(PetrockError):
     """The database failed; ``__cause__`` holds the driver's exception."""
+
+
+class OutcomeUnknown(StoreError):
+    """The connection failed during a commit: it may or may not have landed.
+
+    The log does not retry such a commit (that could append twice); it fails every
+    commit of the batch with this error.
+    """
 
 
 class NotRunning(PetrockError, RuntimeError):

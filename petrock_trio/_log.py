@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,7 @@ from trio_util import AsyncValue
 
 from ._clock import WallClock
 from ._commands import CommandRegistry
-from ._errors import PetrockError
+from ._errors import OutcomeUnknown, PetrockError
 from ._message import Message, Row
 from .stores import Commit, Store
 
@@ -108,6 +109,15 @@ class MessageLog:
         self._batches += 1
         try:
             results = await self.store.commit_many([p.commit for p in batch])
+        except OutcomeUnknown as exc:
+            # Retrying could append twice: every caller learns the outcome is unknown.
+            for pending in batch:
+                pending.error = exc
+                pending.done.set()
+            # If it did land, followers must still see the new rows.
+            with contextlib.suppress(PetrockError):
+                self.publish_head(await self.store.head())
+            return
         except PetrockError as exc:
             if len(batch) == 1:
                 batch[0].error = exc

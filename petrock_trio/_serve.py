@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 import trio
@@ -79,7 +80,7 @@ async def serve(
                     await engine.start(_run_workers, app, rt, engine.cancel_scope)
                     _log.info(
                         "petrock.serving",
-                        database=app.database,
+                        database=redact(app.database),
                         head=log.head.value,
                         workers=len(app.workers),
                     )
@@ -92,7 +93,16 @@ async def serve(
     finally:
         app._rt = None  # noqa: SLF001
         await store.aclose()
-    _log.info("petrock.stopped", database=app.database, head=log.head.value)
+    _log.info("petrock.stopped", database=redact(app.database), head=log.head.value)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def _run_workers(

@@ -15,9 +15,11 @@ from ._errors import (
     ConfigurationError,
     HandlerTimeout,
     NotRunning,
+    OutcomeUnknown,
     Permanent,
     Retry,
     ServiceUnavailable,
+    StoreError,
 )
 from ._events import (
     DeadLettered,
@@ -551,10 +553,9 @@ class PatternWorker(Generic[S]):
                 return HandlerTimeout(self.name, limit, f"handler for {message.name!r}")
         if error is not None:
             return error
-        try:
-            await self._commit_success(rt, message.id, ctx, redrive=redrive)
-        except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
-            return exc
+        error = await self._commit_outcome(rt, message.id, ctx, redrive=redrive)
+        if error is not None:
+            return error
         if rt.hooks:
             duration = trio.current_time() - started
             emitted = tuple(ctx.emitted)
@@ -605,6 +606,24 @@ class PatternWorker(Generic[S]):
             )
         )
         return delay
+
+    async def _commit_outcome(
+        self, rt: Runtime, message_id: int, ctx: HandlerContext, *, redrive: bool
+    ) -> Exception | None:
+        """Commit a successful run; the error if the commit failed (then it is retried)."""
+        try:
+            await self._commit_success(rt, message_id, ctx, redrive=redrive)
+        except OutcomeUnknown as exc:
+            # The commit carried this message's position: if that landed, so did the
+            # emits, and handling the message again would emit them twice.
+            try:
+                landed = (await rt.log.store.positions()).get(self.name, 0) >= message_id
+            except StoreError:
+                landed = False
+            return None if landed and not redrive else exc
+        except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
+            return exc
+        return None
 
     async def _commit_success(
         self, rt: Runtime, message_id: int, ctx: HandlerContext, *, redrive: bool

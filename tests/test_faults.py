@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import petrock_trio as pt
+from petrock_trio._serve import redact
 from petrock_trio.stores import Commit
 from petrock_trio.testing import assert_times, serving, worker_harness
 from tests.support import Add, Echoed, Note, Tally, make_app
@@ -138,3 +139,38 @@ async def test_corrupt_row_written_by_someone_else(tmp_path: Path) -> None:
         letters = await app.dead_letters()
     assert [(d.message_id, d.worker) for d in letters] == [(1, "tally")]
     assert calls.live == [("ok", 2)]
+
+
+class TestUnknownOutcomes:
+    """A commit that may or may not have landed is never blindly written again."""
+
+    async def test_append_is_not_retried(self, autojump_clock: trio.testing.MockClock) -> None:
+        async with worker_harness(echo_worker(), commands=COMMANDS, faults=True) as h:
+            assert h.store is not None
+            h.store.fail_commits(1, error=lambda: pt.OutcomeUnknown("lost"), after=True)
+            with pytest.raises(pt.OutcomeUnknown):
+                await h.app.execute(Note("maybe"))
+            await h.settle()
+            assert h.app.log.head.value == 1  # it landed once; nobody wrote it again
+
+    async def test_emit_that_landed_is_not_emitted_again(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async with worker_harness(echo_worker(), commands=COMMANDS, faults=True) as h:
+            assert h.store is not None
+            h.store.fail_commits(
+                1,
+                error=lambda: pt.OutcomeUnknown("lost"),
+                after=True,
+                when=lambda commits: any(c.positions and c.appends for c in commits),
+            )
+            await h.send(Add("a"))
+            async with pt.open_log(h.app.database, commands=COMMANDS) as log:
+                echoes = [m for m in await log.read_after(0) if m.name == "test/echoed"]
+            assert len(echoes) == 1
+            assert [c.outcome for c in h.calls] == ["ok"]  # found to have landed: done
+
+
+def test_passwords_are_not_logged() -> None:
+    assert redact("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
+    assert redact("app.db") == "app.db"

@@ -41,7 +41,7 @@ import trio
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .._errors import ConfigurationError, StoreError
+from .._errors import ConfigurationError, OutcomeUnknown, StoreError
 from .._message import Row
 from ._base import Commit, DeadLetterRecord, StoreStatistics
 
@@ -221,7 +221,7 @@ class _Connection:
                 await self._abort(results)
             self._remember(sent, preparing, results)
             if isinstance(exc, psycopg.Error):
-                raise StoreError(
+                raise OutcomeUnknown(
                     f"PostgreSQL connection failed mid-transaction (it may or may not have"
                     f" committed): {exc}"
                 ) from exc

@@ -20,6 +20,7 @@ class _Script:
     error: Callable[[], Exception] = lambda: StoreError("injected store failure")
     delay: float = 0.0
     when: Callable[[Sequence[Commit]], bool] | None = None
+    after: bool = False  # fail after the write landed (an outcome the caller cannot know)
 
     def take(self, commits: Sequence[Commit] = ()) -> Exception | None:
         if self.remaining <= 0 or (self.when is not None and not self.when(commits)):
@@ -56,10 +57,16 @@ class FaultyStore:
         error: Callable[[], Exception] | None = None,
         *,
         when: Callable[[Sequence[Commit]], bool] | None = None,
+        after: bool = False,
     ) -> None:
-        """Fail the next ``count`` transactions (those for which ``when(commits)`` holds)."""
+        """Fail the next ``count`` transactions (those for which ``when(commits)`` holds).
+
+        With ``after=True`` the transaction is written first and then reported as
+        failed, as a connection lost at the wrong moment does.
+        """
         self._commits.remaining += count
         self._commits.when = when
+        self._commits.after = after
         if error is not None:
             self._commits.error = error
 
@@ -84,10 +91,12 @@ class FaultyStore:
         if self._commits.delay:
             await trio.sleep(self._commits.delay)
         error = self._commits.take(commits)
-        if error is not None:
-            self.failed_commits += 1
-            raise error
-        return await self.inner.commit_many(commits)
+        if error is None:
+            return await self.inner.commit_many(commits)
+        self.failed_commits += 1
+        if self._commits.after:
+            await self.inner.commit_many(commits)
+        raise error
 
     async def read_after(
         self,
