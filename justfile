@@ -25,9 +25,16 @@ typing: setup
 demo *args: setup
     {{venv}}/bin/petrock-trio demo {{args}}
 
-# Benchmarks (long; prints ratios against baselines measured in the same run).
-bench: setup
-    for b in benchmarks/bench_*.py; do {{python}} "$b"; done
+# Benchmarks (long; prints ratios against baselines measured in the same run; idle 5 s).
+bench *args: setup
+    {{python}} -m pip install -q -e '.[bench]'
+    for b in benchmarks/bench_*.py; do {{python}} "$b" $([ "$b" = benchmarks/bench_idle.py ] && echo --duration 5) {{args}} || exit 1; done
+
+# The figures of docs/performance.md: full sizes, idle 30 s, saved to benchmarks/results/.
+bench-full: setup
+    {{python}} -m pip install -q -e '.[bench]'
+    for b in benchmarks/bench_*.py; do {{python}} "$b" --save || exit 1; done
+    {{python}} benchmarks/plots.py
 
 # Code reduction of the items worker migration (legacy vs PatternWorker).
 loc: setup
