@@ -143,6 +143,9 @@ class StructlogHook:
     def __repr__(self) -> str:
         return "<StructlogHook>"
 
+    def debug_enabled(self) -> bool:
+        return _debug_enabled(self._log)
+
     def __call__(self, event: Event) -> None:  # noqa: C901, PLR0912 - one branch per event type
         log = self._log
         match event:

@@ -12,7 +12,7 @@ import trio
 from ._clock import WallClock
 from ._commands import CommandRegistry
 from ._errors import NotRunning, PetrockError
-from ._events import Event, Hook
+from ._events import Event, Hook, StructlogHook
 from ._log import MessageLog
 from ._pump import Feed, LogPump
 
@@ -136,6 +136,12 @@ class Runtime:
                 self.waiters.discard(scope)
         if scope.cancelled_caught:
             raise NotRunning(f"the app stopped before message {message_id} was applied")
+
+    def wants_completed(self) -> bool:
+        """Whether any hook would use a HandlerCompleted event (built per message)."""
+        return any(
+            not isinstance(hook, StructlogHook) or hook.debug_enabled() for hook in self.hooks
+        )
 
     def close_waiters(self) -> None:
         self.closed = True

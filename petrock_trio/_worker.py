@@ -433,13 +433,12 @@ class PatternWorker(Generic[S]):
         ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
         started = trio.current_time()
         error: BaseException | None = None
+        # As for live handlers: the deadline moves once per message (see _attempt).
         scope.deadline = started + self._limit(row.name)
         try:
             await route.handler(ctx, message.command, self.state)
         except Exception as exc:  # noqa: BLE001 - replay must go on; the live run decided
             error = exc
-        finally:
-            scope.deadline = math.inf
         self._metrics.replayed += 1
         if rt.hooks:
             rt.report(Replayed(self.name, message, trio.current_time() - started, error))
@@ -463,6 +462,8 @@ class PatternWorker(Generic[S]):
         try:
             message = page.message(index, rt.registry)
         except Exception as exc:  # noqa: BLE001 - bad input in the log: dead-letter, go on
+            if scope is not None:
+                scope.deadline = math.inf  # writing the dead letter is not handler time
             await self._dead_letter(rt, row, exc, attempts=1, first_failed_at=rt.clock())
             return
         route = self._routes[row.name]
@@ -470,7 +471,10 @@ class PatternWorker(Generic[S]):
         timeout = self._limit(row.name)
         # A live handler sees app state at least as new as its message, so what it
         # emits is validated against the state that message produced.
-        await rt.wait_applied(row.id)
+        if rt.app.projection.position < row.id:
+            if scope is not None:
+                scope.deadline = math.inf  # waiting for the projection is not handler time
+            await rt.wait_applied(row.id)
         attempt = 1
         first_failed_at: float | None = None
         self._in_flight = 1
@@ -536,12 +540,16 @@ class PatternWorker(Generic[S]):
         started = trio.current_time()
         error: Exception | None = None
         if scope is not None:
+            # Moving a deadline is the costly part of a page scope, so it moves once per
+            # message. It stays set after the handler until something awaits: every path
+            # that awaits (commit, failure, waiting for the projection) resets it first,
+            # so only handlers are ever cut off by it.
             scope.deadline = started + limit
             try:
                 await route.handler(ctx, message.command, self.state)
             except Exception as exc:  # noqa: BLE001 - every handler failure is retried
                 error = exc
-            finally:
+            if error is not None or ctx.emitted or redrive:
                 scope.deadline = math.inf
         else:
             with trio.move_on_after(limit) as own:
@@ -553,10 +561,11 @@ class PatternWorker(Generic[S]):
                 return HandlerTimeout(self.name, limit, f"handler for {message.name!r}")
         if error is not None:
             return error
-        error = await self._commit_outcome(rt, message.id, ctx, redrive=redrive)
-        if error is not None:
-            return error
-        if rt.hooks:
+        if ctx.emitted or redrive:
+            error = await self._commit_outcome(rt, message.id, ctx, redrive=redrive)
+            if error is not None:
+                return error
+        if rt.wants_completed():
             duration = trio.current_time() - started
             emitted = tuple(ctx.emitted)
             rt.report(HandlerCompleted(self.name, message, attempt, duration, emitted, redrive))
