@@ -54,29 +54,50 @@ def main(log_level: str, json_logs: bool | None) -> None:
 # --- serving ----------------------------------------------------------------------------
 
 
+class _Live(trio.TaskStatus[None]):
+    """What ``serve`` reports to: unlike ``nursery.start``, it lets ``serve`` end first."""
+
+    def __init__(self) -> None:
+        self.live = False
+        self.settled = trio.Event()
+
+    def started(self, value: None = None) -> None:  # noqa: ARG002 - the protocol's signature
+        self.live = True
+        self.settled.set()
+
+
 async def start_serving(
     nursery: trio.Nursery, app: App, out: Console, *, then: Callable[[], None] | None = None
-) -> None:
+) -> bool:
     """Start ``serve(app)`` in ``nursery`` and show replay progress until it is live.
 
-    ``then`` runs when ``serve`` returns (after a signal or ``app.stop()``).
+    ``then`` runs when ``serve`` returns (after a signal or ``app.stop()``). Returns
+    False when ``serve`` ended during start-up, stopped by a signal before it was live.
     """
+    status = _Live()
 
-    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run() -> None:
         try:
-            await serve(app, task_status=task_status)
+            await serve(app, task_status=status)
         finally:
+            status.settled.set()
+            if not status.live:
+                out.print("stopped during start-up")
             if then is not None:
                 then()
 
     started = trio.current_time()
-    with out.status("opening the log…") as status:
+    with out.status("opening the log…") as spinner:
         async with trio.open_nursery() as progress:
-            progress.start_soon(_show_replay, app, out, status.update, started)
-            await nursery.start(run)
+            progress.start_soon(_show_replay, app, out, spinner.update, started)
+            nursery.start_soon(run)
+            await status.settled.wait()
             progress.cancel_scope.cancel()
+    if not status.live:
+        return False
     head = app.inspect()["head"]
     out.print(f"replayed the log (head {head}) in {trio.current_time() - started:.1f} s")
+    return True
 
 
 async def _show_replay(
@@ -134,8 +155,8 @@ async def _serve_with_http(app: App, host: str, port: int, token: str | None) ->
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(serve_http, app, host, port, token=token))
         out.print(f"HTTP API and dashboard at {url}/")
-        await start_serving(nursery, app, out, then=nursery.cancel_scope.cancel)
-        out.print(f"serving {app.database}; Ctrl-C or SIGTERM stops gracefully")
+        if await start_serving(nursery, app, out, then=nursery.cancel_scope.cancel):
+            out.print(f"serving {app.database}; Ctrl-C or SIGTERM stops gracefully")
 
 
 def _host_option(fn: Callable[..., Any]) -> Callable[..., Any]:

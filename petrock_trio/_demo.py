@@ -95,7 +95,9 @@ async def run_demo(
             dashboard = await nursery.start(partial(serve_http, app, host, port))
             console.print(f"HTTP API and dashboard at {dashboard}/")
         stopped = trio.Event()
-        await start_serving(nursery, app, console, then=stopped.set)
+        if not await start_serving(nursery, app, console, then=stopped.set):
+            nursery.cancel_scope.cancel()
+            return False
         console.print(
             f"[bold]petrock-trio demo[/] on [cyan]{database}[/] "
             f"(log head {app.inspect()['head']}), summariser at {url}"

@@ -170,6 +170,10 @@ class Running:
 
     def stop(self, signum: int = signal.SIGINT) -> int:
         self.proc.send_signal(signum)
+        return self.finish()
+
+    def finish(self) -> int:
+        """The exit code, once every line it printed has been read."""
         code = self.proc.wait(timeout=30)
         while (line := self._lines.get(timeout=10)) is not None:
             self.seen.append(line)
@@ -182,7 +186,7 @@ class Running:
 
 
 def start_shop(
-    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, live: bool = True
 ) -> tuple[Running, str]:
     (tmp_path / "shop.py").write_text(SHOP)
     server = Running(
@@ -197,8 +201,22 @@ def start_shop(
         env=env,
     )
     url = server.wait_for(r"HTTP API and dashboard at (http://127\.0\.0\.1:\d+)/").group(1)
-    server.wait_for(r"^serving shop\.db")
+    if live:
+        server.wait_for(r"^serving shop\.db")
     return server, url
+
+
+def shop_with_orders(tmp_path: Path, count: int) -> None:
+    """A shop database whose packer has handled ``count`` orders (replayed next start)."""
+    server, url = start_shop(tmp_path)
+    try:
+        with httpx.Client(base_url=url) as client:
+            for index in range(count):
+                response = client.post("/commands/shop/order", json={"item": f"i{index}"})
+                assert response.status_code == 201
+        assert server.stop() == 0
+    finally:
+        server.kill()
 
 
 def order(url: str, item: str, token: str | None = TOKEN) -> int:
@@ -255,15 +273,7 @@ class TestServe:
         assert offline["positions"]["packer"] == 1
 
     def test_shows_replay_progress(self, tmp_path: Path) -> None:
-        server, url = start_shop(tmp_path)
-        try:
-            with httpx.Client(base_url=url) as client:
-                for index in range(80):
-                    response = client.post("/commands/shop/order", json={"item": f"i{index}"})
-                    assert response.status_code == 201
-            assert server.stop() == 0
-        finally:
-            server.kill()
+        shop_with_orders(tmp_path, 80)
         # Each replayed order now takes 20 ms: start-up lasts over a second.
         server, _ = start_shop(tmp_path, env={"SHOP_REPLAY_DELAY": "0.02"})
         try:
@@ -276,6 +286,22 @@ class TestServe:
             r"replaying the log: state at \d+/80, slowest worker at \d+/80", progress[0]
         )
         assert any("replayed the log (head 80)" in line for line in server.seen)
+
+    def test_a_signal_during_start_up_stops_it(self, tmp_path: Path) -> None:
+        shop_with_orders(tmp_path, 80)
+        server, _ = start_shop(tmp_path, env={"SHOP_REPLAY_DELAY": "0.05"}, live=False)
+        try:
+            server.wait_for(r"^replaying the log")
+            server.proc.send_signal(signal.SIGINT)
+            try:
+                server.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                # A stop during replay may wait for the replay; a second signal is at once.
+                server.proc.send_signal(signal.SIGTERM)
+            assert server.finish() == 0
+        finally:
+            server.kill()
+        assert any("stopped during start-up" in line for line in server.seen), server.seen
 
     def test_the_token_guards_commands(self, shop: tuple[Path, str]) -> None:
         _, url = shop
