@@ -6,7 +6,7 @@ It implements the old-style worker interface (info / start / replay / work / sto
 the way a Petrock feature did before PatternWorker: its own loop over the log, its
 own position tracking and checkpointing, its own replay, its own error handling.
 ``features/items/workers/summary_worker.py`` is the same behaviour as a
-PatternWorker; ``tests/test_items_equivalence.py`` checks that both emit the same
+PatternWorker; ``features/items/tests/test_equivalence.py`` checks that both emit the same
 commands and leave the same items behind.
 """
 
@@ -39,6 +39,7 @@ WORK_TIMEOUT = 30.0
 MAX_ATTEMPTS = 8
 FAILURE_THRESHOLD = 3  # consecutive summariser failures before backing off
 COOL_DOWN = 10.0  # seconds to leave the summariser alone after that
+RESUBMIT_AFTER = 120.0  # a result not seen by then is assumed lost
 
 
 class LegacySummaryWorker:
@@ -52,7 +53,7 @@ class LegacySummaryWorker:
         self.saved_position = 0
         self.contents: dict[str, str] = {}
         self.pending: dict[str, dict[str, Any]] = {}
-        self.submitted: set[str] = set()
+        self.submitted: dict[str, float] = {}
         self.dead_letter_ids: set[int] = set()
         # Retry bookkeeping for the message at the head of the queue.
         self.attempts = 0
@@ -188,7 +189,7 @@ class LegacySummaryWorker:
                 }
         elif isinstance(cmd, SetGeneratedSummary | FailSummaryGeneration):
             self.pending.pop(cmd.request_id, None)
-            self.submitted.discard(cmd.request_id)
+            self.submitted.pop(cmd.request_id, None)
 
     async def execute(self, cmd: object) -> bool:
         assert self.app is not None
@@ -206,7 +207,7 @@ class LegacySummaryWorker:
             return
         now = self.app.clock()
         for pending in list(self.pending.values()):
-            if pending["request_id"] in self.submitted:
+            if now - self.submitted.get(pending["request_id"], 0) <= RESUBMIT_AFTER:
                 continue
             if now - pending["requested_at"] > MAX_AGE.total_seconds():
                 result: object = FailSummaryGeneration(
@@ -227,7 +228,7 @@ class LegacySummaryWorker:
                 self.consecutive_failures = 0
                 result = SetGeneratedSummary(pending["item_id"], pending["request_id"], summary)
             if await self.execute(result):
-                self.submitted.add(pending["request_id"])
+                self.submitted[pending["request_id"]] = now
 
 
 async def main() -> None:

@@ -125,3 +125,23 @@ async def test_restart_replays_on_a_real_log(tmp_path: Path) -> None:
         await h.run_periodic()
         assert items.state.items["a"].summary == "summary"
         assert (await h.positions())["items-summaries"] >= 2
+
+
+async def test_results_lost_with_a_failed_run_are_asked_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 12 s a call: the third call of a run overruns the 30 s periodic timeout, and the
+    # run's two results are lost with it. They are asked for again, not forgotten.
+    fake = FakeService(lambda text, request_id: f"<{text}>", latency=12.0)
+    items = feature(fake)
+    async with worker_harness(items.worker, feature=items) as h:
+        for name in "abc":
+            await h.app.execute(CreateItem(name, content=name))
+        await h.advance(600)
+        await h.settle()
+        assert {n: i.summary for n, i in items.state.items.items()} == {
+            "a": "<a>",
+            "b": "<b>",
+            "c": "<c>",
+        }
+        assert [error for _, error in h.periodic_runs if error is not None]  # a run timed out

@@ -23,6 +23,7 @@ from ..summarizer import Summarizer
 __all__ = ["MAX_AGE", "PendingSummary", "SummaryState", "new_summary_worker"]
 
 MAX_AGE = timedelta(hours=24)
+RESUBMIT_AFTER = 120.0  # seconds: a result not seen by then is assumed lost; ask again
 
 
 @attrs.frozen
@@ -37,7 +38,7 @@ class PendingSummary:
 class SummaryState:
     contents: dict[str, str] = attrs.Factory(dict)
     pending: dict[str, PendingSummary] = attrs.Factory(dict)
-    submitted: set[str] = attrs.Factory(set)  # emitted a result, waiting to see it
+    submitted: dict[str, float] = attrs.Factory(dict)  # request id -> when its result was emitted
 
 
 async def on_create(ctx: pt.HandlerContext, cmd: CreateItem, state: SummaryState) -> None:
@@ -59,17 +60,14 @@ async def on_delete(ctx: pt.HandlerContext, cmd: DeleteItem, state: SummaryState
 async def on_request(
     ctx: pt.HandlerContext, cmd: RequestSummaryGeneration, state: SummaryState
 ) -> None:
-    if cmd.item_id in state.contents:
-        content = state.contents[cmd.item_id]
-        requested_at = ctx.message.timestamp.timestamp()
-        state.pending[cmd.request_id] = PendingSummary(
-            cmd.request_id, cmd.item_id, content, requested_at
-        )
+    if (content := state.contents.get(cmd.item_id)) is not None:
+        at = ctx.message.timestamp.timestamp()
+        state.pending[cmd.request_id] = PendingSummary(cmd.request_id, cmd.item_id, content, at)
 
 
 async def on_done(ctx: pt.HandlerContext, cmd: SetGeneratedSummary, state: SummaryState) -> None:
     state.pending.pop(cmd.request_id, None)
-    state.submitted.discard(cmd.request_id)
+    state.submitted.pop(cmd.request_id, None)
 
 
 async def process_pending(
@@ -79,7 +77,9 @@ async def process_pending(
     state: SummaryState,
 ) -> None:
     now = ctx.now().timestamp()
-    for p in [p for p in state.pending.values() if p.request_id not in state.submitted]:
+    # A result emitted by a run that then failed never lands: after a while, ask again.
+    sent = state.submitted.get
+    for p in [p for p in state.pending.values() if now - sent(p.request_id, 0) > RESUBMIT_AFTER]:
         if now - p.requested_at > MAX_AGE.total_seconds():
             result: object = FailSummaryGeneration(p.item_id, p.request_id, "timeout")
         else:
@@ -95,7 +95,7 @@ async def process_pending(
             ctx.emit(result)
         except pt.ValidationError:
             continue  # the item was deleted; its delete will clear this request
-        state.submitted.add(p.request_id)
+        state.submitted[p.request_id] = now
 
 
 def new_summary_worker(
