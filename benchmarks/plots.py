@@ -53,8 +53,8 @@ def latency(data: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("sqlite", "SQLite FULL"), ("postgres", "PostgreSQL (fsync=off)")):
         if key in data:
-            ms = [min(s * 1000, 9.99) for s in data[key]["samples"]]
-            ax.hist(ms, bins=60, range=(0, 10), alpha=0.6, label=f"{label}: {len(ms)} samples")
+            ms = [min(s * 1000, 4.99) for s in data[key]["samples"]]
+            ax.hist(ms, bins=100, range=(0, 5), alpha=0.6, label=f"{label}: {len(ms)} samples")
     ax.axvline(2, color="k", linestyle="--", linewidth=1, label="p50 target (2 ms)")
     ax.set_xlabel("execute() to handler start (ms; the last bin holds longer ones)")
     ax.set_ylabel("commands")
