@@ -77,7 +77,12 @@ async def serve(
                     engine.start_soon(store.watch, log.publish_head)
                     if handle_signals and threading.current_thread() is threading.main_thread():
                         engine.start_soon(_watch_signals, app, engine.cancel_scope)
-                    await engine.start(_run_workers, app, rt, engine.cancel_scope)
+                    try:
+                        await engine.start(_run_workers, app, rt, engine.cancel_scope)
+                    except RuntimeError:
+                        if not rt.stopping.is_set():
+                            raise
+                        return  # stopped during start-up: never started, nothing to serve
                     _log.info(
                         "petrock.serving",
                         database=redact(app.database),
@@ -115,11 +120,12 @@ async def _run_workers(
     workers: list[Any] = list(app.workers.values())
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as nursery:
-            # Start every part concurrently: the pump feeds them all while they replay.
-            async with trio.open_nursery() as starting:
-                starting.start_soon(outer.start, app.projection._run)  # noqa: SLF001
-                for worker in workers:
-                    starting.start_soon(nursery.start, worker._run)  # noqa: SLF001
+            if not await _start_parts(app, rt, outer, nursery):
+                # Stopped during start-up replay: replay has no effects, so stop at once.
+                _log.info("petrock.stopped_during_startup")
+                outer.cancel_scope.cancel()
+                engine.cancel()
+                return
             task_status.started()
             await rt.stopping.wait()
             _log.info("petrock.stopping", grace=app.shutdown_grace)
@@ -131,6 +137,27 @@ async def _run_workers(
         app.projection._stop()  # noqa: SLF001
         rt.close_waiters()
     engine.cancel()
+
+
+async def _start_parts(app: App, rt: Runtime, outer: trio.Nursery, nursery: trio.Nursery) -> bool:
+    """Start the projection and every worker concurrently (the pump feeds all their
+    replays at once); False if a stop came first."""
+    async with trio.open_nursery() as racing:
+
+        async def start_all() -> None:
+            async with trio.open_nursery() as starting:
+                starting.start_soon(outer.start, app.projection._run)  # noqa: SLF001
+                for worker in app.workers.values():
+                    starting.start_soon(nursery.start, worker._run)  # noqa: SLF001
+            racing.cancel_scope.cancel()
+
+        async def stop_requested() -> None:
+            await rt.stopping.wait()
+            racing.cancel_scope.cancel()
+
+        racing.start_soon(start_all)
+        racing.start_soon(stop_requested)
+    return not rt.stopping.is_set()
 
 
 async def _watch_signals(app: App, engine: trio.CancelScope) -> None:

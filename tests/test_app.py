@@ -211,3 +211,36 @@ async def test_commands_in_flight_at_shutdown_do_not_hang(tmp_path: Path) -> Non
     async with pt.open_log(str(tmp_path / "s.db"), commands=[Note]) as log:
         stored = [m for m in await log.read_after(0) if m.name == "test/note"]
     assert len(stored) >= outcomes.count("ok")  # every accepted command is in the log
+
+
+async def test_stop_during_startup_replay(autojump_clock: trio.testing.MockClock) -> None:
+    """A stop during a long replay ends serve promptly; serve never reports started."""
+    with pt.testing.memory_database() as db:
+        app = pt.App(database=db)
+        app.register_command(Note)
+        worker: pt.PatternWorker[None] = pt.PatternWorker("slow-replay")
+
+        @worker.on_command("test/note")
+        async def handle(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
+            if ctx.is_replay:
+                await trio.sleep(1)
+
+        app.register_worker(worker)
+        async with serving(app):
+            for i in range(10):
+                await app.execute(Note(str(i)))
+            await app.caught_up()
+        outcome: list[str] = []
+
+        async def run() -> None:
+            await pt.serve(app, handle_signals=False)
+            outcome.append("returned")
+
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(run)
+            await trio.sleep(3.5)
+            app.stop()
+        assert outcome == ["returned"]
+        assert trio.current_time() - start == 3.5
+        assert worker.metrics().replayed == 3
