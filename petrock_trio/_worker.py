@@ -767,6 +767,10 @@ class PatternWorker(Generic[S]):
                 if not rows or rows[0].id != request.message_id:
                     raise LookupError(f"message {request.message_id} is not in the log")  # noqa: TRY301
                 row = rows[0]
+                if request.message_id not in rt.dead_letter_ids.get(self.name, ()):
+                    raise LookupError(  # noqa: TRY301
+                        f"message {request.message_id} is not a dead letter of {self.name!r}"
+                    )
                 if row.name not in self._routes:
                     raise LookupError(f"worker {self.name!r} does not route {row.name!r}")  # noqa: TRY301
                 page = Page(row.id - 1, row.id, [row])

@@ -214,3 +214,13 @@ class TestHandlerSteering:
             with pytest.raises(LookupError):
                 await app.redrive("nobody", 1)
         assert handled == [1]
+
+
+async def test_redrive_takes_only_dead_letters(autojump_clock: trio.testing.MockClock) -> None:
+    app, _, calls = make_app()
+    async with serving(app):
+        (message,) = [await app.execute(Add("a"))]
+        await app.caught_up()
+        with pytest.raises(LookupError, match="not a dead letter"):
+            await app.redrive("tally", message.id)
+    assert calls.live == [("a", message.id)]  # handled once, not again by the re-drive
