@@ -46,7 +46,7 @@ class Backoff:
             raise ConfigurationError("jitter must be between 0 and 1")
         if self.max_attempts > 1 and self.initial == 0:
             warnings.warn(
-                "Backoff(initial=0) retries in a tight loop; in tests, use Trio's MockClock instead",
+                "Backoff(initial=0) retries in a tight loop; in tests use Trio's MockClock",
                 stacklevel=3,
             )
 
