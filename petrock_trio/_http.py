@@ -148,8 +148,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _last_error(app: App, worker: str) -> str | None:
-    # Workers keep their last error only in their metrics recorder for now.
-    return app.workers[worker]._metrics.last_error  # noqa: SLF001 - see above
+    return app.workers[worker].metrics().last_error
 
 
 class _AppCollector:

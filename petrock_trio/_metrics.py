@@ -35,6 +35,7 @@ class WorkerMetrics:
     periodic_failures: int
     periodic_skipped: int
     timeouts: int
+    last_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -160,4 +161,5 @@ class MetricsRecorder:
             periodic_failures=self.periodic_failures,
             periodic_skipped=self.periodic_skipped,
             timeouts=self.timeouts,
+            last_error=self.last_error,
         )

@@ -420,3 +420,17 @@ class TestStructuredLogs:
         output = stream.getvalue()
         assert "careful" in output
         assert "service=demo" in output
+
+
+async def test_last_error_is_in_the_metrics(autojump_clock: trio.testing.MockClock) -> None:
+    async def handler(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
+        raise ValueError(f"cannot handle {cmd.text}")
+
+    app, worker = single_worker(handler, retry=pt.Backoff(max_attempts=1))
+    async with serving(app):
+        assert worker.metrics().last_error is None
+        await app.execute(Note("x"))
+        await app.caught_up()
+        report = app.inspect()
+    assert worker.metrics().last_error == "ValueError('cannot handle x')"
+    assert report["workers"]["w"]["metrics"]["last_error"] == "ValueError('cannot handle x')"
