@@ -113,11 +113,6 @@ class MetricsRecorder:
         self._processed.add(now)
         self._times.append(duration)
 
-    def handled_batch(self, now: float, count: int, durations: list[float]) -> None:
-        self.processed += count
-        self._processed.add(now, count)
-        self._times.extend(durations)
-
     def failure(self, now: float, error: str, *, timeout: bool = False) -> None:
         self.failed += 1
         self.timeouts += timeout
