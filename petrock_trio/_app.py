@@ -264,7 +264,8 @@ class App:
     def inspect(self) -> dict[str, Any]:
         """A JSON-serialisable report: log head, commands, workers with positions, lag,
         health and metrics."""
-        head = self._rt.log.head.value if self._rt is not None else None
+        rt = self._rt
+        head = rt.log.head.value if rt is not None else None
         workers: dict[str, Any] = {}
         for name, worker in self.workers.items():
             metrics = worker.metrics()
@@ -286,6 +287,8 @@ class App:
                 "errors": self.projection.errors,
             },
             "positions": {name: w["position"] for name, w in workers.items()},
+            "pump": attrs.asdict(rt.pump.statistics()) if rt is not None else None,
+            "store": attrs.asdict(rt.log.store.statistics()) if rt is not None else None,
             "workers": workers,
             "health": self.health().to_dict(),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Collection
 
+import attrs
 import structlog
 import trio
 from trio_util import AsyncValue
@@ -13,9 +14,21 @@ from ._errors import StoreError
 from ._log import MessageLog
 from ._message import Page
 
-__all__ = ["Feed", "LogPump"]
+__all__ = ["Feed", "LogPump", "PumpStatistics"]
 
 _log = structlog.get_logger("petrock_trio.pump")
+
+
+@attrs.frozen
+class PumpStatistics:
+    """What the pump has done: each message should be read once, whatever the fan-out."""
+
+    position: int
+    pages_read: int
+    rows_read: int
+    read_errors: int
+    feeds: int
+    attached: int
 
 
 class Feed:
@@ -143,6 +156,16 @@ class LogPump:
         return (
             f"<LogPump position={self.position.value} feeds={len(self._feeds)} "
             f"attached={len(self._attached)}>"
+        )
+
+    def statistics(self) -> PumpStatistics:
+        return PumpStatistics(
+            position=self.position.value,
+            pages_read=self.pages_read,
+            rows_read=self.rows_read,
+            read_errors=self.read_errors,
+            feeds=len(self._feeds),
+            attached=len(self._attached),
         )
 
     def feed(

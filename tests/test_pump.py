@@ -74,9 +74,9 @@ class TestFanOut:
         app = app_with(*workers, database=db)
         async with serving(app) as running:
             await running.caught_up()
-            store = running._rt.log.store  # type: ignore[union-attr]
-            rows_read = store.statistics().rows_read
-        assert rows_read == 2000
+            report = running.inspect()
+        assert report["store"]["rows_read"] == 2000
+        assert report["pump"]["rows_read"] == 2000
         for n in range(20):
             assert len(seen[f"w{n}"]) == 1000
 
