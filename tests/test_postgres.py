@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +22,7 @@ import trio
 import petrock_trio as pt
 from petrock_trio.stores import Commit, open_store
 from petrock_trio.testing import serving, wait_until
-from tests.support import Add, Echoed, Note, apply_add, make_app
+from tests.support import Add, Echoed, apply_add, make_app
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the `postgres` extra)")
 
@@ -490,45 +489,10 @@ class TestOpenStore:
 
 @pytest.mark.postgres
 class TestEngineOnPostgres:
-    """An app served on PostgreSQL: handling, emits, restart replay, other processes."""
+    """An app served on PostgreSQL sees other processes' appends at once.
 
-    async def test_serve_emit_and_restart_replay(self, postgres_url: str) -> None:
-        app, worker, first = make_app(postgres_url)
-        async with serving(app):
-            await app.execute(Add("a"))
-            await app.caught_up()
-            await app.execute(Add("b", 2))
-            await app.caught_up()
-        assert first.live == [("a", 1), ("b", 3)]
-
-        async with pt.open_log(postgres_url, commands=[Add, Note]) as log:
-            await log.append(Add("c", 5), Note("offline"))
-
-        app, worker, second = make_app(postgres_url)
-        async with serving(app):
-            assert second.replayed == [("a", 1), ("b", 3)]
-            await app.caught_up()
-            assert second.live == [("c", 5), ("offline", 6)]
-            assert worker.state.totals == {"a": 1, "b": 2, "c": 5}
-            assert app.state.totals == {"a": 1, "b": 2, "c": 5}
-
-        app, worker, third = make_app(postgres_url)
-        async with serving(app):
-            await app.caught_up()
-        assert third.live == []
-        assert third.replayed == [("a", 1), ("b", 3), ("c", 5), ("offline", 6)]
-        async with pt.open_log(postgres_url, commands=[Add, Echoed, Note]) as log:
-            messages = await log.read_after(0, 100)
-        echoes = Counter(m.command.source_id for m in messages if m.name == "test/echoed")
-        assert echoes == {1: 1, 3: 1, 5: 1}
-
-    async def test_hard_stop_still_commits_positions(self, postgres_url: str) -> None:
-        app, _, _ = make_app(postgres_url, position_flush_interval=3600)
-        async with serving(app, graceful=False):
-            await app.execute(Note("n1"))
-            await app.caught_up()
-        async with opened(postgres_url) as store:
-            assert (await store.positions())["tally"] == 1
+    Handling, emits, restart replay and hard stops on PostgreSQL are the restart tests
+    in tests/test_restart.py, run on both stores."""
 
     async def test_another_process_appends_are_seen_at_once(self, postgres_url: str) -> None:
         app, worker, calls = make_app(postgres_url)

@@ -1,4 +1,4 @@
-"""Replay vs live on a real SQLite file: restarts, appends while down, crashes before commit."""
+"""Replay vs live on a real log (SQLite file, PostgreSQL): restarts, appends while down, crashes."""
 
 from __future__ import annotations
 
@@ -24,11 +24,19 @@ async def echo_counts(path: str) -> Counter[int]:
     return Counter(cmd.source_id for _, name, cmd in await log_names(path) if name == "test/echoed")
 
 
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        # Only this parameter needs a server; where there is none it skips.
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "app.db")
+
+
 class TestRestart:
     """Saved positions split replay from live handling exactly."""
 
-    async def test_commands_appended_while_down_are_handled_live(self, tmp_path: Path) -> None:
-        db = str(tmp_path / "app.db")
+    async def test_commands_appended_while_down_are_handled_live(self, database: str) -> None:
+        db = database
         app, worker, first = make_app(db)
         async with serving(app):
             await app.execute(Add("a"))
@@ -73,16 +81,13 @@ class TestRestart:
         assert calls.live == [("b", 3)]
         assert worker.state.totals == {"b": 1}
 
-    async def test_hard_cancel_still_commits_positions(self, tmp_path: Path) -> None:
-        db = str(tmp_path / "app.db")
-        app, _, _ = make_app(db, position_flush_interval=3600)
+    async def test_hard_cancel_still_commits_positions(self, database: str) -> None:
+        app, _, _ = make_app(database, position_flush_interval=3600)
         async with serving(app, graceful=False):
             await app.execute(Note("n1"))
             await app.caught_up()
-        store = SQLiteStore(db)
-        await store.open()
-        assert (await store.positions())["tally"] == 1
-        await store.aclose()
+        async with pt.open_log(database) as log:
+            assert (await log.store.positions())["tally"] == 1
 
     async def test_same_app_object_can_serve_again(self, tmp_path: Path) -> None:
         db = str(tmp_path / "app.db")
