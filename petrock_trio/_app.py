@@ -209,8 +209,10 @@ class App:
         """Validate ``cmd`` against current state, append it, and wait until state has it.
 
         Returns the appended :class:`Message`. Raises :class:`UnknownCommand`,
-        :class:`ValidationError`, :class:`PayloadTooLarge` or :class:`NotRunning`;
-        in every such case nothing was appended.
+        :class:`ValidationError`, :class:`DecodeError`, :class:`PayloadTooLarge` or
+        :class:`NotRunning` before appending, and nothing was appended. Afterwards only
+        :class:`NotRunning` (the app stopped before state applied the command, which is
+        in the log) or a store error can come.
         """
         rt = self._runtime()
         if getattr(cmd, "validate", None) is None:
@@ -224,8 +226,6 @@ class App:
                 await rt.wait_applied(rt.log.head.value)
                 encoded = self.encode_valid(cmd)
                 (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded]))
-                await rt.wait_applied(row.id)
-            return Message.from_row(row, cmd)
         await rt.wait_applied(row.id)
         return Message.from_row(row, cmd)
 

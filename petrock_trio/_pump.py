@@ -199,10 +199,13 @@ class LogPump:
 
     async def read_page(self, after: int, names: Collection[str] | None = None) -> Page:
         """A page read from the store, up to the pump's position (for detached feeds)."""
-        upto = self.position.value
+        return await self._read(after, self.position.value, names)
+
+    async def _read(self, after: int, upto: int, names: Collection[str] | None = None) -> Page:
         rows = await self.log.store.read_after(
             after, self.page_size, upto=upto, names=None if names is None else sorted(names)
         )
+        # A short page read everything up to ``upto``, gaps in the ids included.
         last = rows[-1].id if len(rows) == self.page_size else upto
         return Page(after, last, rows)
 
@@ -214,7 +217,6 @@ class LogPump:
             self.try_attach(feed)
         task_status.started()
         head = self.log.head
-        store = self.log.store
         while True:
             position = self.position.value
             if head.value <= position:
@@ -222,9 +224,8 @@ class LogPump:
             if not self._attached:
                 await self._any_attached.wait_value(lambda n: n > 0)
                 continue
-            upto = head.value
             try:
-                rows = await store.read_after(position, self.page_size, upto=upto)
+                page = await self._read(position, head.value)
             except StoreError as exc:
                 # A failing database must not take the app down: every feed waits,
                 # nothing is skipped, and reading resumes where it stopped.
@@ -234,13 +235,11 @@ class LogPump:
                 await trio.sleep(delay)
                 continue
             self.read_errors = 0
-            last = rows[-1].id if len(rows) == self.page_size else upto
-            page = Page(position, last, rows)
             self.pages_read += 1
-            self.rows_read += len(rows)
+            self.rows_read += len(page.rows)
             self._recent.append(page)
             for feed in list(self._attached):
                 if not feed._offer(page):  # noqa: SLF001 - the pump and its feeds are one unit
                     self.detach(feed)
-            self.position.value = last
+            self.position.value = page.last
             self.on_page()

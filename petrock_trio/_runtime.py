@@ -45,7 +45,6 @@ class PositionFlusher:
         self._dirty = trio.Event()
         self._pending = 0
         self._urgent = trio.Event()
-        self.flushes = 0
         self.failures = 0
 
     def touch(self, moved: int = 1) -> None:
@@ -66,22 +65,22 @@ class PositionFlusher:
             if feed.position.value > self.saved.get(name, 0)
         }
 
-    async def flush(self) -> None:
+    async def flush(self, *, direct: bool = False) -> None:
+        """Write every moved position in one transaction.
+
+        ``direct`` goes straight to the store, bypassing group commit: at shutdown the
+        writer task may already be cancelled.
+        """
         changes = self.changes()
         self._pending = 0
         if not changes:
             return
-        await self.log.commit(self.log.new_commit(positions=changes))
+        commit = self.log.new_commit(positions=changes)
+        if direct:
+            await self.log.store.commit_many([commit])
+        else:
+            await self.log.commit(commit)
         self.saved.update(changes)
-        self.flushes += 1
-
-    async def flush_direct(self) -> None:
-        """Flush straight through the store, bypassing group commit (used at shutdown,
-        when the writer task may already be cancelled)."""
-        changes = self.changes()
-        if changes:
-            await self.log.store.commit_many([self.log.new_commit(positions=changes)])
-            self.saved.update(changes)
 
     async def run(self) -> None:
         """Never returns unless cancelled."""

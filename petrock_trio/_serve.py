@@ -93,7 +93,7 @@ async def serve(
             finally:
                 app._rt = None  # noqa: SLF001
                 with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    await flusher.flush_direct()
+                    await flusher.flush(direct=True)
                 root.cancel_scope.cancel()
     finally:
         app._rt = None  # noqa: SLF001
