@@ -13,11 +13,15 @@ import platform
 import resource
 import sqlite3
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import attrs
 import orjson
@@ -32,6 +36,9 @@ import petrock_trio as pt  # noqa: E402 - after the path fix above
 from petrock_trio.stores import SQLiteStore  # noqa: E402
 from petrock_trio.stores._sqlite import _SCHEMA  # noqa: E402 - the engine's own schema
 from petrock_trio.testing import serving  # noqa: E402
+
+if TYPE_CHECKING:
+    import psycopg
 
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = 1000  # the engine's default page size; the raw loop pages the same way
@@ -230,11 +237,28 @@ def header(title: str, args: argparse.Namespace) -> None:
     print(f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, load {m['load']:.2f}")
 
 
+def engine_version() -> dict[str, Any]:
+    """The commit measured, and whether the engine's files differed from it."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), *argv], capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--", "petrock_trio")
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": head, "engine_modified": bool(changed)}
+
+
 def save(name: str, args: argparse.Namespace, data: dict[str, Any]) -> None:
     if not args.save:
         return
     RESULTS.mkdir(exist_ok=True)
-    document = {"machine": machine(), "quick": bool(args.quick), **data}
+    document = {"machine": machine(), **engine_version(), "quick": bool(args.quick), **data}
     path = RESULTS / f"{name}.json"
     path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     print(f"saved {path.relative_to(ROOT)}")
@@ -247,3 +271,159 @@ def max_rss_mib() -> float:
 
 def dump(data: object) -> str:
     return json.dumps(data)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+
+def add_postgres_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--postgres",
+        metavar="URL|auto",
+        default=None,
+        help="also measure on PostgreSQL: `auto` starts a throwaway server as the tests do "
+        "(tests/postgres_server.py: fsync=off, so not durable); a postgresql:// URL names "
+        "a database to use instead (each run creates a schema of its own and drops it)",
+    )
+    p.add_argument("--no-postgres", action="store_true", help="ignore --postgres")
+
+
+def with_search_path(url: str, schema: str) -> str:
+    if "options=" in url:
+        raise SystemExit("--postgres: give a URL without `options=` (a schema is set there)")
+    return f"{url}{'&' if '?' in url else '?'}options={quote(f'-c search_path={schema}')}"
+
+
+@attrs.frozen
+class Postgres:
+    """A PostgreSQL database the benchmarks create their schemas in.
+
+    ``label`` says where the server came from; the URL itself is never printed or saved
+    (it may hold a password).
+    """
+
+    url: str
+    label: str
+
+    @contextmanager
+    def schema(self) -> Iterator[str]:
+        """The URL of a new, empty schema: a log of its own, dropped afterwards."""
+        from psycopg import sql  # noqa: PLC0415 - optional
+
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        with pg_connect(self.url) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        try:
+            yield with_search_path(self.url, name)
+        finally:
+            with pg_connect(self.url) as conn:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+    def settings(self) -> dict[str, str]:
+        """The server settings that decide what a commit costs."""
+        out = {"server": self.label}
+        with pg_connect(self.url) as conn:
+            for name in ("server_version", "fsync", "synchronous_commit", "full_page_writes"):
+                row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+                out[name] = str(row[0]) if row is not None else "?"
+        return out
+
+    def describe(self) -> dict[str, str]:
+        settings = self.settings()
+        print(
+            f"postgresql: {settings['server']}, version {settings['server_version']}; "
+            f"fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']}, "
+            f"full_page_writes={settings['full_page_writes']}"
+        )
+        return settings
+
+
+@contextmanager
+def postgres(args: argparse.Namespace) -> Iterator[Postgres | None]:
+    """The PostgreSQL database to measure on, or None (saying why) when there is none."""
+    if args.postgres is None or args.no_postgres:
+        print("postgresql: not measured (run with --postgres auto, or --postgres URL)")
+        yield None
+        return
+    try:
+        import psycopg  # noqa: PLC0415 - optional
+    except ImportError:
+        print("postgresql: skipped (psycopg is not installed: the `postgres` extra)")
+        yield None
+        return
+    if args.postgres != "auto":
+        yield Postgres(args.postgres, "server given by --postgres")
+        return
+    from tests.postgres_server import find_binaries, running_server  # noqa: PLC0415
+
+    bindir = find_binaries()
+    if bindir is None:
+        print("postgresql: skipped (no initdb/pg_ctl under /usr/lib/postgresql/*/bin or PATH)")
+        yield None
+        return
+    with running_server(bindir) as server:
+        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        yield Postgres(server.url("bench"), "throwaway server (tests/postgres_server.py)")
+
+
+def pg_connect(url: str) -> psycopg.Connection[Any]:
+    import psycopg  # noqa: PLC0415 - optional
+
+    return psycopg.connect(url, autocommit=True)
+
+
+def pg_fill_log(url: str, count: int, names: Sequence[str] = NAMES) -> None:
+    """As :func:`fill_log`, into the PostgreSQL store's schema (``COPY``), then ``VACUUM
+    ANALYZE`` so that neither side of the measurement pays for hint bits or statistics."""
+    from petrock_trio.stores._postgres import _SCHEMA as PG_SCHEMA  # noqa: PLC0415
+
+    with pg_connect(url) as conn:
+        for statement in PG_SCHEMA:
+            conn.execute(statement)
+        now = time.time()
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy("COPY messages (id, timestamp, name, payload) FROM STDIN") as copy:
+                for i in range(1, count + 1):
+                    copy.write_row((i, now, names[i % len(names)], payload(i)))
+            cur.execute("SELECT setval('messages_id_seq', %s)", (count,))
+        conn.execute("VACUUM ANALYZE messages")
+
+
+def pg_reset_positions(url: str) -> None:
+    """Forget every worker's saved state (all the store's tables but the log itself)."""
+    from psycopg import sql  # noqa: PLC0415 - optional
+
+    with pg_connect(url) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            " AND tablename <> 'messages'"
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
+
+
+def pg_raw_loop(url: str, page: int = PAGE) -> tuple[int, float]:
+    """The raw limit on PostgreSQL: :func:`raw_loop` with psycopg (a prepared statement,
+    binary results, one round trip per page)."""
+    seen = [0]
+
+    def handle(data: Any) -> None:  # noqa: ARG001 - the dispatch target takes the payload
+        seen[0] += 1
+
+    dispatch: dict[str, Callable[[Any], None]] = dict.fromkeys(NAMES, handle)
+    with pg_connect(url) as conn:
+        cur = conn.cursor(binary=True)
+        started = time.perf_counter()
+        after = 0
+        loads = orjson.loads
+        sql = "SELECT id, name, payload FROM messages WHERE id > %s ORDER BY id LIMIT %s"
+        while True:
+            rows = cur.execute(sql, (after, page), prepare=True).fetchall()
+            if not rows:
+                break
+            for _id, name, data in rows:
+                dispatch[name](loads(data))
+            after = rows[-1][0]
+        seconds = time.perf_counter() - started
+    return seen[0], seconds

@@ -1,6 +1,7 @@
 """5. Append: 100 concurrent ``execute()`` callers with group commit.
 
 Run it:  python benchmarks/bench_append.py [--quick] [--count 20000] [--callers 100]
+                                           [--postgres auto|URL]
 
 An app on a fresh SQLite file (``synchronous=FULL``, the default) with no workers;
 100 tasks each call ``await app.execute(cmd)`` in a loop until ``--count`` commands
@@ -9,6 +10,13 @@ are in. ``execute`` returns once the command is committed and applied to state.
 Baseline in the same run: raw batched inserts into the same schema on the same disk,
 ``executemany`` of 1000 rows per transaction, same names and payloads, same
 ``synchronous=FULL``. Target: execute() reaches at least 50% of the raw inserts.
+
+PostgreSQL (``--postgres``): the same app on a fresh schema of the server (``auto``
+starts a throwaway one, with ``fsync=off``), against raw batched inserts with psycopg
+into the store's schema, in another fresh schema of the same server, 1000 rows per
+transaction, same names and payloads: the baseline is one ``INSERT … SELECT FROM
+unnest(arrays)`` per transaction (how the store itself writes a batch, and the faster
+way); ``executemany`` (pipelined by psycopg, one ``INSERT`` per row) is printed too.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 import _common as c
 import trio
 
+from petrock_trio.stores._postgres import _SCHEMA as PG_SCHEMA
 from petrock_trio.stores._sqlite import _SCHEMA
 from petrock_trio.testing import serving
 
@@ -67,10 +76,50 @@ def raw_inserts(database: str, count: int, batch: int = 1000) -> float:
         conn.close()
 
 
+def pg_raw_inserts(url: str, count: int, batch: int = 1000, *, many: bool = False) -> float:
+    """Seconds to insert ``count`` rows, ``batch`` per transaction: one multi-row
+    ``INSERT`` from arrays, or with ``many`` an ``executemany`` of one row each."""
+    one = (
+        "INSERT INTO messages"
+        " SELECT * FROM unnest(%s::int8[], %s::float8[], %s::text[], %s::bytea[])"
+    )
+    with c.pg_connect(url) as conn:
+        for statement in PG_SCHEMA:
+            conn.execute(statement)
+        cur = conn.cursor()
+        started = time.perf_counter()
+        for start in range(1, count + 1, batch):
+            now = time.time()
+            ids = range(start, min(start + batch, count + 1))
+            names = [c.NAMES[i % len(c.NAMES)] for i in ids]
+            payloads = [c.payload(i) for i in ids]
+            with conn.transaction():
+                if many:
+                    cur.executemany(
+                        "INSERT INTO messages VALUES (%s, %s, %s, %s)",
+                        [(i, now, n, d) for i, n, d in zip(ids, names, payloads, strict=True)],
+                    )
+                else:
+                    cur.execute(one, (list(ids), [now] * len(ids), names, payloads), prepare=True)
+        return time.perf_counter() - started
+
+
+def report(
+    label: str, baseline: str, engines: list[float], raws: list[float], ratios: list[float]
+) -> float:
+    engine, raw, ratio = c.median(engines), c.median(raws), c.median(ratios)
+    print(
+        f"{label}: execute() {engine:,.0f} commands/s; {baseline} {raw:,.0f} rows/s; "
+        f"ratio {ratio:.3f}"
+    )
+    return ratio
+
+
 def main() -> int:
     p = c.parser(__doc__ or "")
     p.add_argument("--count", type=int, default=None)
     p.add_argument("--callers", type=int, default=100)
+    c.add_postgres_options(p)
     args = p.parse_args()
     count = args.count or (1_000 if args.quick else 20_000)
     count -= count % args.callers
@@ -79,7 +128,14 @@ def main() -> int:
     engines: list[float] = []
     raws: list[float] = []
     ratios: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    pg_engines: list[float] = []
+    pg_raws: list[float] = []
+    pg_ratios: list[float] = []
+    pg_batches: list[int] = []
+    pg_manys: list[float] = []
+    data: dict[str, object] = {"count": count}
+    with c.postgres(args) as pg, tempfile.TemporaryDirectory() as tmp:
+        settings = pg.describe() if pg is not None else None
         for k in range(c.repeats(args)):
             raw_s = raw_inserts(str(Path(tmp) / f"raw-{k}.db"), count)
             database = str(Path(tmp) / f"append-{k}.db")
@@ -90,19 +146,53 @@ def main() -> int:
             raws.append(count / raw_s)
             ratios.append(raw_s / seconds)
             print(
-                f"run {k + 1}: execute() {count / seconds:>9,.0f} commands/s "
+                f"run {k + 1} sqlite    : execute() {count / seconds:>9,.0f} commands/s "
                 f"({batches} transactions, {count / max(batches, 1):.1f} commands each); "
                 f"raw executemany {count / raw_s:>9,.0f} rows/s"
             )
-    engine, raw, ratio = c.median(engines), c.median(raws), c.median(ratios)
-    print(
-        f"execute(): {engine:,.0f} commands/s; raw batched inserts {raw:,.0f} rows/s; "
-        f"ratio {ratio:.3f}"
-    )
+            if pg is None:
+                continue
+            with pg.schema() as raw_url:
+                raw_s = pg_raw_inserts(raw_url, count)
+            with pg.schema() as raw_url:
+                many_s = pg_raw_inserts(raw_url, count, many=True)
+            with pg.schema() as url:
+                seconds, batches = c.run(functools.partial(engine_append, url, count, args.callers))
+            pg_engines.append(count / seconds)
+            pg_raws.append(count / raw_s)
+            pg_ratios.append(raw_s / seconds)
+            pg_batches.append(batches)
+            pg_manys.append(count / many_s)
+            print(
+                f"run {k + 1} postgresql: execute() {count / seconds:>9,.0f} commands/s "
+                f"({batches} transactions, {count / max(batches, 1):.1f} commands each); "
+                f"raw INSERT from arrays {count / raw_s:>9,.0f} rows/s, "
+                f"raw executemany {count / many_s:>9,.0f} rows/s"
+            )
+    ratio = report("sqlite", "raw batched inserts (executemany)", engines, raws, ratios)
+    data.update(engine=c.median(engines), raw=c.median(raws), ratio=ratio)
+    if settings is not None:
+        data["postgres"] = {
+            "settings": settings,
+            "engine": c.median(pg_engines),
+            "raw": c.median(pg_raws),
+            "ratio": report(
+                "postgresql",
+                "raw batched inserts (INSERT from arrays)",
+                pg_engines,
+                pg_raws,
+                pg_ratios,
+            ),
+            "raw_executemany": c.median(pg_manys),
+            "transactions": c.median(pg_batches),
+        }
     c.target_line(
-        "group-committed execute() vs raw inserts", f"ratio {ratio:.3f}", ">= 0.50", ratio >= 0.5
+        "group-committed execute() vs raw inserts (SQLite)",
+        f"ratio {ratio:.3f}",
+        ">= 0.50",
+        ratio >= 0.5,
     )
-    c.save("append", args, {"count": count, "engine": engine, "raw": raw, "ratio": ratio})
+    c.save("append", args, data)
     return 0
 
 

@@ -1,19 +1,22 @@
 """3. Live latency: ``execute()`` to handler start, p50 and p99.
 
-Run it:  python benchmarks/bench_latency.py [--quick] [--count 1000] [--no-postgres]
+Run it:  python benchmarks/bench_latency.py [--quick] [--count 1000] [--postgres auto|URL]
 
 In-process on SQLite with ``synchronous=FULL`` (the default): one caller executes a
 command, waits until the worker's handler has started, pauses 2 ms, and repeats.
 Latency is ``perf_counter()`` at handler start minus ``perf_counter()`` just before
-``execute``. On PostgreSQL the same, when the server binaries are installed (a
-throwaway server as the tests start one; it runs with ``fsync=off``).
+``execute``. On PostgreSQL the same with ``--postgres`` (``auto`` starts a throwaway
+server as the tests do; it runs with ``fsync=off`` and ``synchronous_commit=off``),
+each run on a fresh schema.
 
 Across two processes on one SQLite file: not measured, the engine does not watch a
 SQLite file for appends made by another process (``SQLiteStore.watch`` only sleeps).
 
 Baseline in the same run: the latency of one durable commit (``BEGIN IMMEDIATE``, one
 ``INSERT``, ``COMMIT`` under WAL and ``synchronous=FULL``) on the same disk, the floor
-under any durable append. Targets: p50 <= 2 ms and p99 <= 20 ms on SQLite FULL.
+under any durable append. On PostgreSQL: the latency of one commit of one ``INSERT``
+with psycopg (autocommit, a prepared statement) on the same server, paced the same way.
+Targets: p50 <= 2 ms and p99 <= 20 ms on SQLite FULL.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,26 +89,16 @@ def commit_latency(database: str, count: int) -> list[float]:
     return samples
 
 
-@contextmanager
-def postgres() -> Iterator[str | None]:
-    """A URL on a throwaway server, or None (and why) when there is none."""
-    try:
-        import psycopg  # noqa: PLC0415 - optional
-
-        from tests.postgres_server import find_binaries, running_server  # noqa: PLC0415
-    except ImportError:
-        print("postgresql: skipped (psycopg is not installed)")
-        yield None
-        return
-    bindir = find_binaries()
-    if bindir is None:
-        print("postgresql: skipped (no initdb/pg_ctl found)")
-        yield None
-        return
-    with running_server(bindir) as server:
-        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
-        yield server.url("bench")
+def pg_commit_latency(url: str, count: int) -> list[float]:
+    samples = []
+    with c.pg_connect(url) as conn:
+        conn.execute("CREATE TABLE raw (id BIGINT PRIMARY KEY, payload BYTEA)")
+        for i in range(count):
+            started = time.perf_counter()
+            conn.execute("INSERT INTO raw VALUES (%s, %s)", (i, c.payload(i)), prepare=True)
+            samples.append(time.perf_counter() - started)
+            time.sleep(0.002)
+    return samples
 
 
 def line(label: str, samples: list[float]) -> str:
@@ -118,52 +109,76 @@ def line(label: str, samples: list[float]) -> str:
     )
 
 
+@attrs.define
+class Runs:
+    """The engine's samples and the baseline's, run by run; medians of per-run figures."""
+
+    label: str
+    p50s: list[float] = attrs.Factory(list)
+    p99s: list[float] = attrs.Factory(list)
+    raw50s: list[float] = attrs.Factory(list)
+    raw99s: list[float] = attrs.Factory(list)
+    samples: list[float] = attrs.Factory(list)
+
+    def add(self, samples: list[float], raw: list[float]) -> None:
+        self.p50s.append(percentile(samples, 0.5))
+        self.p99s.append(percentile(samples, 0.99))
+        self.raw50s.append(percentile(raw, 0.5))
+        self.raw99s.append(percentile(raw, 0.99))
+        self.samples.extend(samples)
+
+    def summary(self) -> dict[str, Any]:
+        p50, p99, raw50 = c.median(self.p50s), c.median(self.p99s), c.median(self.raw50s)
+        print(
+            f"{self.label}: p50 {p50 * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms; raw commit p50 "
+            f"{raw50 * 1000:.3f} ms; ratio p50 / raw commit {p50 / raw50:.2f}"
+        )
+        return {
+            "p50": p50,
+            "p99": p99,
+            "raw_commit_p50": raw50,
+            "raw_commit_p99": c.median(self.raw99s),
+            "samples": self.samples,
+        }
+
+
 def main() -> int:
     p = c.parser(__doc__ or "")
     p.add_argument("--count", type=int, default=None)
-    p.add_argument("--no-postgres", action="store_true")
+    c.add_postgres_options(p)
     args = p.parse_args()
     count = args.count or (50 if args.quick else 1000)
     c.header("live latency: execute() to handler start", args)
     c.quiet_logging()
     results: dict[str, Any] = {}
-    p50s: list[float] = []
-    p99s: list[float] = []
-    raw50s: list[float] = []
-    engine_all: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    sqlite = Runs("sqlite FULL in-process")
+    postgresql = Runs("postgresql in-process")
+    with c.postgres(args) as pg, tempfile.TemporaryDirectory() as tmp:
+        settings = pg.describe() if pg is not None else None
         for k in range(c.repeats(args)):
             raw = commit_latency(str(Path(tmp) / f"raw-{k}.db"), count)
             database = str(Path(tmp) / f"latency-{k}.db")
             samples: list[float] = c.run(functools.partial(engine_latency, database, count))
             print(line(f"run {k + 1} sqlite FULL, in-process", samples))
             print(line(f"run {k + 1} raw durable commit    ", raw))
-            p50s.append(percentile(samples, 0.5))
-            p99s.append(percentile(samples, 0.99))
-            raw50s.append(percentile(raw, 0.5))
-            engine_all.extend(samples)
-    p50, p99, raw50 = c.median(p50s), c.median(p99s), c.median(raw50s)
-    print(
-        f"sqlite FULL in-process: p50 {p50 * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms; "
-        f"raw durable commit p50 {raw50 * 1000:.3f} ms; ratio p50 / raw commit {p50 / raw50:.2f}"
-    )
-    results["sqlite"] = {"p50": p50, "p99": p99, "raw_commit_p50": raw50, "samples": engine_all}
+            sqlite.add(samples, raw)
+            if pg is None:
+                continue
+            with pg.schema() as url:
+                raw = pg_commit_latency(url, count)
+            with pg.schema() as url:
+                samples = c.run(functools.partial(engine_latency, url, count))
+            print(line(f"run {k + 1} postgresql, in-process  ", samples))
+            print(line(f"run {k + 1} postgresql raw commit   ", raw))
+            postgresql.add(samples, raw)
+    results["sqlite"] = sqlite.summary()
     print(
         "sqlite across two processes: skipped (the engine does not watch a SQLite file "
         "for appends by another process)"
     )
-    if args.quick or args.no_postgres:
-        print("postgresql: skipped (--quick or --no-postgres)")
-    else:
-        with postgres() as url:
-            if url is not None:
-                pg = c.run(functools.partial(engine_latency, url, count))
-                print(line("postgresql (fsync=off), in-process", pg))
-                results["postgres"] = {
-                    "p50": percentile(pg, 0.5),
-                    "p99": percentile(pg, 0.99),
-                    "samples": pg,
-                }
+    if settings is not None:
+        results["postgres"] = {"settings": settings, **postgresql.summary()}
+    p50, p99 = results["sqlite"]["p50"], results["sqlite"]["p99"]
     c.target_line("p50, SQLite FULL", f"{p50 * 1000:.3f} ms", "<= 2 ms", p50 <= 0.002)
     c.target_line("p99, SQLite FULL", f"{p99 * 1000:.3f} ms", "<= 20 ms", p99 <= 0.020)
     c.save("latency", args, results)
