@@ -19,6 +19,7 @@ from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DecodeError as DecodeError
 from ._errors import HandlerError as HandlerError
 from ._errors import HandlerTimeout as HandlerTimeout
+from ._errors import LeaseLost as LeaseLost
 from ._errors import NotRunning as NotRunning
 from ._errors import OutcomeUnknown as OutcomeUnknown
 from ._errors import PayloadTooLarge as PayloadTooLarge
@@ -82,6 +83,7 @@ __all__ = [
     "HealthReport",
     "HealthThresholds",
     "Hook",
+    "LeaseLost",
     "LegacyWorker",
     "Message",
     "MessageLog",

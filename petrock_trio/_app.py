@@ -92,6 +92,8 @@ class App:
         clock: WallClock = SystemClock,
         hooks: Iterable[Hook] | None = None,
         store: Store | None = None,
+        leases: bool | None = None,
+        lease_ttl: float = 5.0,
     ) -> None:
         _require(page_size >= 1, "page_size must be at least 1")
         _require(max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
@@ -102,6 +104,7 @@ class App:
             "synchronous must be OFF, NORMAL, FULL or EXTRA",
         )
         _require(isinstance(database, str), "database must be a string (a path or a URL)")
+        _require(lease_ttl > 0, "lease_ttl must be positive")
         self.database = database
         self.state: Any = types.SimpleNamespace() if state is None else state
         self.page_size = page_size
@@ -113,6 +116,9 @@ class App:
         self.hooks: list[Hook] = [StructlogHook()] if hooks is None else list(hooks)
         # A store object instead of a URL: tests wrap a real store to inject faults.
         self.store = store
+        # Several processes serving one log each run every worker only with leases.
+        self.leases = leases
+        self.lease_ttl = lease_ttl
         self.registry = CommandRegistry(max_payload_bytes=max_payload_bytes)
         self.projection = Projection()
         self.workers: dict[str, AnyWorker] = {}
@@ -176,6 +182,14 @@ class App:
 
     # --- running --------------------------------------------------------------------
 
+    def uses_leases(self) -> bool:
+        """Whether each worker runs in one process only: on by default for PostgreSQL,
+        whose log several processes share; SQLite opts in with ``leases=True``."""
+        if self.leases is not None:
+            return self.leases
+        url = self.store.url if self.store is not None else self.database
+        return url.startswith(("postgresql://", "postgres://"))
+
     @property
     def running(self) -> bool:
         return self._rt is not None and not self._rt.stopping.is_set()
@@ -236,10 +250,11 @@ class App:
         out (a message counts once it succeeded or was dead-lettered).
         """
         rt = self._runtime()
+        # Workers that run in another process (leases) are that process's to wait for.
         feeds = [self.projection.feed] + [
             w._feed  # noqa: SLF001 - the app drives its workers
             for w in self.workers.values()
-            if isinstance(w, PatternWorker)
+            if isinstance(w, PatternWorker) and w._rt is not None  # noqa: SLF001
         ]
         while True:
             target = rt.log.head.value
@@ -288,6 +303,7 @@ class App:
             },
             "positions": {name: w["position"] for name, w in workers.items()},
             "pump": attrs.asdict(rt.pump.statistics()) if rt is not None else None,
+            "leases": rt.leases.statistics() if rt is not None and rt.leases else None,
             "store": attrs.asdict(rt.log.store.statistics()) if rt is not None else None,
             "workers": workers,
             "health": self.health().to_dict(),

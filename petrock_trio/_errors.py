@@ -14,7 +14,8 @@ The hierarchy::
      ├── HandlerTimeout (TimeoutError)  a handler or periodic run overran its timeout
      ├── ServiceUnavailable             an external service's circuit is open
      ├── StoreError                     the database failed; wraps the driver's error
-     │    └── OutcomeUnknown                   a commit may or may not have landed
+     │    ├── OutcomeUnknown                   a commit may or may not have landed
+     │    └── LeaseLost                        another process took over a worker
      ├── NotRunning (RuntimeError)      the app is not serving (not started, or stopping)
      └── ConfigurationError (ValueError)   a worker, command or app is set up wrongly
 
@@ -30,6 +31,7 @@ __all__ = [
     "DecodeError",
     "HandlerError",
     "HandlerTimeout",
+    "LeaseLost",
     "NotRunning",
     "OutcomeUnknown",
     "PayloadTooLarge",
@@ -129,6 +131,18 @@ class OutcomeUnknown(StoreError):
     The log does not retry such a commit (that could append twice); it fails every
     commit of the batch with this error.
     """
+
+
+class LeaseLost(StoreError):
+    """A commit was refused: these workers' leases now belong to another process.
+
+    Nothing of the commit was written. The worker stops here; the process that holds
+    the lease handles the message.
+    """
+
+    def __init__(self, workers: tuple[str, ...]) -> None:
+        super().__init__(f"lease lost for worker(s) {', '.join(map(repr, workers))}")
+        self.workers = workers
 
 
 class NotRunning(PetrockError, RuntimeError):

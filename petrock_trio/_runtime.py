@@ -11,10 +11,13 @@ import trio
 
 from ._clock import WallClock
 from ._commands import CommandRegistry
-from ._errors import NotRunning, PetrockError
+from ._errors import LeaseLost, NotRunning, PetrockError
 from ._events import Event, Hook, StructlogHook
+from ._leases import LeaseKeeper
 from ._log import MessageLog
+from ._message import Row
 from ._pump import Feed, LogPump
+from .stores import RetryRecord
 
 if TYPE_CHECKING:
     from ._app import App
@@ -35,9 +38,15 @@ class PositionFlusher:
     """
 
     def __init__(
-        self, log: MessageLog, *, interval: float = 0.2, max_pending: int = 10_000
+        self,
+        log: MessageLog,
+        *,
+        interval: float = 0.2,
+        max_pending: int = 10_000,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.log = log
+        self.leases = leases
         self.interval = interval
         self.max_pending = max_pending
         self.feeds: dict[str, Feed] = {}
@@ -73,13 +82,23 @@ class PositionFlusher:
         """
         changes = self.changes()
         self._pending = 0
+        fences: dict[str, int] = {}
+        if self.leases is not None:
+            # A worker whose lease is gone has no position of ours to write.
+            fences = self.leases.fences(changes)
+            changes = {w: p for w, p in changes.items() if w in fences}
         if not changes:
             return
-        commit = self.log.new_commit(positions=changes)
-        if direct:
-            await self.log.store.commit_many([commit])
-        else:
-            await self.log.commit(commit)
+        commit = self.log.new_commit(positions=changes, leases=fences)
+        try:
+            if direct:
+                await self.log.store.commit_many([commit])
+            else:
+                await self.log.commit(commit)
+        except LeaseLost as exc:
+            if self.leases is not None:
+                self.leases.lose(exc.workers)
+            raise
         self.saved.update(changes)
 
     async def run(self) -> None:
@@ -112,6 +131,9 @@ class Runtime:
     dead_letter_ids: dict[str, set[int]]
     encode_valid: Callable[[Any], tuple[str, bytes]]
     hooks: list[Hook] = attrs.Factory(list)
+    # Retry state saved by an earlier run (or another process), by worker.
+    retries: dict[str, RetryRecord] = attrs.Factory(dict)
+    leases: LeaseKeeper | None = None
     stopping: trio.Event = attrs.field(factory=trio.Event)
     waiters: set[trio.CancelScope] = attrs.Factory(set)
     closed: bool = False
@@ -135,6 +157,33 @@ class Runtime:
                 self.waiters.discard(scope)
         if scope.cancelled_caught:
             raise NotRunning(f"the app stopped before message {message_id} was applied")
+
+    async def commit(self, worker: str, **commit: Any) -> list[Row]:
+        """Commit for ``worker``, fenced by its lease when leases are on.
+
+        A lost lease cancels the worker's activity, so the caller unwinds with
+        ``Cancelled`` rather than handle :class:`LeaseLost` itself.
+        """
+        try:
+            leases = {} if self.leases is None else self.leases.fence(worker)
+            return await self.log.commit(self.log.new_commit(leases=leases, **commit))
+        except LeaseLost as exc:
+            if self.leases is not None:
+                self.leases.lose(exc.workers)
+                await trio.lowlevel.checkpoint()
+            raise
+
+    async def reload(self, worker: str) -> None:
+        """Read ``worker``'s position, dead letters and retry state from the store again:
+        before taking over, whatever its previous holder committed counts."""
+        store = self.log.store
+        self.log.publish_head(await store.head())
+        self.saved_positions[worker] = (await store.positions()).get(worker, 0)
+        self.dead_letter_ids[worker] = {d.message_id for d in await store.dead_letters(worker)}
+        self.retries.pop(worker, None)
+        for record in await store.retries():
+            if record.worker == worker:
+                self.retries[worker] = record
 
     def wants_completed(self) -> bool:
         """Whether any hook would use a HandlerCompleted event (built per message)."""

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 import trio
 
-from ._app import App
+from ._app import AnyWorker, App
+from ._leases import LeaseKeeper
 from ._log import MessageLog
 from ._pump import LogPump
 from ._runtime import PositionFlusher, Runtime
@@ -50,7 +51,12 @@ async def serve(
         letters: dict[str, set[int]] = {}
         for letter in await store.dead_letters():
             letters.setdefault(letter.worker, set()).add(letter.message_id)
-        flusher = PositionFlusher(log, interval=app.position_flush_interval)
+        leases = (
+            LeaseKeeper(store, app.clock, app.workers, ttl=app.lease_ttl)
+            if app.uses_leases()
+            else None
+        )
+        flusher = PositionFlusher(log, interval=app.position_flush_interval, leases=leases)
         pump = LogPump(log, page_size=app.page_size, on_page=flusher.touch)
         rt = Runtime(
             app=app,
@@ -61,10 +67,13 @@ async def serve(
             dead_letter_ids=letters,
             encode_valid=app.encode_valid,
             hooks=app.hooks,
+            retries={r.worker: r for r in await store.retries()},
+            leases=leases,
         )
         app.projection._prepare(rt)  # noqa: SLF001 - serve drives the app's parts
-        for worker in app.workers.values():
-            worker._prepare(rt)  # noqa: SLF001
+        if leases is None:
+            for worker in app.workers.values():
+                worker._prepare(rt)  # noqa: SLF001
         # From here on the app can be used, by its workers' start-up code too; commands
         # executed meanwhile wait for the state projection like any other.
         app._rt = rt  # noqa: SLF001
@@ -75,6 +84,8 @@ async def serve(
                     await engine.start(pump.run)
                     engine.start_soon(flusher.run)
                     engine.start_soon(store.watch, log.publish_head)
+                    if leases is not None:
+                        await engine.start(leases.run)
                     if handle_signals and threading.current_thread() is threading.main_thread():
                         engine.start_soon(_watch_signals, app, engine.cancel_scope)
                     try:
@@ -93,7 +104,11 @@ async def serve(
             finally:
                 app._rt = None  # noqa: SLF001
                 with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    await flusher.flush(direct=True)
+                    try:
+                        await flusher.flush(direct=True)
+                    finally:
+                        if leases is not None:
+                            await leases.release()
                 root.cancel_scope.cancel()
     finally:
         app._rt = None  # noqa: SLF001
@@ -148,7 +163,10 @@ async def _start_parts(app: App, rt: Runtime, outer: trio.Nursery, nursery: trio
             async with trio.open_nursery() as starting:
                 starting.start_soon(outer.start, app.projection._run)  # noqa: SLF001
                 for worker in app.workers.values():
-                    starting.start_soon(nursery.start, worker._run)  # noqa: SLF001
+                    if rt.leases is None:
+                        starting.start_soon(nursery.start, worker._run)  # noqa: SLF001
+                    else:
+                        starting.start_soon(nursery.start, _run_leased, rt, rt.leases, worker)
             racing.cancel_scope.cancel()
 
         async def stop_requested() -> None:
@@ -158,6 +176,49 @@ async def _start_parts(app: App, rt: Runtime, outer: trio.Nursery, nursery: trio
         racing.start_soon(start_all)
         racing.start_soon(stop_requested)
     return not rt.stopping.is_set()
+
+
+async def _run_leased(
+    rt: Runtime,
+    leases: LeaseKeeper,
+    worker: AnyWorker,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``worker`` whenever this process holds its lease; stand by otherwise.
+
+    Started once the worker is live here, or as soon as it is known to be another
+    process's. Every takeover starts it afresh from what the store holds: position,
+    dead letters, retry state, and state rebuilt by replay.
+    """
+    name = worker.name
+    while not rt.stopping.is_set():
+        if name not in leases.held:
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
+            async with trio.open_nursery() as waiting:
+
+                async def stop_waiting() -> None:
+                    await rt.stopping.wait()
+                    waiting.cancel_scope.cancel()
+
+                waiting.start_soon(stop_waiting)
+                await leases.wait_held(name)
+                waiting.cancel_scope.cancel()
+            if rt.stopping.is_set():
+                return
+        with leases.activity(name) as scope:
+            await rt.reload(name)
+            worker._prepare(rt)  # noqa: SLF001 - serve drives the app's parts
+            async with trio.open_nursery() as running:
+                await running.start(worker._run)  # noqa: SLF001
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+        if scope.cancelled_caught:
+            # Another process took over: what this one had not committed, it handles.
+            rt.flusher.feeds.pop(name, None)
+            worker._rt = None  # noqa: SLF001
+            _log.warning("petrock.worker_standby", worker_name=name)
 
 
 async def _watch_signals(app: App, engine: trio.CancelScope) -> None:

@@ -8,15 +8,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
 import attrs
+import structlog
 import trio
 
 from ._context import HandlerContext, PeriodicContext
 from ._errors import (
     ConfigurationError,
     HandlerTimeout,
+    LeaseLost,
     NotRunning,
     OutcomeUnknown,
     Permanent,
+    PetrockError,
     Retry,
     ServiceUnavailable,
     StoreError,
@@ -38,9 +41,11 @@ from ._pump import Feed
 from ._retry import Backoff
 from ._runtime import Runtime
 from ._services import ExternalService
-from .stores import DeadLetterRecord
+from .stores import DeadLetterRecord, RetryRecord
 
 __all__ = ["Handler", "PatternWorker", "PeriodicWork", "WorkerStatistics"]
+
+_log = structlog.get_logger("petrock_trio.worker")
 
 S = TypeVar("S")
 Handler = Callable[[HandlerContext, Any, Any], Awaitable[None]]
@@ -469,17 +474,14 @@ class PatternWorker(Generic[S]):
         route = self._routes[row.name]
         policy = route.retry or self.retry
         timeout = self._limit(row.name)
-        # A live handler sees app state at least as new as its message, so what it
-        # emits is validated against the state that message produced.
         if rt.app.projection.position < row.id:
-            if scope is not None:
-                scope.deadline = math.inf  # waiting for the projection is not handler time
-            await rt.wait_applied(row.id)
-        attempt = 1
-        first_failed_at: float | None = None
+            await self._wait_for_state(rt, row, scope)
+        attempt, first_failed_at, wait = (1, None, 0.0) if redrive else self._resume(rt, row, scope)
         self._in_flight = 1
         try:
             while True:
+                if wait > 0:
+                    await self._wait_to_retry(rt, wait)
                 started = trio.current_time()
                 if first_timed_out and attempt == 1:
                     error: Exception | None = HandlerTimeout(
@@ -511,18 +513,66 @@ class PatternWorker(Generic[S]):
                     return
                 self._retrying = (row.id, attempt)
                 self._metrics.retried += 1
-                self._lock.release()
-                try:
-                    await self._interruptible(rt, trio.sleep, delay)
-                finally:
-                    # Even when cancelled: the caller's `async with` releases it again.
-                    with trio.CancelScope(shield=True):
-                        await self._lock.acquire()
                 if not isinstance(error, ServiceUnavailable):
                     attempt += 1
+                wait = delay
+                await self._save_retry(
+                    rt,
+                    RetryRecord(
+                        self.name, row.id, attempt - 1, rt.clock() + delay, first_failed_at
+                    ),
+                )
         finally:
             self._in_flight = 0
             self._retrying = None
+
+    @staticmethod
+    async def _wait_for_state(rt: Runtime, row: Row, scope: trio.CancelScope | None) -> None:
+        """A live handler sees app state at least as new as its message, so what it
+        emits is validated against the state that message produced."""
+        if scope is not None:
+            scope.deadline = math.inf  # waiting for the projection is not handler time
+        await rt.wait_applied(row.id)
+
+    def _resume(
+        self, rt: Runtime, row: Row, scope: trio.CancelScope | None
+    ) -> tuple[int, float | None, float]:
+        """Attempt number, first failure and wait before the first attempt at ``row``.
+
+        If an earlier run (or another process) saved retry state for ``row``, the
+        backoff carries on with its attempt count, at the time it chose.
+        """
+        record = rt.retries.get(self.name)
+        if record is None or record.message_id != row.id:
+            return 1, None, 0.0
+        del rt.retries[self.name]
+        self._retrying = (row.id, record.attempts)
+        if scope is not None:
+            scope.deadline = math.inf  # the wait is not handler time
+        return record.attempts + 1, record.first_failed_at, record.next_attempt_at - rt.clock()
+
+    async def _wait_to_retry(self, rt: Runtime, delay: float) -> None:
+        """Sleep ``delay`` seconds without holding the lock (periodic work may run)."""
+        self._lock.release()
+        try:
+            await self._interruptible(rt, trio.sleep, delay)
+        finally:
+            # Even when cancelled: the caller's `async with` releases it again.
+            with trio.CancelScope(shield=True):
+                await self._lock.acquire()
+
+    async def _save_retry(self, rt: Runtime, record: RetryRecord) -> None:
+        """Keep the retry state with the position: a restart or a takeover by another
+        process resumes the backoff instead of starting it over."""
+        try:
+            await rt.commit(self.name, retries=[record])
+        except LeaseLost:
+            raise
+        except PetrockError as exc:
+            # Retrying goes on in memory; only a crash before the retry loses the count.
+            _log.warning(
+                "petrock.retry_state_not_saved", worker_name=self.name, error_details=repr(exc)
+            )
 
     async def _attempt(
         self,
@@ -638,14 +688,10 @@ class PatternWorker(Generic[S]):
         self, rt: Runtime, message_id: int, ctx: HandlerContext, *, redrive: bool
     ) -> None:
         if redrive:
-            await rt.log.commit(
-                rt.log.new_commit(encoded=ctx.emitted, resolved=[(self.name, message_id)])
-            )
+            await rt.commit(self.name, encoded=ctx.emitted, resolved=[(self.name, message_id)])
             rt.dead_letter_ids.get(self.name, set()).discard(message_id)
         elif ctx.emitted:
-            await rt.log.commit(
-                rt.log.new_commit(encoded=ctx.emitted, positions={self.name: message_id})
-            )
+            await rt.commit(self.name, encoded=ctx.emitted, positions={self.name: message_id})
             rt.flusher.committed(self.name, message_id)
 
     async def _dead_letter(
@@ -660,7 +706,7 @@ class PatternWorker(Generic[S]):
             first_failed_at=first_failed_at,
             last_failed_at=rt.clock(),
         )
-        await rt.log.commit(rt.log.new_commit(positions={self.name: row.id}, dead_letters=[record]))
+        await rt.commit(self.name, positions={self.name: row.id}, dead_letters=[record])
         rt.flusher.committed(self.name, row.id)
         rt.dead_letter_ids.setdefault(self.name, set()).add(row.id)
         self._metrics.dead_letter(trio.current_time())
@@ -719,7 +765,7 @@ class PatternWorker(Generic[S]):
             try:
                 await periodic.work(ctx, self.state)
                 if ctx.emitted:
-                    await rt.log.commit(rt.log.new_commit(encoded=ctx.emitted))
+                    await rt.commit(self.name, encoded=ctx.emitted)
             except Exception as exc:  # noqa: BLE001 - periodic failures are logged and counted
                 error = exc
         timed_out = scope.cancelled_caught

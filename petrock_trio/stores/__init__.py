@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError
-from ._base import Commit, DeadLetterRecord, Store, StoreStatistics
+from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, Store, StoreStatistics
 from ._sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Commit",
     "DeadLetterRecord",
+    "LeaseRecord",
     "PostgresStore",
+    "RetryRecord",
     "SQLiteStore",
     "Store",
     "StoreStatistics",

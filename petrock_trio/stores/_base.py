@@ -9,7 +9,14 @@ import attrs
 
 from .._message import Row
 
-__all__ = ["Commit", "DeadLetterRecord", "Store", "StoreStatistics"]
+__all__ = [
+    "Commit",
+    "DeadLetterRecord",
+    "LeaseRecord",
+    "RetryRecord",
+    "Store",
+    "StoreStatistics",
+]
 
 
 @attrs.frozen
@@ -26,12 +33,37 @@ class DeadLetterRecord:
 
 
 @attrs.frozen
+class RetryRecord:
+    """A worker waiting to retry a message, kept with its position so backoff survives
+    a restart or a takeover by another process."""
+
+    worker: str
+    message_id: int
+    attempts: int  # attempts made so far
+    next_attempt_at: float  # wall-clock time of the next attempt
+    first_failed_at: float
+
+
+@attrs.frozen
+class LeaseRecord:
+    """Which process runs a worker: ``epoch`` grows by one at every takeover."""
+
+    worker: str
+    holder: str
+    epoch: int
+    expires_at: float
+
+
+@attrs.frozen
 class Commit:
     """What one transaction writes: new messages, worker positions, dead letters.
 
     Everything in a commit lands together or not at all, which is what makes a
     handler's emitted commands and its new position exactly-once inside the log.
-    Positions only move forward: a lower position than the stored one is ignored.
+    Positions only move forward: a lower position than the stored one is ignored, and
+    a position clears its worker's retry record for messages up to it. ``leases``
+    (worker -> epoch) fences the commit: if another process has taken any of those
+    workers over since, nothing is written and :class:`LeaseLost` is raised.
     """
 
     appends: Sequence[tuple[str, bytes]] = ()
@@ -39,6 +71,8 @@ class Commit:
     dead_letters: Sequence[DeadLetterRecord] = ()
     # (worker, message_id) of dead letters that a re-drive has now handled.
     resolved: Sequence[tuple[str, int]] = ()
+    retries: Sequence[RetryRecord] = ()
+    leases: Mapping[str, int] = attrs.field(factory=dict)
     timestamp: float = 0.0
 
 
@@ -89,6 +123,27 @@ class Store(Protocol):
         ...
 
     async def positions(self) -> dict[str, int]: ...
+
+    async def retries(self) -> list[RetryRecord]: ...
+
+    async def leases(
+        self, holder: str, held: Mapping[str, int], wanted: Sequence[str], *, ttl: float, now: float
+    ) -> dict[str, int]:
+        """Renew ``held`` (worker -> epoch) and take those of ``wanted`` that are free.
+
+        One transaction. A lease is free when it expired, was released, or (where the
+        store can tell) its holder's connection is gone. Taking one raises its epoch.
+        Returns every lease ``holder`` now has: worker -> epoch. Expiry is ``ttl``
+        seconds from now on the database's clock, or on ``now`` (the caller's wall
+        clock) for a store without a clock of its own.
+        """
+        ...
+
+    async def release_leases(self, held: Mapping[str, int]) -> None:
+        """Give up leases at once (graceful shutdown), so others need not wait for expiry."""
+        ...
+
+    async def lease_records(self) -> list[LeaseRecord]: ...
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]: ...
 

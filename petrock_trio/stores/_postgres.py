@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import struct
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import psycopg
@@ -41,9 +42,9 @@ import trio
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .._errors import ConfigurationError, OutcomeUnknown, StoreError
+from .._errors import ConfigurationError, LeaseLost, OutcomeUnknown, StoreError
 from .._message import Row
-from ._base import Commit, DeadLetterRecord, StoreStatistics
+from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, StoreStatistics
 
 __all__ = ["PostgresStore"]
 
@@ -70,6 +71,14 @@ Statement = tuple[bytes, Sequence[Param]]
 
 def _int8(value: int) -> Param:
     return _INT8, _q.pack(value)
+
+
+def _float8(value: float) -> Param:
+    return _FLOAT8, _d.pack(value)
+
+
+def _text(value: str) -> Param:
+    return _TEXT, value.encode()
 
 
 def _array(oid: int, values: Iterable[bytes | None]) -> Param:
@@ -232,6 +241,9 @@ class _Connection:
         for res in results:
             if res.status == pq.ExecStatus.FATAL_ERROR:
                 error = _error(res)
+                if res.error_field(pq.DiagnosticField.SQLSTATE) == _LEASE_LOST:
+                    detail = res.error_field(pq.DiagnosticField.MESSAGE_DETAIL) or b"[]"
+                    raise LeaseLost(tuple(json.loads(detail))) from error
                 raise StoreError(f"PostgreSQL: {error}") from error
         return [res for what, res in zip(sent, results, strict=True) if what is None]
 
@@ -428,7 +440,112 @@ _SCHEMA: Final[Sequence[bytes]] = (
         last_failed_at  DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (worker, message_id)
     )""",
+    b"""CREATE TABLE IF NOT EXISTS retries (
+        worker          TEXT             PRIMARY KEY,
+        message_id      BIGINT           NOT NULL,
+        attempts        BIGINT           NOT NULL,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        first_failed_at DOUBLE PRECISION NOT NULL
+    )""",
+    # backend_pid and backend_start name the holder's connection: when it is gone from
+    # pg_stat_activity (the holder was killed) the lease is free before it expires.
+    b"""CREATE TABLE IF NOT EXISTS leases (
+        worker        TEXT             PRIMARY KEY,
+        holder        TEXT             NOT NULL,
+        epoch         BIGINT           NOT NULL,
+        expires_at    DOUBLE PRECISION NOT NULL,
+        backend_pid   INTEGER          NOT NULL,
+        backend_start TIMESTAMPTZ
+    )""",
+    # Fencing: share-locks the commit's lease rows (a takeover waits for the commit, or
+    # the commit sees the new epoch) and raises if any epoch moved on.
+    b"""CREATE OR REPLACE FUNCTION petrock_trio_fence(workers TEXT[], epochs BIGINT[])
+    RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE lost TEXT;
+    BEGIN
+        PERFORM 1 FROM leases l
+        JOIN unnest(workers, epochs) AS h(worker, epoch)
+            ON l.worker = h.worker AND l.epoch = h.epoch
+        ORDER BY l.worker FOR SHARE OF l;
+        SELECT json_agg(h.worker ORDER BY h.worker)::text INTO lost
+        FROM unnest(workers, epochs) AS h(worker, epoch)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM leases l WHERE l.worker = h.worker AND l.epoch = h.epoch
+        );
+        IF lost IS NOT NULL THEN
+            RAISE EXCEPTION 'lease lost' USING ERRCODE = 'PTL01', DETAIL = lost;
+        END IF;
+    END $$""",
 )
+
+_LEASE_LOST: Final = b"PTL01"
+
+_FENCE: Final = b"SELECT petrock_trio_fence($1::text[], $2::int8[])"
+
+_NOW: Final = b"extract(epoch FROM clock_timestamp())"
+_MY_BACKEND: Final = (
+    b"pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
+)
+
+_RENEW_LEASES: Final = (
+    b"""
+UPDATE leases SET expires_at = """
+    + _NOW
+    + b""" + $3, (backend_pid, backend_start) = (SELECT """
+    + _MY_BACKEND
+    + b""")
+FROM unnest($1::text[], $2::int8[]) AS h(worker, epoch)
+WHERE leases.worker = h.worker AND leases.epoch = h.epoch
+"""
+)
+
+_TAKE_LEASES: Final = (
+    b"""
+INSERT INTO leases (worker, holder, epoch, expires_at, backend_pid, backend_start)
+SELECT w, $2, 1, """
+    + _NOW
+    + b""" + $3, """
+    + _MY_BACKEND
+    + b"""
+FROM unnest($1::text[]) AS w ORDER BY w
+ON CONFLICT (worker) DO UPDATE SET
+    holder = excluded.holder, epoch = leases.epoch + 1, expires_at = excluded.expires_at,
+    backend_pid = excluded.backend_pid, backend_start = excluded.backend_start
+WHERE leases.expires_at < """
+    + _NOW
+    + b"""
+   OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                  WHERE a.pid = leases.backend_pid AND a.backend_start = leases.backend_start)
+"""
+)
+
+_HELD_LEASES: Final = (
+    b"SELECT worker, epoch FROM leases WHERE holder = $1 AND worker = ANY($2::text[])"
+    b" AND expires_at >= " + _NOW
+)
+
+_RELEASE_LEASES: Final = b"""
+UPDATE leases SET expires_at = 0
+FROM unnest($1::text[], $2::int8[]) AS h(worker, epoch)
+WHERE leases.worker = h.worker AND leases.epoch = h.epoch
+"""
+
+_LEASE_RECORDS: Final = b"SELECT worker, holder, epoch, expires_at FROM leases ORDER BY worker"
+
+_RETRIES: Final = b"SELECT * FROM retries"
+
+_UPSERT_RETRIES: Final = b"""
+INSERT INTO retries
+SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[])
+ON CONFLICT (worker) DO UPDATE SET
+    message_id = excluded.message_id, attempts = excluded.attempts,
+    next_attempt_at = excluded.next_attempt_at, first_failed_at = excluded.first_failed_at
+"""
+
+_CLEAR_RETRIES: Final = b"""
+DELETE FROM retries r USING unnest($1::text[], $2::int8[]) AS p(worker, position)
+WHERE r.worker = p.worker AND r.message_id <= p.position
+"""
 
 _LOCK: Final = b"SELECT pg_advisory_xact_lock($1)"
 
@@ -531,7 +648,10 @@ class _Batch:
         self.positions: dict[str, tuple[int, float]] = {}
         # key -> ("add" | "replace", letter) or ("delete", None)
         self.letters: dict[_Key, tuple[str, DeadLetterRecord | None]] = {}
+        self.retries: dict[str, RetryRecord] = {}
+        self.leases: dict[str, int] = {}
         for commit in commits:
+            self.leases.update(commit.leases)
             for name, payload in commit.appends:
                 self.timestamps.append(commit.timestamp)
                 self.names.append(name)
@@ -539,6 +659,11 @@ class _Batch:
             for worker, position in commit.positions.items():
                 if worker not in self.positions or position > self.positions[worker][0]:
                     self.positions[worker] = (position, commit.timestamp)
+                retry = self.retries.get(worker)
+                if retry is not None and retry.message_id <= position:
+                    del self.retries[worker]
+            for retry in commit.retries:
+                self.retries[retry.worker] = retry
             for letter in commit.dead_letters:
                 self._add_letter(letter)
             for worker, message_id in commit.resolved:
@@ -563,13 +688,19 @@ class _Batch:
 
     @property
     def empty(self) -> bool:
-        return not (self.names or self.positions or self.letters)
+        return not (self.names or self.positions or self.letters or self.retries)
 
-    def statements(self, *, lock_key: int | None) -> list[Statement]:
+    def statements(self, *, lock_key: int | None) -> tuple[list[Statement], int]:
+        """The statements, and the index of the one whose result holds the new ids."""
         out: list[Statement] = []
+        if self.leases:
+            fenced = sorted(self.leases)
+            out.append((_FENCE, [_texts(fenced), _int8s(self.leases[w] for w in fenced)]))
+        inserted = -1
         if self.names:
             if lock_key is not None:
                 out.append((_LOCK, [_int8(lock_key)]))
+            inserted = len(out)
             out.append(
                 (
                     _INSERT_MESSAGES,
@@ -591,6 +722,26 @@ class _Batch:
                     ],
                 )
             )
+            out.append(
+                (
+                    _CLEAR_RETRIES,
+                    [_texts(workers), _int8s(self.positions[w][0] for w in workers)],
+                )
+            )
+        if self.retries:
+            retries = [self.retries[w] for w in sorted(self.retries)]
+            out.append(
+                (
+                    _UPSERT_RETRIES,
+                    [
+                        _texts(r.worker for r in retries),
+                        _int8s(r.message_id for r in retries),
+                        _int8s(r.attempts for r in retries),
+                        _float8s(r.next_attempt_at for r in retries),
+                        _float8s(r.first_failed_at for r in retries),
+                    ],
+                )
+            )
         for kind, sql in (("add", _ADD_DEAD_LETTERS), ("replace", _REPLACE_DEAD_LETTERS)):
             letters = [
                 d for key, (k, d) in sorted(self.letters.items()) if k == kind and d is not None
@@ -605,7 +756,7 @@ class _Batch:
                     [_texts(w for w, _ in deleted), _int8s(m for _, m in deleted)],
                 )
             )
-        return out
+        return out, inserted
 
 
 def _letter_params(letters: Sequence[DeadLetterRecord]) -> list[Param]:
@@ -706,7 +857,7 @@ class PostgresStore:
     async def commit_many(self, commits: Sequence[Commit]) -> list[list[Row]]:
         try:
             batch = _Batch(commits)
-            statements = batch.statements(
+            statements, at_insert = batch.statements(
                 lock_key=self.APPEND_LOCK if self.serialize_appends else None
             )
         except (TypeError, AttributeError, ValueError, struct.error) as exc:
@@ -714,8 +865,8 @@ class PostgresStore:
         ids: list[int] = []
         if not batch.empty:
             results = await self._write(statements)
-            if batch.names:
-                inserted = results[1] if self.serialize_appends else results[0]
+            if at_insert >= 0:
+                inserted = results[at_insert]
                 ids = sorted(_get_int(inserted, r, 0) for r in range(inserted.ntuples))
         out: list[list[Row]] = []
         at = 0
@@ -796,6 +947,60 @@ class PostgresStore:
                 if conn is not None:
                     conn.close()
             await trio.sleep(self.poll_interval)
+
+    async def retries(self) -> list[RetryRecord]:
+        res = await self._read((_RETRIES, ()))
+        return [
+            RetryRecord(
+                worker=_get_text(res, r, 0),
+                message_id=_get_int(res, r, 1),
+                attempts=_get_int(res, r, 2),
+                next_attempt_at=_get_float(res, r, 3),
+                first_failed_at=_get_float(res, r, 4),
+            )
+            for r in range(res.ntuples)
+        ]
+
+    async def leases(
+        self,
+        holder: str,
+        held: Mapping[str, int],
+        wanted: Sequence[str],
+        *,
+        ttl: float,
+        now: float,  # noqa: ARG002 - the server's clock decides, whatever the machines say
+    ) -> dict[str, int]:
+        """One transaction on the writer connection, whose backend stands for this
+        process: when the process dies, the server ends that backend and other
+        processes may take its leases at once instead of waiting for expiry."""
+        if not held and not wanted:
+            return {}
+        kept = sorted(held)
+        results = await self._write(
+            [
+                (_RENEW_LEASES, [_texts(kept), _int8s(held[w] for w in kept), _float8(ttl)]),
+                (_TAKE_LEASES, [_texts(sorted(wanted)), _text(holder), _float8(ttl)]),
+                (_HELD_LEASES, [_text(holder), _texts(sorted({*held, *wanted}))]),
+            ]
+        )
+        res = results[2]
+        return {_get_text(res, r, 0): _get_int(res, r, 1) for r in range(res.ntuples)}
+
+    async def release_leases(self, held: Mapping[str, int]) -> None:
+        names = sorted(held)
+        await self._write([(_RELEASE_LEASES, [_texts(names), _int8s(held[w] for w in names)])])
+
+    async def lease_records(self) -> list[LeaseRecord]:
+        res = await self._read((_LEASE_RECORDS, ()))
+        return [
+            LeaseRecord(
+                worker=_get_text(res, r, 0),
+                holder=_get_text(res, r, 1),
+                epoch=_get_int(res, r, 2),
+                expires_at=_get_float(res, r, 3),
+            )
+            for r in range(res.ntuples)
+        ]
 
     async def positions(self) -> dict[str, int]:
         res = await self._read((_POSITIONS, ()))

@@ -10,18 +10,22 @@ and timing tests are exact.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
 
+import attrs
+import structlog
 import trio
 
-from .._errors import StoreError
+from .._errors import LeaseLost, StoreError
 from .._message import Row
-from ._base import Commit, DeadLetterRecord, StoreStatistics
+from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, StoreStatistics
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+
+_log = structlog.get_logger("petrock_trio")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -45,6 +49,19 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     last_failed_at  REAL    NOT NULL,
     PRIMARY KEY (worker, message_id)
 );
+CREATE TABLE IF NOT EXISTS retries (
+    worker          TEXT    PRIMARY KEY,
+    message_id      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at REAL    NOT NULL,
+    first_failed_at REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    worker     TEXT    PRIMARY KEY,
+    holder     TEXT    NOT NULL,
+    epoch      INTEGER NOT NULL,
+    expires_at REAL    NOT NULL
+);
 """
 
 _UPSERT_POSITION: Final = """
@@ -61,14 +78,42 @@ ON CONFLICT (worker, message_id) DO UPDATE SET
 """
 
 
-class SQLiteStore:
-    """Messages, worker positions and dead letters in one SQLite file (WAL)."""
+_UPSERT_RETRY: Final = """
+INSERT INTO retries VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (worker) DO UPDATE SET
+    message_id = excluded.message_id, attempts = excluded.attempts,
+    next_attempt_at = excluded.next_attempt_at, first_failed_at = excluded.first_failed_at
+"""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
+_TAKE_LEASE: Final = """
+INSERT INTO leases VALUES (?, ?, 1, ?)
+ON CONFLICT (worker) DO UPDATE SET
+    holder = excluded.holder, epoch = leases.epoch + 1, expires_at = excluded.expires_at
+WHERE leases.expires_at < ?
+"""
+
+
+class SQLiteStore:
+    """Messages, worker positions and dead letters in one SQLite file (WAL).
+
+    Several processes may share the file: ``watch`` notices their appends through
+    ``PRAGMA data_version`` (a read of shared memory, no query on the table) every
+    ``watch_interval`` seconds.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 30.0,
+        watch_interval: float = 0.05,
+    ) -> None:
         self.url = path
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
+        self.watch_interval = watch_interval
         # ":memory:" or a shared in-memory URI ("file:NAME?mode=memory&cache=shared"):
         # nothing to wait for on disk, so no thread hop.
         self.uri = path.startswith("file:")
@@ -145,6 +190,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> list[list[Row]]:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                _check_leases(conn, commits)
                 (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
                 results: list[list[Row]] = []
                 for commit in commits:
@@ -160,6 +206,12 @@ class SQLiteStore:
                             _UPSERT_POSITION,
                             [(w, p, commit.timestamp) for w, p in commit.positions.items()],
                         )
+                        conn.executemany(
+                            "DELETE FROM retries WHERE worker = ? AND message_id <= ?",
+                            commit.positions.items(),
+                        )
+                    if commit.retries:
+                        conn.executemany(_UPSERT_RETRY, [attrs.astuple(r) for r in commit.retries])
                     if commit.dead_letters:
                         conn.executemany(
                             _UPSERT_DEAD_LETTER,
@@ -228,14 +280,88 @@ class SQLiteStore:
 
         return await self._read(run)
 
-    async def watch(self, publish: Callable[[int], None]) -> None:  # noqa: ARG002 - see below
-        # One process owns an embedded database: every append goes through this store
-        # object and is published by the log, so there is nothing to watch.
-        await trio.sleep_forever()
+    async def watch(self, publish: Callable[[int], None]) -> None:
+        """Publish the head whenever another connection (another process) commits.
+
+        ``PRAGMA data_version`` changes when any other connection commits; it costs a
+        few microseconds, so it runs inline on its own connection. Appends through this
+        store also change it (the writer is another connection): that costs one
+        ``max(id)`` read, and publishing a head already known does nothing.
+        """
+        if self.inline:
+            # An in-memory database belongs to this process: nobody else can append.
+            await trio.sleep_forever()
+        conn = await trio.to_thread.run_sync(self._connect)
+        try:
+            version = _data_version(conn)
+            while True:
+                await trio.sleep(self.watch_interval)
+                try:
+                    now = _data_version(conn)
+                    if now != version:
+                        version = now
+                        (head,) = conn.execute(
+                            "SELECT coalesce(max(id), 0) FROM messages"
+                        ).fetchone()
+                        publish(int(head))
+                except sqlite3.Error as exc:
+                    # The pump's own reads report a failing database; keep watching.
+                    _log.warning("petrock.sqlite_watch_failed", error=str(exc))
+        finally:
+            conn.close()
 
     async def positions(self) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             return dict(conn.execute("SELECT worker, position FROM positions").fetchall())
+
+        return await self._read(run)
+
+    async def retries(self) -> list[RetryRecord]:
+        def run(conn: sqlite3.Connection) -> list[RetryRecord]:
+            return [RetryRecord(*r) for r in conn.execute("SELECT * FROM retries").fetchall()]
+
+        return await self._read(run)
+
+    async def leases(
+        self, holder: str, held: Mapping[str, int], wanted: Sequence[str], *, ttl: float, now: float
+    ) -> dict[str, int]:
+        # SQLite has no clock of its own: the processes sharing a file share a machine,
+        # and so its wall clock.
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "UPDATE leases SET expires_at = ? WHERE worker = ? AND epoch = ?",
+                    [(now + ttl, w, e) for w, e in held.items()],
+                )
+                conn.executemany(_TAKE_LEASE, [(w, holder, now + ttl, now) for w in sorted(wanted)])
+                rows = conn.execute(
+                    "SELECT worker, epoch FROM leases WHERE holder = ? AND expires_at >= ?",
+                    (holder, now),
+                ).fetchall()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return {w: e for w, e in rows if w in held or w in wanted}
+
+        if not held and not wanted:
+            return {}
+        return await self._write(run)
+
+    async def release_leases(self, held: Mapping[str, int]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE leases SET expires_at = 0 WHERE worker = ? AND epoch = ?", held.items()
+            )
+
+        await self._write(run)
+
+    async def lease_records(self) -> list[LeaseRecord]:
+        def run(conn: sqlite3.Connection) -> list[LeaseRecord]:
+            rows = conn.execute("SELECT * FROM leases ORDER BY worker").fetchall()
+            return [LeaseRecord(*r) for r in rows]
 
         return await self._read(run)
 
@@ -259,6 +385,30 @@ class SQLiteStore:
             transactions=self._transactions,
             rows_appended=self._rows_appended,
         )
+
+
+def _check_leases(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
+    """Raise LeaseLost unless every lease the commits name still has its epoch.
+
+    Inside the write transaction: SQLite has one writer at a time, so no takeover can
+    slip in between this check and the commit.
+    """
+    fences = {w: e for commit in commits for w, e in commit.leases.items()}
+    lost = tuple(
+        sorted(
+            worker
+            for worker, epoch in fences.items()
+            if conn.execute("SELECT epoch FROM leases WHERE worker = ?", (worker,)).fetchone()
+            != (epoch,)
+        )
+    )
+    if lost:
+        raise LeaseLost(lost)
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA data_version").fetchone()
+    return int(version)
 
 
 def _wrap(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

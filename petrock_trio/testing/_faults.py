@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import trio
 
 from .._errors import StoreError
 from .._message import Row
-from ..stores import Commit, DeadLetterRecord, Store, StoreStatistics
+from ..stores import (
+    Commit,
+    DeadLetterRecord,
+    LeaseRecord,
+    RetryRecord,
+    Store,
+    StoreStatistics,
+)
 
 __all__ = ["FaultyStore"]
 
@@ -128,6 +135,20 @@ class FaultyStore:
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
         return await self.inner.dead_letters(worker)
+
+    async def retries(self) -> list[RetryRecord]:
+        return await self.inner.retries()
+
+    async def leases(
+        self, holder: str, held: Mapping[str, int], wanted: Sequence[str], *, ttl: float, now: float
+    ) -> dict[str, int]:
+        return await self.inner.leases(holder, held, wanted, ttl=ttl, now=now)
+
+    async def release_leases(self, held: Mapping[str, int]) -> None:
+        await self.inner.release_leases(held)
+
+    async def lease_records(self) -> list[LeaseRecord]:
+        return await self.inner.lease_records()
 
     def statistics(self) -> StoreStatistics:
         return self.inner.statistics()

@@ -1,0 +1,165 @@
+"""Leases: each worker runs in exactly one of the processes that share a log.
+
+A lease is a row per worker in the store: holder, epoch and expiry. One task per
+process renews the leases it holds and tries to take the free ones it wants, in one
+transaction every ``ttl / 5`` seconds. A lease is free once it expired, was released
+at a graceful shutdown, or (PostgreSQL) its holder's connection is gone: a process
+killed outright loses its leases at the next attempt of the others, a frozen or
+cut-off one when they expire.
+
+Safety does not rest on time. Every commit a worker makes names the epoch of its
+lease, and the store refuses it (:class:`LeaseLost`) once another process has taken
+the lease over: a resumed old holder cannot write. Time only decides when a holder
+stops by itself: when it could not renew for ``ttl`` seconds, counted from the start
+of its last successful renewal, so before the store lets anyone else in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Iterator
+
+import structlog
+import trio
+from trio_util import AsyncValue
+
+from ._clock import WallClock
+from ._errors import LeaseLost, PetrockError
+from .stores import Store
+
+__all__ = ["LeaseKeeper"]
+
+_log = structlog.get_logger("petrock_trio")
+
+
+class LeaseKeeper:
+    """Holds this process's leases; cancels a worker's activity when its lease is lost."""
+
+    def __init__(
+        self, store: Store, clock: WallClock, wanted: Iterable[str], *, ttl: float
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.ttl = ttl
+        self.interval = ttl / 5
+        # Unique per run: a restarted process never mistakes its predecessor's lease
+        # for its own.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.wanted = frozenset(wanted)
+        self.held: dict[str, int] = {}
+        self.failures = 0
+        self.takeovers = 0
+        self.losses = 0
+        self._changes: AsyncValue[int] = AsyncValue(0)
+        self._activities: dict[str, trio.CancelScope] = {}
+        self._valid_until = -float("inf")
+
+    def __repr__(self) -> str:
+        return f"<LeaseKeeper {self.holder!r} held={sorted(self.held)}>"
+
+    def fence(self, worker: str) -> dict[str, int]:
+        """The lease a commit for ``worker`` must still hold; LeaseLost if there is none."""
+        epoch = self.held.get(worker)
+        if epoch is None:
+            raise LeaseLost((worker,))
+        return {worker: epoch}
+
+    def fences(self, workers: Iterable[str]) -> dict[str, int]:
+        """The leases held among ``workers`` (positions of the others are not ours to write)."""
+        return {w: self.held[w] for w in workers if w in self.held}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Renew and take leases every ``interval`` seconds; never returns unless cancelled.
+
+        The first round runs before ``started``, so workers know at once which of them
+        this process runs.
+        """
+        while True:
+            started = trio.current_time()
+            # A round that hangs (a lost connection) is cut off when the leases would
+            # expire: from then on they are no longer this process's to use.
+            deadline = self._valid_until if self.held else started + self.ttl
+            with trio.move_on_at(deadline):
+                await self._round(started)
+            if trio.current_time() >= self._valid_until and self.held:
+                _log.warning("petrock.leases_expired", workers=sorted(self.held))
+                self.lose(list(self.held))
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
+            await trio.sleep_until(started + self.interval)
+
+    async def _round(self, started: float) -> None:
+        held = dict(self.held)
+        try:
+            now_held = await self.store.leases(
+                self.holder,
+                held,
+                sorted(self.wanted - held.keys()),
+                ttl=self.ttl,
+                now=self.clock(),
+            )
+        except PetrockError as exc:
+            self.failures += 1
+            _log.warning("petrock.lease_renewal_failed", error_details=repr(exc))
+            return
+        self._valid_until = started + self.ttl
+        self.lose([w for w, epoch in held.items() if now_held.get(w) != epoch])
+        gained = {w: e for w, e in now_held.items() if w not in self.held}
+        if gained:
+            self.held.update(gained)
+            self.takeovers += len(gained)
+            _log.info("petrock.leases_taken", workers=sorted(gained), holder=self.holder)
+            self._changes.value += 1
+
+    def lose(self, workers: Iterable[str]) -> None:
+        """Forget these leases and stop whatever their workers are doing."""
+        lost = [w for w in workers if self.held.pop(w, None) is not None]
+        if not lost:
+            return
+        self.losses += len(lost)
+        _log.warning("petrock.leases_lost", workers=sorted(lost), holder=self.holder)
+        for worker in lost:
+            scope = self._activities.get(worker)
+            if scope is not None:
+                scope.cancel()
+        self._changes.value += 1
+
+    async def wait_held(self, worker: str) -> int:
+        """Wait until this process holds ``worker``'s lease; return its epoch."""
+        await self._changes.wait_value(lambda _: worker in self.held)
+        return self.held[worker]
+
+    @contextlib.contextmanager
+    def activity(self, worker: str) -> Iterator[trio.CancelScope]:
+        """A scope for running ``worker``, cancelled if its lease is lost meanwhile."""
+        with trio.CancelScope() as scope:
+            self._activities[worker] = scope
+            if worker not in self.held:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                del self._activities[worker]
+
+    async def release(self) -> None:
+        """Give every lease up at once (graceful shutdown), so others take over now."""
+        held, self.held = dict(self.held), {}
+        if held:
+            try:
+                await self.store.release_leases(held)
+            except PetrockError as exc:
+                # They expire by themselves; others wait up to ``ttl`` for them.
+                _log.warning("petrock.lease_release_failed", error_details=repr(exc))
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "holder": self.holder,
+            "held": dict(sorted(self.held.items())),
+            "standby": sorted(self.wanted - self.held.keys()),
+            "takeovers": self.takeovers,
+            "losses": self.losses,
+            "failures": self.failures,
+        }
