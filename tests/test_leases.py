@@ -1,0 +1,262 @@
+"""Leases: each worker runs in exactly one of the processes sharing a log.
+
+Two app objects on one database stand for two processes here (each has its own store
+connections, so to the database they are two clients); tests/cluster runs real
+processes and kills one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import petrock_trio as pt
+from petrock_trio.stores import Commit, RetryRecord, Store, open_store
+from petrock_trio.testing import memory_database, serving, wait_until
+from tests.support import Add, Echoed
+
+
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "log.db")
+
+
+async def _open(database: str) -> Store:
+    store = open_store(database)
+    await store.open()
+    return store
+
+
+async def _take(store: Store, holder: str, wanted: list[str], ttl: float) -> dict[str, int]:
+    return await store.leases(holder, {}, wanted, ttl=ttl, now=pt.SystemClock())
+
+
+class TestStoreLeases:
+    async def test_one_holder_at_a_time(self, database: str) -> None:
+        a, b = await _open(database), await _open(database)
+        try:
+            assert await _take(a, "a", ["w1", "w2"], 30) == {"w1": 1, "w2": 1}
+            assert await _take(b, "b", ["w1", "w2", "w3"], 30) == {"w3": 1}
+            renewed = await a.leases("a", {"w1": 1, "w2": 1}, [], ttl=30, now=pt.SystemClock())
+            assert renewed == {"w1": 1, "w2": 1}
+            holders = {r.worker: (r.holder, r.epoch) for r in await a.lease_records()}
+            assert holders == {"w1": ("a", 1), "w2": ("a", 1), "w3": ("b", 1)}
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    async def test_expired_lease_is_taken_over_and_the_old_holder_is_fenced(
+        self, database: str
+    ) -> None:
+        a, b = await _open(database), await _open(database)
+        try:
+            assert await _take(a, "a", ["w"], 0.2) == {"w": 1}
+            assert await _take(b, "b", ["w"], 30) == {}  # not expired yet
+            await trio.sleep(0.4)
+            assert await _take(b, "b", ["w"], 30) == {"w": 2}
+            # The old holder's renewal finds the epoch moved on: it holds nothing.
+            assert await a.leases("a", {"w": 1}, [], ttl=30, now=pt.SystemClock()) == {}
+            head = await a.head()
+            fenced = Commit(appends=[("test/add", b"{}")], positions={"w": 5}, leases={"w": 1})
+            with pytest.raises(pt.LeaseLost) as caught:
+                await a.commit_many([fenced])
+            assert caught.value.workers == ("w",)
+            assert await a.head() == head
+            assert (await a.positions()).get("w") is None
+            # The new holder's commit goes through.
+            (rows,) = await b.commit_many(
+                [Commit(appends=[("test/add", b"{}")], positions={"w": 5}, leases={"w": 2})]
+            )
+            assert len(rows) == 1
+            assert (await b.positions())["w"] == 5
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    async def test_released_lease_is_free_at_once(self, database: str) -> None:
+        a, b = await _open(database), await _open(database)
+        try:
+            assert await _take(a, "a", ["w"], 30) == {"w": 1}
+            await a.release_leases({"w": 1})
+            assert await _take(b, "b", ["w"], 30) == {"w": 2}
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    @pytest.mark.postgres
+    async def test_postgres_lease_of_a_gone_connection_is_free_at_once(
+        self, postgres_url: str
+    ) -> None:
+        """A killed process's backend ends with its connection: no wait for expiry."""
+        a, b = await _open(postgres_url), await _open(postgres_url)
+        try:
+            assert await _take(a, "a", ["w"], 3600) == {"w": 1}
+            await a.aclose()
+            with trio.fail_after(5):
+                # The server notices the closed socket; nothing tells this client when.
+                while (taken := await _take(b, "b", ["w"], 30)) == {}:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            assert taken == {"w": 2}
+        finally:
+            await b.aclose()
+
+    async def test_retry_state_is_cleared_by_the_position_that_passes_it(
+        self, database: str
+    ) -> None:
+        store = await _open(database)
+        try:
+            record = RetryRecord("w", 7, 2, 1000.0, 900.0)
+            await store.commit_many([Commit(retries=[record])])
+            assert await store.retries() == [record]
+            await store.commit_many([Commit(positions={"w": 6})])
+            assert await store.retries() == [record]
+            await store.commit_many([Commit(positions={"w": 7})])
+            assert await store.retries() == []
+        finally:
+            await store.aclose()
+
+
+WORKERS = ("w1", "w2", "w3", "w4")
+
+
+def _build(database: str, *, ttl: float, gate: trio.Event | None = None) -> pt.App:
+    app = pt.App(database=database, leases=True, lease_ttl=ttl, shutdown_grace=2.0)
+    app.register_command(Add)
+    app.register_command(Echoed)
+    for name in WORKERS:
+        worker: pt.PatternWorker[None] = pt.PatternWorker(name)
+
+        async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None, name: str = name) -> None:
+            if gate is not None:
+                await gate.wait()
+            ctx.emit(Echoed(ctx.message.id, name))
+
+        worker.on_command("test/add", on_add)
+        app.register_worker(worker)
+    return app
+
+
+async def _echoes(store: Store) -> Counter[tuple[str, int]]:
+    seen: Counter[tuple[str, int]] = Counter()
+    after = 0
+    while rows := await store.read_after(after, 1000):
+        after = rows[-1].id
+        for row in rows:
+            if row.name == "test/echoed":
+                echoed = json.loads(row.payload)
+                seen[echoed["key"], echoed["source_id"]] += 1
+    return seen
+
+
+async def _wait_for_echoes(store: Store, sources: list[int]) -> Counter[tuple[str, int]]:
+    expected = {(w, s) for w in WORKERS for s in sources}
+    with trio.fail_after(30):
+        while not expected <= set(seen := await _echoes(store)):  # noqa: ASYNC110 - another client's rows
+            await trio.sleep(0.02)
+    return seen
+
+
+class TestAppLeases:
+    async def test_each_worker_runs_in_one_process_and_moves_on_graceful_stop(
+        self, database: str
+    ) -> None:
+        first, second = _build(database, ttl=2.0), _build(database, ttl=2.0)
+        reader = await _open(database)
+        sources: list[int] = []
+        try:
+            async with serving(second):
+                async with serving(first):
+                    held = [set(app.inspect()["leases"]["held"]) for app in (first, second)]
+                    assert held[0] | held[1] == set(WORKERS)
+                    assert not held[0] & held[1]
+                    for i in range(10):
+                        app = (first, second)[i % 2]
+                        sources.append((await app.execute(Add(f"k{i}"))).id)
+                    await _wait_for_echoes(reader, sources)
+                # The first process released its leases: the second runs everything now.
+                stopped_at = trio.current_time()
+                await wait_until(lambda: set(second.inspect()["leases"]["held"]) == set(WORKERS))
+                # Released leases are taken at the next round, not after expiry.
+                assert trio.current_time() - stopped_at < second.lease_ttl
+                sources.extend([(await second.execute(Add(f"later{i}"))).id for i in range(10)])
+                seen = await _wait_for_echoes(reader, sources)
+            assert set(seen.values()) == {1}, "every worker handled every add exactly once"
+            assert len(seen) == len(WORKERS) * len(sources)
+        finally:
+            await reader.aclose()
+
+    async def test_a_holder_that_lost_its_lease_cannot_commit(self, database: str) -> None:
+        """A frozen holder resumes after another process took over: its commit is refused,
+        nothing it emits lands, and it stands by."""
+        gate = trio.Event()
+        app = _build(database, ttl=30.0, gate=gate)
+        intruder = await _open(database)
+        try:
+            async with serving(app):
+                await app.execute(Add("k"))
+                await trio.sleep(0.1)  # every worker is inside its handler, at the gate
+                epochs = app.inspect()["leases"]["held"]
+                # Another process takes w1 over (as after the holder's lease expired).
+                await intruder.release_leases({"w1": epochs["w1"]})
+                assert await _take(intruder, "intruder", ["w1"], 3600) == {"w1": epochs["w1"] + 1}
+                gate.set()
+                seen = await _wait_for_echoes_of(intruder, ["w2", "w3", "w4"])
+                await trio.sleep(0.2)
+                assert "w1" not in app.inspect()["leases"]["held"]
+                assert "w1" in app.inspect()["leases"]["standby"]
+                assert app.inspect()["leases"]["losses"] == 1
+            seen = await _echoes(intruder)
+            assert {w for w, _ in seen} == {"w2", "w3", "w4"}
+            assert (await intruder.positions()).get("w1", 0) == 0
+        finally:
+            await intruder.aclose()
+
+
+async def _wait_for_echoes_of(store: Store, workers: list[str]) -> Counter[tuple[str, int]]:
+    with trio.fail_after(30):
+        while True:
+            seen = await _echoes(store)
+            if set(workers) <= {w for w, _ in seen}:
+                return seen
+            await trio.sleep(0.02)
+
+
+class TestRetryStateSurvivesRestart:
+    async def test_backoff_resumes_with_its_attempt_count_and_time(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        attempts: list[tuple[float, int]] = []
+
+        def build(database: str) -> pt.App:
+            app = pt.App(database=database, clock=pt.TrioWallClock(), shutdown_grace=0)
+            app.register_command(Add)
+            worker: pt.PatternWorker[None] = pt.PatternWorker(
+                "flaky", retry=pt.Backoff(initial=1.0, max_attempts=5)
+            )
+
+            @worker.on_command("test/add")
+            async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+                attempts.append((trio.current_time(), ctx.attempt))
+                raise RuntimeError("down")
+
+            app.register_worker(worker)
+            return app
+
+        with memory_database() as database:
+            async with serving(build(database)) as app:
+                await app.execute(Add("k"))
+                await trio.sleep(4)  # attempts at 0, 1 and 3; the next is due at 7
+            await trio.sleep(1)  # down from 4 to 5
+            async with serving(build(database)) as app:
+                await trio.sleep(20)
+                (letter,) = await app.dead_letters()
+        assert attempts == [(0, 1), (1, 2), (3, 3), (7, 4), (15, 5)]
+        assert letter.attempts == 5
+        assert letter.first_failed_at.timestamp() == pt.TrioWallClock().epoch
