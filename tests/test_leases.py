@@ -260,3 +260,27 @@ class TestRetryStateSurvivesRestart:
         assert attempts == [(0, 1), (1, 2), (3, 3), (7, 4), (15, 5)]
         assert letter.attempts == 5
         assert letter.first_failed_at.timestamp() == pt.TrioWallClock().epoch
+
+
+class TestAppendsFromAnotherProcess:
+    async def test_wake_a_follower_without_polling_the_table(self, database: str) -> None:
+        """SQLite: PRAGMA data_version; PostgreSQL: LISTEN/NOTIFY."""
+        handled: list[str] = []
+        follower = pt.App(database=database, leases=False)
+        follower.register_command(Add)
+        worker: pt.PatternWorker[None] = pt.PatternWorker("follower")
+
+        @worker.on_command("test/add")
+        async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            handled.append(cmd.key)
+
+        follower.register_worker(worker)
+        writer = pt.App(database=database, leases=False)
+        writer.register_command(Add)
+        async with serving(follower), serving(writer):
+            for i in range(5):
+                await writer.execute(Add(f"k{i}"))
+            await wait_until(lambda: len(handled) == 5, timeout=5)
+            reads = follower.inspect()["store"]["reads"]
+        assert handled == [f"k{i}" for i in range(5)]
+        assert reads < 50, "the follower read the log on a wake-up, not on a poll"
