@@ -53,6 +53,10 @@ loc: setup
 crash trials="50": setup
     {{python}} -m tests.crash.trials {{trials}}
 
+# Three processes on one PostgreSQL log, one killed or frozen mid-stream (TRIALS, default 10).
+cluster trials="10": setup
+    {{python}} -m tests.cluster.trial {{trials}}
+
 # Load and soak: 100 workers under sustained appends (SECONDS, default 120).
 soak seconds="120": setup
     {{python}} -m tests.soak {{seconds}}

@@ -127,6 +127,20 @@ class LeaseKeeper:
                 scope.cancel()
         self._changes.value += 1
 
+    async def ensure(self, worker: str) -> None:
+        """Return only while this process may act for ``worker``.
+
+        Checked before every handler and periodic run: a process that was frozen past
+        its leases' expiry must not start work when it resumes, even before its
+        renewal task has run and noticed. Otherwise the worker's activity is cancelled.
+        """
+        if worker in self.held and trio.current_time() < self._valid_until:
+            return
+        expired = trio.current_time() >= self._valid_until
+        self.lose(list(self.held) if expired else [worker])
+        await trio.lowlevel.checkpoint()
+        raise LeaseLost((worker,))  # only outside an activity scope
+
     async def wait_held(self, worker: str) -> int:
         """Wait until this process holds ``worker``'s lease; return its epoch."""
         await self._changes.wait_value(lambda _: worker in self.held)

@@ -586,6 +586,8 @@ class PatternWorker(Generic[S]):
         scope: trio.CancelScope | None,
     ) -> Exception | None:
         """Run the handler once and commit its outcome; the error if either failed."""
+        if rt.leases is not None:
+            await rt.leases.ensure(self.name)
         ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
         started = trio.current_time()
         error: Exception | None = None
@@ -758,6 +760,8 @@ class PatternWorker(Generic[S]):
     async def _periodic_once(
         self, rt: Runtime, periodic: _Periodic, run: int, limit: float
     ) -> None:
+        if rt.leases is not None:
+            await rt.leases.ensure(self.name)
         ctx = PeriodicContext(rt, self.name, run)
         started = trio.current_time()
         error: Exception | None = None
