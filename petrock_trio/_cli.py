@@ -180,7 +180,10 @@ def _port_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command("serve")
 @click.argument("target", metavar="MODULE:APP")
-@click.option("--database", help="Database (SQLite path) to serve instead of the app's own.")
+@click.option(
+    "--database",
+    help="Database (SQLite path or postgresql:// URL) to serve instead of the app's own.",
+)
 @_host_option
 @_port_option
 @click.option(

@@ -40,12 +40,14 @@ from typing import Any
 import attrs
 import click
 import pytest
+import trio
 
 import features.items
 import features.items.summarizer
 import petrock_trio as pt
 import petrock_trio.testing
 from petrock_trio import _cli
+from petrock_trio.testing import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [
@@ -373,7 +375,7 @@ def inspect_keys() -> set[str]:
         async def work(self) -> None: ...
         async def stop(self) -> None: ...
 
-    app = pt.App()
+    app = pt.App(leases=True, hooks=[])
     worker: pt.PatternWorker[None] = pt.PatternWorker("w")
     worker.set_periodic_work(_noop_periodic)
     app.register_worker(worker)
@@ -386,7 +388,13 @@ def inspect_keys() -> set[str]:
             for item in value.values():
                 walk(item)
 
+    async def served() -> dict[str, Any]:
+        # Serving adds the pump's, the store's and the leases' reports.
+        async with serving(app):
+            return app.inspect()
+
     walk(app.inspect())
+    walk(trio.run(served))
     return keys - {"w", "legacy"}
 
 
