@@ -590,27 +590,7 @@ class PatternWorker(Generic[S]):
             await rt.leases.ensure(self.name)
         ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
         started = trio.current_time()
-        error: Exception | None = None
-        if scope is not None:
-            # Moving a deadline is the costly part of a page scope, so it moves once per
-            # message. It stays set after the handler until something awaits: every path
-            # that awaits (commit, failure, waiting for the projection) resets it first,
-            # so only handlers are ever cut off by it.
-            scope.deadline = started + limit
-            try:
-                await route.handler(ctx, message.command, self.state)
-            except Exception as exc:  # noqa: BLE001 - every handler failure is retried
-                error = exc
-            if error is not None or ctx.emitted or redrive:
-                scope.deadline = math.inf
-        else:
-            with trio.move_on_after(limit) as own:
-                try:
-                    await route.handler(ctx, message.command, self.state)
-                except Exception as exc:  # noqa: BLE001 - every handler failure is retried
-                    error = exc
-            if own.cancelled_caught:
-                return HandlerTimeout(self.name, limit, f"handler for {message.name!r}")
+        error = await self._call(route, ctx, message, started + limit, scope, redrive=redrive)
         if error is not None:
             return error
         if ctx.emitted or redrive:
@@ -622,6 +602,41 @@ class PatternWorker(Generic[S]):
             emitted = tuple(ctx.emitted)
             rt.report(HandlerCompleted(self.name, message, attempt, duration, emitted, redrive))
         return None
+
+    async def _call(
+        self,
+        route: _Route,
+        ctx: HandlerContext,
+        message: Message,
+        deadline: float,
+        scope: trio.CancelScope | None,
+        *,
+        redrive: bool,
+    ) -> Exception | None:
+        """Call the handler, cut off at ``deadline``; the error it raised, if any."""
+        error: Exception | None = None
+        if scope is not None:
+            # Moving a deadline is the costly part of a page scope, so it moves once per
+            # message. It stays set after the handler until something awaits: every path
+            # that awaits (commit, failure, waiting for the projection) resets it first,
+            # so only handlers are ever cut off by it.
+            scope.deadline = deadline
+            try:
+                await route.handler(ctx, message.command, self.state)
+            except Exception as exc:  # noqa: BLE001 - every handler failure is retried
+                error = exc
+            if error is not None or ctx.emitted or redrive:
+                scope.deadline = math.inf
+            return error
+        with trio.move_on_at(deadline) as own:
+            try:
+                await route.handler(ctx, message.command, self.state)
+            except Exception as exc:  # noqa: BLE001 - every handler failure is retried
+                error = exc
+        if own.cancelled_caught:
+            limit = self._limit(message.name)
+            return HandlerTimeout(self.name, limit, f"handler for {message.name!r}")
+        return error
 
     def _after_failure(
         self,

@@ -9,9 +9,10 @@ and timing tests are exact.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from typing import Final, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 import attrs
 import structlog
@@ -77,6 +78,11 @@ ON CONFLICT (worker, message_id) DO UPDATE SET
     last_failed_at = excluded.last_failed_at
 """
 
+
+_HEAD: Final = "SELECT coalesce(max(id), 0) FROM messages"
+
+# The slowest a follower polls for other processes' appends where inotify is missing.
+_MAX_POLL_INTERVAL: Final = 1.0
 
 _UPSERT_RETRY: Final = """
 INSERT INTO retries VALUES (?, ?, ?, ?, ?)
@@ -191,7 +197,7 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 _check_leases(conn, commits)
-                (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+                (last,) = conn.execute(_HEAD).fetchone()
                 results: list[list[Row]] = []
                 for commit in commits:
                     rows = [
@@ -275,7 +281,7 @@ class SQLiteStore:
 
     async def head(self) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            (head,) = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+            (head,) = conn.execute(_HEAD).fetchone()
             return int(head)
 
         return await self._read(run)
@@ -283,30 +289,45 @@ class SQLiteStore:
     async def watch(self, publish: Callable[[int], None]) -> None:
         """Publish the head whenever another connection (another process) commits.
 
-        ``PRAGMA data_version`` changes when any other connection commits; it costs a
-        few microseconds, so it runs inline on its own connection. Appends through this
-        store also change it (the writer is another connection): that costs one
-        ``max(id)`` read, and publishing a head already known does nothing.
+        What changed is told by ``PRAGMA data_version``, which changes when any other
+        connection commits and costs a few microseconds (a read of the file's shared
+        memory, not of the table), so it runs inline on a connection of its own. When
+        to look: on Linux, when the write-ahead log file is written (inotify), so an
+        idle app never wakes up; elsewhere, a poll every ``watch_interval`` seconds
+        that slows down to once a second while nothing changes. Appends through this
+        store also wake it (the writer is another connection); bursts are taken once
+        per ``watch_interval``.
         """
         if self.inline:
             # An in-memory database belongs to this process: nobody else can append.
             await trio.sleep_forever()
         conn = await trio.to_thread.run_sync(self._connect)
         try:
-            version = _data_version(conn)
-            while True:
-                await trio.sleep(self.watch_interval)
-                try:
-                    now = _data_version(conn)
-                    if now != version:
-                        version = now
-                        (head,) = conn.execute(
-                            "SELECT coalesce(max(id), 0) FROM messages"
-                        ).fetchone()
-                        publish(int(head))
-                except sqlite3.Error as exc:
-                    # The pump's own reads report a failing database; keep watching.
-                    _log.warning("petrock.sqlite_watch_failed", error=str(exc))
+            with _wal_changes(self.path) as changes:
+                version = _data_version(conn)
+                idle = self.watch_interval
+                while True:
+                    if changes is None:
+                        await trio.sleep(idle)
+                    else:
+                        # The safety look covers a log file replaced behind the watch.
+                        with trio.move_on_after(_MAX_POLL_INTERVAL * 5):
+                            await changes.wait()
+                    try:
+                        now = _data_version(conn)
+                        if now != version:
+                            version = now
+                            (head,) = conn.execute(_HEAD).fetchone()
+                            publish(int(head))
+                            idle = self.watch_interval
+                        else:
+                            idle = min(idle * 2, _MAX_POLL_INTERVAL)
+                    except sqlite3.Error as exc:
+                        # The pump's own reads report a failing database; keep watching.
+                        _log.warning("petrock.sqlite_watch_failed", error=str(exc))
+                    if changes is not None:
+                        await trio.sleep(self.watch_interval)
+
         finally:
             conn.close()
 
@@ -404,6 +425,40 @@ def _check_leases(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
     )
     if lost:
         raise LeaseLost(lost)
+
+
+class _Changes:
+    """Readable when a file was written: inotify's descriptor, waited on by Trio."""
+
+    def __init__(self, notify: Any) -> None:
+        self.notify = notify
+
+    async def wait(self) -> None:
+        await trio.lowlevel.wait_readable(self.notify.fileno())
+        self.notify.read(timeout=0)  # drain: one look covers every write so far
+
+
+@contextlib.contextmanager
+def _wal_changes(path: str) -> Iterator[_Changes | None]:
+    """Writes to ``path``'s write-ahead log, where inotify exists; None elsewhere."""
+    try:
+        import inotify_simple  # noqa: PLC0415 - Linux only
+
+        notify = inotify_simple.INotify()
+    except (ImportError, OSError):
+        yield None
+        return
+    try:
+        changes: _Changes | None = _Changes(notify)
+        try:
+            notify.add_watch(path + "-wal", inotify_simple.flags.MODIFY)
+        except OSError:
+            changes = None  # no write-ahead log file to watch (another journal mode)
+        yield changes
+    finally:
+        # Wake any task waiting on the descriptor before its number can be reused.
+        trio.lowlevel.notify_closing(notify.fileno())
+        notify.close()
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
