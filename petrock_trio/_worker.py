@@ -149,6 +149,11 @@ class PatternWorker(Generic[S]):
         self._feed: Feed | None = None
         self._lock = trio.Lock()
         self._wait_scopes: set[trio.CancelScope] = set()
+        # The page in hand and the deadline of the handler running under it (see
+        # _watchdog); inf while no handler runs.
+        self._page_scope: trio.CancelScope | None = None
+        self._deadline = math.inf
+        self._busy = trio.Event()
         self._runs = 0
         self._live = False
         self._crashed: str | None = None
@@ -330,7 +335,10 @@ class PatternWorker(Generic[S]):
         self._redrive = send
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._supervise, rt)
+                # The watchdog lives as long as the message loop, grace period included.
+                watchdog = trio.CancelScope()
+                nursery.start_soon(self._watchdog, watchdog)
+                nursery.start_soon(self._supervise, rt, watchdog)
                 assert self._feed is not None
                 # Live once everything up to the saved position is replayed (or skipped).
                 await self._feed.position.wait_value(lambda p: p >= self._saved)
@@ -350,24 +358,30 @@ class PatternWorker(Generic[S]):
                 self._feed.close()
             self._rt = None
 
-    async def _supervise(self, rt: Runtime) -> None:
+    async def _supervise(self, rt: Runtime, watchdog: trio.CancelScope) -> None:
         backoff = Backoff(initial=1.0, max_delay=60.0)
-        while True:
-            try:
-                await self._message_loop(rt)
-            except _Stop:
-                return
-            except Exception as exc:  # noqa: BLE001 - an engine bug must not take the app down silently
-                self._crashes += 1
-                self._crashed = repr(exc)
-                delay = backoff.delay(min(self._crashes, 10))
-                rt.report(WorkerCrashed(self.name, exc, delay))
-                assert self._feed is not None
-                self._feed.rewind()
-                await self._interruptible(rt, trio.sleep, delay)
+        try:
+            while True:
+                try:
+                    await self._message_loop(rt)
+                except _Stop:
+                    return
+                except Exception as exc:  # noqa: BLE001 - an engine bug must not take the app down silently
+                    self._crashes += 1
+                    self._crashed = repr(exc)
+                    delay = backoff.delay(min(self._crashes, 10))
+                    rt.report(WorkerCrashed(self.name, exc, delay))
+                    assert self._feed is not None
+                    self._feed.rewind()
+                else:
+                    return
+                try:
+                    await self._interruptible(rt, trio.sleep, delay)
+                except _Stop:
+                    return
                 self._crashed = None
-                continue
-            return
+        finally:
+            watchdog.cancel()
 
     async def _message_loop(self, rt: Runtime) -> None:
         feed = self._feed
@@ -393,20 +407,25 @@ class PatternWorker(Generic[S]):
         indexes = list(page.routed(routes, after=feed.position.value))
         i = 0
         while i < len(indexes):
-            # One cancel scope serves the first attempts of a whole page: each handler
-            # call moves its deadline, which costs far less than a scope per message.
-            # When a deadline fires, the scope ends; the handler that overran is at i.
+            # One cancel scope serves the first attempts of a whole page; the watchdog
+            # cancels it when a handler overruns. The handler that overran is at i.
             with trio.CancelScope() as scope:
-                while i < len(indexes):
-                    if rt.stopping.is_set():
-                        raise _Stop
-                    row = rows[indexes[i]]
-                    if row.id <= saved:
-                        await self._replay_one(rt, page, indexes[i], row, scope)
-                    else:
-                        await self._handle_live(rt, page, indexes[i], row, scope=scope)
-                    feed.advance(row.id)
-                    i += 1
+                self._page_scope = scope
+                self._busy.set()
+                try:
+                    while i < len(indexes):
+                        if rt.stopping.is_set():
+                            raise _Stop
+                        row = rows[indexes[i]]
+                        if row.id <= saved:
+                            await self._replay_one(rt, page, indexes[i], row)
+                        else:
+                            await self._handle_live(rt, page, indexes[i], row, scope=scope)
+                        feed.advance(row.id)
+                        i += 1
+                finally:
+                    self._page_scope = None
+                    self._deadline = math.inf
             if scope.cancelled_caught:
                 row = rows[indexes[i]]
                 if row.id <= saved:
@@ -421,13 +440,34 @@ class PatternWorker(Generic[S]):
                 feed.advance(row.id)
                 i += 1
 
+    async def _watchdog(self, scope: trio.CancelScope) -> None:
+        """Cut off a handler that overruns its timeout under the page scope.
+
+        Handlers only store their deadline (an attribute write); moving a cancel
+        scope's deadline per message costs more than the rest of the hot path. This
+        task wakes at a running handler's deadline, and otherwise at most once per
+        shortest timeout while a page is in hand; between pages it sleeps on an event.
+        A handler starting after it went to sleep has a later deadline than its wake-up.
+        """
+        shortest = min(
+            [self.handler_timeout, *(r.timeout for r in self._routes.values() if r.timeout)]
+        )
+        with scope:
+            while True:
+                await self._busy.wait()
+                while (page := self._page_scope) is not None:
+                    now = trio.current_time()
+                    if self._deadline <= now:
+                        self._deadline = math.inf
+                        page.cancel()
+                    await trio.sleep_until(min(self._deadline, now + shortest))
+                self._busy = trio.Event()
+
     def _limit(self, name: str) -> float:
         route = self._routes[name]
         return route.timeout if route.timeout is not None else self.handler_timeout
 
-    async def _replay_one(
-        self, rt: Runtime, page: Page, index: int, row: Row, scope: trio.CancelScope
-    ) -> None:
+    async def _replay_one(self, rt: Runtime, page: Page, index: int, row: Row) -> None:
         if row.id in rt.dead_letter_ids.get(self.name, ()):
             return  # it never took effect live, so it does not take effect in replay
         try:
@@ -438,12 +478,13 @@ class PatternWorker(Generic[S]):
         ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
         started = trio.current_time()
         error: BaseException | None = None
-        # As for live handlers: the deadline moves once per message (see _attempt).
-        scope.deadline = started + self._limit(row.name)
+        # As for live handlers: cut off by the watchdog (see _call).
+        self._deadline = started + self._limit(row.name)
         try:
             await route.handler(ctx, message.command, self.state)
         except Exception as exc:  # noqa: BLE001 - replay must go on; the live run decided
             error = exc
+        self._deadline = math.inf
         self._metrics.replayed += 1
         if rt.hooks:
             rt.report(Replayed(self.name, message, trio.current_time() - started, error))
@@ -467,16 +508,16 @@ class PatternWorker(Generic[S]):
         try:
             message = page.message(index, rt.registry)
         except Exception as exc:  # noqa: BLE001 - bad input in the log: dead-letter, go on
-            if scope is not None:
-                scope.deadline = math.inf  # writing the dead letter is not handler time
             await self._dead_letter(rt, row, exc, attempts=1, first_failed_at=rt.clock())
             return
         route = self._routes[row.name]
         policy = route.retry or self.retry
         timeout = self._limit(row.name)
         if rt.app.projection.position < row.id:
-            await self._wait_for_state(rt, row, scope)
-        attempt, first_failed_at, wait = (1, None, 0.0) if redrive else self._resume(rt, row, scope)
+            # A live handler sees app state at least as new as its message, so what it
+            # emits is validated against the state that message produced.
+            await rt.wait_applied(row.id)
+        attempt, first_failed_at, wait = (1, None, 0.0) if redrive else self._resume(rt, row)
         self._in_flight = 1
         try:
             while True:
@@ -526,17 +567,7 @@ class PatternWorker(Generic[S]):
             self._in_flight = 0
             self._retrying = None
 
-    @staticmethod
-    async def _wait_for_state(rt: Runtime, row: Row, scope: trio.CancelScope | None) -> None:
-        """A live handler sees app state at least as new as its message, so what it
-        emits is validated against the state that message produced."""
-        if scope is not None:
-            scope.deadline = math.inf  # waiting for the projection is not handler time
-        await rt.wait_applied(row.id)
-
-    def _resume(
-        self, rt: Runtime, row: Row, scope: trio.CancelScope | None
-    ) -> tuple[int, float | None, float]:
+    def _resume(self, rt: Runtime, row: Row) -> tuple[int, float | None, float]:
         """Attempt number, first failure and wait before the first attempt at ``row``.
 
         If an earlier run (or another process) saved retry state for ``row``, the
@@ -547,8 +578,6 @@ class PatternWorker(Generic[S]):
             return 1, None, 0.0
         del rt.retries[self.name]
         self._retrying = (row.id, record.attempts)
-        if scope is not None:
-            scope.deadline = math.inf  # the wait is not handler time
         return record.attempts + 1, record.first_failed_at, record.next_attempt_at - rt.clock()
 
     async def _wait_to_retry(self, rt: Runtime, delay: float) -> None:
@@ -590,7 +619,7 @@ class PatternWorker(Generic[S]):
             await rt.leases.ensure(self.name)
         ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
         started = trio.current_time()
-        error = await self._call(route, ctx, message, started + limit, scope, redrive=redrive)
+        error = await self._call(route, ctx, message, started + limit, scope)
         if error is not None:
             return error
         if ctx.emitted or redrive:
@@ -610,23 +639,17 @@ class PatternWorker(Generic[S]):
         message: Message,
         deadline: float,
         scope: trio.CancelScope | None,
-        *,
-        redrive: bool,
     ) -> Exception | None:
         """Call the handler, cut off at ``deadline``; the error it raised, if any."""
         error: Exception | None = None
         if scope is not None:
-            # Moving a deadline is the costly part of a page scope, so it moves once per
-            # message. It stays set after the handler until something awaits: every path
-            # that awaits (commit, failure, waiting for the projection) resets it first,
-            # so only handlers are ever cut off by it.
-            scope.deadline = deadline
+            # Under the page scope: the watchdog cuts the handler off at ``deadline``.
+            self._deadline = deadline
             try:
                 await route.handler(ctx, message.command, self.state)
             except Exception as exc:  # noqa: BLE001 - every handler failure is retried
                 error = exc
-            if error is not None or ctx.emitted or redrive:
-                scope.deadline = math.inf
+            self._deadline = math.inf
             return error
         with trio.move_on_at(deadline) as own:
             try:
