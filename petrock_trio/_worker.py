@@ -405,6 +405,7 @@ class PatternWorker(Generic[S]):
     ) -> None:
         rows = page.rows
         indexes = list(page.routed(routes, after=feed.position.value))
+        report = rt.wants_completed()
         i = 0
         while i < len(indexes):
             # One cancel scope serves the first attempts of a whole page; the watchdog
@@ -412,33 +413,73 @@ class PatternWorker(Generic[S]):
             with trio.CancelScope() as scope:
                 self._page_scope = scope
                 self._busy.set()
+                done = 0
                 try:
                     while i < len(indexes):
                         if rt.stopping.is_set():
                             raise _Stop
-                        row = rows[indexes[i]]
+                        index = indexes[i]
+                        row = rows[index]
                         if row.id <= saved:
-                            await self._replay_one(rt, page, indexes[i], row)
+                            await self._replay_one(rt, page, index, row)
+                        elif (message := self._ready(rt, page, index, row)) is None:
+                            await self._handle_live(rt, page, index, row, scope=scope)
                         else:
-                            await self._handle_live(rt, page, indexes[i], row, scope=scope)
-                        feed.advance(row.id)
+                            # The common case, kept short: a first attempt that succeeds.
+                            self._in_flight = 1
+                            started = trio.current_time()
+                            route = routes[row.name]
+                            error = await self._attempt(
+                                rt, route, message, started=started, scope=scope, report=report
+                            )
+                            self._in_flight = 0
+                            if error is None:
+                                now = trio.current_time()
+                                self._metrics.handled(now, now - started)
+                            else:
+                                await self._handle_live(
+                                    rt, page, index, row, first=(error, started)
+                                )
+                        done = row.id
                         i += 1
                 finally:
+                    # The position moves once per page (and with every commit that carries
+                    # it), not per message: nothing else reads it in between.
+                    feed.advance(done)
                     self._page_scope = None
                     self._deadline = math.inf
             if scope.cancelled_caught:
-                row = rows[indexes[i]]
-                if row.id <= saved:
-                    message = page.message(indexes[i], rt.registry)
-                    timeout = HandlerTimeout(
-                        self.name, self._limit(row.name), f"replay of {row.name!r}"
-                    )
-                    self._metrics.replayed += 1
-                    rt.report(Replayed(self.name, message, self._limit(row.name), timeout))
-                else:
-                    await self._handle_live(rt, page, indexes[i], row, first_timed_out=True)
-                feed.advance(row.id)
+                await self._timed_out(rt, page, indexes[i], live=rows[indexes[i]].id > saved)
+                feed.advance(rows[indexes[i]].id)
                 i += 1
+
+    async def _timed_out(self, rt: Runtime, page: Page, index: int, *, live: bool) -> None:
+        """The handler at ``index`` overran under the page scope: the rest of its story."""
+        row = page.rows[index]
+        limit = self._limit(row.name)
+        if live:
+            error = HandlerTimeout(self.name, limit, f"handler for {row.name!r}")
+            await self._handle_live(
+                rt, page, index, row, first=(error, trio.current_time() - limit)
+            )
+            return
+        message = page.message(index, rt.registry)
+        timeout = HandlerTimeout(self.name, limit, f"replay of {row.name!r}")
+        self._metrics.replayed += 1
+        rt.report(Replayed(self.name, message, limit, timeout))
+
+    def _ready(self, rt: Runtime, page: Page, index: int, row: Row) -> Message | None:
+        """The decoded message if nothing stands before its first attempt: it decodes,
+        the state projection has applied it, and no saved retry state waits for it."""
+        if rt.app.projection.position < row.id:
+            return None
+        retry = rt.retries.get(self.name)
+        if retry is not None and retry.message_id == row.id:
+            return None
+        try:
+            return page.message(index, rt.registry)
+        except Exception:  # noqa: BLE001 - _handle_live dead-letters it
+            return None
 
     async def _watchdog(self, scope: trio.CancelScope) -> None:
         """Cut off a handler that overruns its timeout under the page scope.
@@ -498,12 +539,13 @@ class PatternWorker(Generic[S]):
         *,
         redrive: bool = False,
         scope: trio.CancelScope | None = None,
-        first_timed_out: bool = False,
+        first: tuple[Exception, float] | None = None,
     ) -> None:
         """Handle one message until it succeeds or is dead-lettered.
 
         With ``scope`` (the page's), the first attempt runs under it and a timeout
-        propagates to the caller, which calls again with ``first_timed_out``.
+        propagates to the caller. ``first`` is a first attempt the caller already made:
+        its error and when it started.
         """
         try:
             message = page.message(index, rt.registry)
@@ -512,7 +554,6 @@ class PatternWorker(Generic[S]):
             return
         route = self._routes[row.name]
         policy = route.retry or self.retry
-        timeout = self._limit(row.name)
         if rt.app.projection.position < row.id:
             # A live handler sees app state at least as new as its message, so what it
             # emits is validated against the state that message produced.
@@ -523,21 +564,20 @@ class PatternWorker(Generic[S]):
             while True:
                 if wait > 0:
                     await self._wait_to_retry(rt, wait)
-                started = trio.current_time()
-                if first_timed_out and attempt == 1:
-                    error: Exception | None = HandlerTimeout(
-                        self.name, timeout, f"handler for {row.name!r}"
-                    )
-                    started -= timeout
+                error: Exception | None
+                if first is not None:
+                    (error, started), first = first, None
                 else:
+                    started = trio.current_time()
                     error = await self._attempt(
                         rt,
                         route,
                         message,
                         attempt=attempt,
-                        limit=timeout,
+                        started=started,
                         redrive=redrive,
                         scope=scope if attempt == 1 else None,
+                        report=rt.wants_completed(),
                     )
                 now = trio.current_time()
                 if error is None:
@@ -609,16 +649,17 @@ class PatternWorker(Generic[S]):
         route: _Route,
         message: Message,
         *,
-        attempt: int,
-        limit: float,
-        redrive: bool,
+        started: float,
         scope: trio.CancelScope | None,
+        report: bool,
+        attempt: int = 1,
+        redrive: bool = False,
     ) -> Exception | None:
         """Run the handler once and commit its outcome; the error if either failed."""
         if rt.leases is not None:
             await rt.leases.ensure(self.name)
         ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
-        started = trio.current_time()
+        limit = route.timeout if route.timeout is not None else self.handler_timeout
         error = await self._call(route, ctx, message, started + limit, scope)
         if error is not None:
             return error
@@ -626,7 +667,7 @@ class PatternWorker(Generic[S]):
             error = await self._commit_outcome(rt, message.id, ctx, redrive=redrive)
             if error is not None:
                 return error
-        if rt.wants_completed():
+        if report:
             duration = trio.current_time() - started
             emitted = tuple(ctx.emitted)
             rt.report(HandlerCompleted(self.name, message, attempt, duration, emitted, redrive))
