@@ -33,7 +33,7 @@ import itertools
 import json
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 import psycopg.errors
@@ -132,6 +132,13 @@ def _get_bytes(res: pq.abc.PGresult, row: int, col: int) -> bytes:
     value = res.get_value(row, col)
     assert value is not None
     return value
+
+
+def _rows(
+    res: pq.abc.PGresult, columns: Sequence[Callable[[pq.abc.PGresult, int, int], Any]]
+) -> list[tuple[Any, ...]]:
+    """Every row of ``res``, each column read by its getter."""
+    return [tuple(get(res, r, c) for c, get in enumerate(columns)) for r in range(res.ntuples)]
 
 
 # --- one libpq connection driven by Trio ---------------------------------------------
@@ -950,16 +957,8 @@ class PostgresStore:
 
     async def retries(self) -> list[RetryRecord]:
         res = await self._read((_RETRIES, ()))
-        return [
-            RetryRecord(
-                worker=_get_text(res, r, 0),
-                message_id=_get_int(res, r, 1),
-                attempts=_get_int(res, r, 2),
-                next_attempt_at=_get_float(res, r, 3),
-                first_failed_at=_get_float(res, r, 4),
-            )
-            for r in range(res.ntuples)
-        ]
+        columns = (_get_text, _get_int, _get_int, _get_float, _get_float)
+        return [RetryRecord(*row) for row in _rows(res, columns)]
 
     async def leases(
         self,
@@ -992,15 +991,8 @@ class PostgresStore:
 
     async def lease_records(self) -> list[LeaseRecord]:
         res = await self._read((_LEASE_RECORDS, ()))
-        return [
-            LeaseRecord(
-                worker=_get_text(res, r, 0),
-                holder=_get_text(res, r, 1),
-                epoch=_get_int(res, r, 2),
-                expires_at=_get_float(res, r, 3),
-            )
-            for r in range(res.ntuples)
-        ]
+        columns = (_get_text, _get_text, _get_int, _get_float)
+        return [LeaseRecord(*row) for row in _rows(res, columns)]
 
     async def positions(self) -> dict[str, int]:
         res = await self._read((_POSITIONS, ()))
@@ -1009,18 +1001,8 @@ class PostgresStore:
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
         param: Param = (_TEXT, None if worker is None else worker.encode())
         res = await self._read((_DEAD_LETTERS, [param]))
-        return [
-            DeadLetterRecord(
-                worker=_get_text(res, r, 0),
-                message_id=_get_int(res, r, 1),
-                command_name=_get_text(res, r, 2),
-                error=_get_text(res, r, 3),
-                attempts=_get_int(res, r, 4),
-                first_failed_at=_get_float(res, r, 5),
-                last_failed_at=_get_float(res, r, 6),
-            )
-            for r in range(res.ntuples)
-        ]
+        columns = (_get_text, _get_int, _get_text, _get_text, _get_int, _get_float, _get_float)
+        return [DeadLetterRecord(*row) for row in _rows(res, columns)]
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
