@@ -231,6 +231,17 @@ class _AppCollector:
         yield average
         yield quantiles
         yield health
+        leases = report.get("leases")
+        if leases is not None:
+            # With several processes, which of them runs each worker: 1 here, 0 elsewhere.
+            held = GaugeMetricFamily(
+                "petrock_worker_lease_held",
+                "1 while this process holds the worker's lease (runs it)",
+                labels=["worker"],
+            )
+            for name in workers:
+                held.add_metric([name], 1.0 if name in leases["held"] else 0.0)
+            yield held
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:

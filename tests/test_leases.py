@@ -11,14 +11,17 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
 
 import petrock_trio as pt
 from petrock_trio.stores import Commit, RetryRecord, Store, open_store
 from petrock_trio.testing import memory_database, serving, wait_until
 from tests.support import Add, Echoed
+from tests.test_http import api
 
 
 @pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -284,3 +287,22 @@ class TestAppendsFromAnotherProcess:
             reads = follower.inspect()["store"]["reads"]
         assert handled == [f"k{i}" for i in range(5)]
         assert reads < 50, "the follower read the log on a wake-up, not on a poll"
+
+
+async def test_prometheus_shows_which_process_runs_each_worker(tmp_path: Path) -> None:
+    database = str(tmp_path / "log.db")
+    first, second = _build(database, ttl=30.0), _build(database, ttl=30.0)
+
+    async def held(client: httpx.AsyncClient) -> dict[str, float]:
+        response = await client.get("/metrics")
+        return {
+            s.labels["worker"]: s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+            if s.name == "petrock_worker_lease_held"
+        }
+
+    async with api(first) as one, api(second) as two:
+        # The first process took every lease; the second stands by for all of them.
+        assert await held(one) == dict.fromkeys(WORKERS, 1.0)
+        assert await held(two) == dict.fromkeys(WORKERS, 0.0)
