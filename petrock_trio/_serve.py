@@ -11,6 +11,7 @@ import structlog
 import trio
 
 from ._app import AnyWorker, App
+from ._errors import PetrockError
 from ._leases import LeaseKeeper
 from ._log import MessageLog
 from ._pump import LogPump
@@ -208,7 +209,13 @@ async def _run_leased(
             if rt.stopping.is_set():
                 return
         with leases.activity(name) as scope:
-            await rt.reload(name)
+            try:
+                await rt.reload(name)
+            except PetrockError as exc:
+                # The database failed at the takeover: try again while the lease holds.
+                _log.warning("petrock.takeover_failed", worker_name=name, error_details=repr(exc))
+                await trio.sleep(leases.interval)
+                continue
             worker._prepare(rt)  # noqa: SLF001 - serve drives the app's parts
             async with trio.open_nursery() as running:
                 await running.start(worker._run)  # noqa: SLF001

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import petrock_trio as pt
 from petrock_trio.stores import Commit, RetryRecord, Store, open_store
-from petrock_trio.testing import memory_database, serving, wait_until
+from petrock_trio.testing import FaultyStore, memory_database, serving, wait_until
 from tests.support import Add, Echoed
 from tests.test_http import api
 
@@ -306,3 +306,32 @@ async def test_prometheus_shows_which_process_runs_each_worker(tmp_path: Path) -
         # The first process took every lease; the second stands by for all of them.
         assert await held(one) == dict.fromkeys(WORKERS, 1.0)
         assert await held(two) == dict.fromkeys(WORKERS, 0.0)
+
+
+async def test_a_takeover_that_cannot_read_the_store_tries_again(tmp_path: Path) -> None:
+    class FailingOnce(FaultyStore):
+        calls = 0
+
+        async def positions(self) -> dict[str, int]:
+            self.calls += 1
+            if self.calls == 2:  # the first read after the lease was taken
+                raise pt.StoreError("injected: database unavailable")
+            return await super().positions()
+
+    handled: list[str] = []
+    store = FailingOnce(open_store(str(tmp_path / "log.db")))
+    app = pt.App(store=store, leases=True, lease_ttl=0.5)
+    app.register_command(Add)
+    worker: pt.PatternWorker[None] = pt.PatternWorker("w")
+
+    @worker.on_command("test/add")
+    async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+        handled.append(cmd.key)
+
+    app.register_worker(worker)
+    async with serving(app):
+        await wait_until(lambda: worker.statistics().running, timeout=5)
+        await app.execute(Add("k"))
+        await app.caught_up()
+    assert handled == ["k"]
+    assert store.calls >= 3
