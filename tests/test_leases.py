@@ -110,6 +110,30 @@ class TestStoreLeases:
         finally:
             await b.aclose()
 
+    @pytest.mark.postgres
+    async def test_postgres_holder_of_another_role_is_seen_alive(self, postgres_url: str) -> None:
+        """pg_stat_activity hides another role's backend start time: the pid must do."""
+        import psycopg  # noqa: PLC0415 - only where the server exists
+
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            schema = conn.execute("SELECT current_schema()").fetchone()
+            assert schema is not None
+            conn.execute(
+                "DO $$ BEGIN CREATE ROLE petrock_other LOGIN;"
+                " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            )
+            conn.execute(f"GRANT ALL ON SCHEMA {schema[0]} TO petrock_other")
+        other_url = postgres_url.replace("user=postgres", "user=petrock_other")
+        assert other_url != postgres_url
+        b = await _open(other_url)  # creates the tables, so it may use them
+        a = await _open(postgres_url)
+        try:
+            assert await _take(a, "a", ["w"], 3600) == {"w": 1}
+            assert await _take(b, "b", ["w"], 30) == {}
+        finally:
+            await a.aclose()
+            await b.aclose()
+
     async def test_retry_state_is_cleared_by_the_position_that_passes_it(
         self, database: str
     ) -> None:

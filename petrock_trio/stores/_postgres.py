@@ -522,7 +522,9 @@ WHERE leases.expires_at < """
     + _NOW
     + b"""
    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                  WHERE a.pid = leases.backend_pid AND a.backend_start = leases.backend_start)
+                  WHERE a.pid = leases.backend_pid
+                  -- Hidden (NULL) for another role's sessions: the pid alone then.
+                  AND (a.backend_start IS NULL OR a.backend_start = leases.backend_start))
 """
 )
 
