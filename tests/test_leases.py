@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -359,3 +360,45 @@ async def test_a_takeover_that_cannot_read_the_store_tries_again(tmp_path: Path)
         await app.caught_up()
     assert handled == ["k"]
     assert store.calls >= 3
+
+
+async def test_a_holder_cut_off_from_the_database_stops_before_another_takes_over(
+    tmp_path: Path,
+) -> None:
+    """Cut off, a holder cannot renew: it stops its workers once ``ttl`` has passed since
+    its last renewal began, which is before the store lets anyone else take them."""
+
+    class CutOff(FaultyStore):
+        cut = False
+
+        async def leases(
+            self,
+            holder: str,
+            held: Mapping[str, int],
+            wanted: Sequence[str],
+            *,
+            ttl: float,
+            now: float,
+        ) -> dict[str, int]:
+            if self.cut:
+                raise pt.StoreError("injected: network unreachable")
+            return await super().leases(holder, held, wanted, ttl=ttl, now=now)
+
+    database = str(tmp_path / "log.db")
+    ttl = 1.0
+    first = _build(database, ttl=ttl)
+    store = CutOff(open_store(database))
+    first.store = store
+    second = _build(database, ttl=ttl)
+    async with serving(first), serving(second):
+        assert set(first.inspect()["leases"]["held"]) == set(WORKERS)
+        store.cut = True
+        cut_at = trio.current_time()
+        await wait_until(lambda: not first.inspect()["leases"]["held"], timeout=5)
+        stopped_after = trio.current_time() - cut_at
+        await wait_until(lambda: set(second.inspect()["leases"]["held"]) == set(WORKERS), timeout=5)
+        taken_after = trio.current_time() - cut_at
+        workers = list(first.workers.values())
+        assert all(isinstance(w, pt.PatternWorker) and not w.statistics().running for w in workers)
+    assert stopped_after <= ttl + 0.1
+    assert stopped_after <= taken_after
