@@ -49,6 +49,7 @@ class Feed:
         self.routes: frozenset[str] | None = None if routes is None else frozenset(routes)
         self.position: AsyncValue[int] = AsyncValue(position)
         self.attached = False
+        self.closed = False
         self.detaches = 0
         self._send, self._receive = trio.open_memory_channel[Page](capacity)
         self._idle = False
@@ -81,12 +82,16 @@ class Feed:
         self.position.value = max(self.position.value, position)
 
     async def next_page(self) -> Page:
-        """The next page to handle; routed rows after ``position`` are all that matter."""
+        """The next page to handle; routed rows after ``position`` are all that matter.
+
+        Raises ``trio.EndOfChannel`` once the feed is closed and what it held is handled.
+        """
         while True:
             try:
                 return self._receive.receive_nowait()
             except trio.WouldBlock:
-                pass
+                if self.closed:
+                    raise trio.EndOfChannel from None
             # Channel empty and nothing in hand: every page sent has been handled, so
             # pages skipped since then are done too.
             self.advance(self._skip_to)
@@ -119,7 +124,10 @@ class Feed:
         self._skip_to = self.position.value
 
     def close(self) -> None:
+        """No more pages: a subscriber waiting in :meth:`next_page` gets EndOfChannel."""
+        self.closed = True
         self.pump.detach(self)
+        self.pump.forget(self)
         self._send.close()
 
 
@@ -177,12 +185,17 @@ class LogPump:
         return feed
 
     def try_attach(self, feed: Feed) -> bool:
-        if feed.position.value < self.position.value:
+        if feed.closed or feed.position.value < self.position.value:
             return False
         feed.attached = True
         self._attached[feed] = None
         self._any_attached.value = len(self._attached)
         return True
+
+    def forget(self, feed: Feed) -> None:
+        """Drop a closed feed (a worker another process took over, or a stopped one)."""
+        if feed in self._feeds:
+            self._feeds.remove(feed)
 
     def detach(self, feed: Feed) -> None:
         if feed.attached:

@@ -389,7 +389,12 @@ class PatternWorker(Generic[S]):
         saved = self._saved
         routes = self._routes
         while not rt.stopping.is_set():
-            page = await self._interruptible(rt, feed.next_page)
+            try:
+                # Graceful shutdown closes the feed (see _stop): cheaper than a cancel
+                # scope around every wait for a page.
+                page = await feed.next_page()
+            except trio.EndOfChannel:
+                raise _Stop from None
             async with self._lock:
                 await self._handle_page(rt, feed, page, routes, saved)
             feed.advance(page.last)
@@ -809,6 +814,8 @@ class PatternWorker(Generic[S]):
         """Interrupt waits (never running handlers) for graceful shutdown."""
         for scope in self._wait_scopes:
             scope.cancel()
+        if self._feed is not None:
+            self._feed.close()
         if self._redrive is not None:
             self._redrive.close()
 
