@@ -152,6 +152,8 @@ class PatternWorker(Generic[S]):
         # The page in hand and the deadline of the handler running under it (see
         # _watchdog); inf while no handler runs.
         self._page_scope: trio.CancelScope | None = None
+        self._handling = False  # a page is being handled: the watchdog keeps watch
+        self._cursor = 0
         self._deadline = math.inf
         self._busy = trio.Event()
         self._runs = 0
@@ -387,76 +389,84 @@ class PatternWorker(Generic[S]):
         feed = self._feed
         assert feed is not None
         saved = self._saved
-        routes = self._routes
+        page: Page | None = None  # the page in hand: its routed rows from _cursor on
+        indexes: list[int] = []
         while not rt.stopping.is_set():
-            try:
-                # Graceful shutdown closes the feed (see _stop): cheaper than a cancel
-                # scope around every wait for a page.
-                page = await feed.next_page()
-            except trio.EndOfChannel:
-                raise _Stop from None
-            async with self._lock:
-                await self._handle_page(rt, feed, page, routes, saved)
-            feed.advance(page.last)
-            rt.flusher.touch()
-
-    async def _handle_page(
-        self,
-        rt: Runtime,
-        feed: Feed,
-        page: Page,
-        routes: dict[str, _Route],
-        saved: int,
-    ) -> None:
-        rows = page.rows
-        indexes = list(page.routed(routes, after=feed.position.value))
-        report = rt.wants_completed()
-        i = 0
-        while i < len(indexes):
-            # One cancel scope serves the first attempts of a whole page; the watchdog
-            # cancels it when a handler overruns. The handler that overran is at i.
+            # One cancel scope serves the first attempts of page after page, until the
+            # watchdog cancels it because a handler overran: the one at _cursor.
             with trio.CancelScope() as scope:
                 self._page_scope = scope
-                self._busy.set()
-                done = 0
                 try:
-                    while i < len(indexes):
-                        if rt.stopping.is_set():
-                            raise _Stop
-                        index = indexes[i]
-                        row = rows[index]
-                        if row.id <= saved:
-                            await self._replay_one(rt, page, index, row)
-                        elif (message := self._ready(rt, page, index, row)) is None:
-                            await self._handle_live(rt, page, index, row, scope=scope)
-                        else:
-                            # The common case, kept short: a first attempt that succeeds.
-                            self._in_flight = 1
-                            started = trio.current_time()
-                            route = routes[row.name]
-                            error = await self._attempt(
-                                rt, route, message, started=started, scope=scope, report=report
-                            )
-                            self._in_flight = 0
-                            if error is None:
-                                now = trio.current_time()
-                                self._metrics.handled(now, now - started)
-                            else:
-                                await self._handle_live(
-                                    rt, page, index, row, first=(error, started)
-                                )
-                        done = row.id
-                        i += 1
+                    while not rt.stopping.is_set():
+                        if page is None:
+                            try:
+                                # Graceful shutdown closes the feed (see _stop): cheaper
+                                # than a cancel scope around every wait for a page.
+                                page = await feed.next_page()
+                            except trio.EndOfChannel:
+                                raise _Stop from None
+                            indexes = list(page.routed(self._routes, after=feed.position.value))
+                            self._cursor = 0
+                        async with self._lock:
+                            await self._handle_page(rt, feed, page, indexes, saved)
+                        feed.advance(page.last)
+                        rt.flusher.touch()
+                        page = None
                 finally:
-                    # The position moves once per page (and with every commit that carries
-                    # it), not per message: nothing else reads it in between.
-                    feed.advance(done)
                     self._page_scope = None
-                    self._deadline = math.inf
             if scope.cancelled_caught:
-                await self._timed_out(rt, page, indexes[i], live=rows[indexes[i]].id > saved)
-                feed.advance(rows[indexes[i]].id)
+                assert page is not None
+                index = indexes[self._cursor]
+                async with self._lock:
+                    await self._timed_out(rt, page, index, live=page.rows[index].id > saved)
+                feed.advance(page.rows[index].id)
+                self._cursor += 1
+
+    async def _handle_page(
+        self, rt: Runtime, feed: Feed, page: Page, indexes: list[int], saved: int
+    ) -> None:
+        """Handle the routed rows ``indexes[_cursor:]`` of ``page``, in order."""
+        rows = page.rows
+        routes = self._routes
+        scope = self._page_scope
+        report = rt.wants_completed()
+        self._handling = True
+        self._busy.set()
+        done = 0
+        i = self._cursor
+        try:
+            while i < len(indexes):
+                if rt.stopping.is_set():
+                    raise _Stop
+                self._cursor = i
+                index = indexes[i]
+                row = rows[index]
+                if row.id <= saved:
+                    await self._replay_one(rt, page, index, row)
+                elif (message := self._ready(rt, page, index, row)) is None:
+                    await self._handle_live(rt, page, index, row, scope=scope)
+                else:
+                    # The common case, kept short: a first attempt that succeeds.
+                    self._in_flight = 1
+                    started = trio.current_time()
+                    error = await self._attempt(
+                        rt, routes[row.name], message, started=started, scope=scope, report=report
+                    )
+                    self._in_flight = 0
+                    if error is None:
+                        now = trio.current_time()
+                        self._metrics.handled(now, now - started)
+                    else:
+                        await self._handle_live(rt, page, index, row, first=(error, started))
+                done = row.id
                 i += 1
+            self._cursor = i
+        finally:
+            # The position moves once per page (and with every commit that carries it),
+            # not per message: nothing else reads it in between.
+            feed.advance(done)
+            self._handling = False
+            self._deadline = math.inf
 
     async def _timed_out(self, rt: Runtime, page: Page, index: int, *, live: bool) -> None:
         """The handler at ``index`` overran under the page scope: the rest of its story."""
@@ -501,11 +511,11 @@ class PatternWorker(Generic[S]):
         with scope:
             while True:
                 await self._busy.wait()
-                while (page := self._page_scope) is not None:
+                while self._handling:
                     now = trio.current_time()
-                    if self._deadline <= now:
+                    if self._deadline <= now and self._page_scope is not None:
                         self._deadline = math.inf
-                        page.cancel()
+                        self._page_scope.cancel()
                     await trio.sleep_until(min(self._deadline, now + shortest))
                 self._busy = trio.Event()
 

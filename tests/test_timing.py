@@ -199,3 +199,36 @@ class TestRetryDelays:
 
     def test_cap(self) -> None:
         assert math.isclose(pt.Backoff().delay(50), 30.0)
+
+
+async def test_timeouts_inside_one_page_keep_order_and_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Handlers that overrun in the middle of a page are cut off at their own deadline;
+    the rest of the page goes on after their retries, in order."""
+    seen: list[tuple[float, str, int]] = []
+    with pt.testing.memory_database() as database:
+        async with pt.open_log(database, commands=[Add]) as log:
+            await log.append(*(Add(f"k{i}") for i in range(4)))  # one page
+        app = pt.App(database=database)
+        app.register_command(Add)
+        worker: pt.PatternWorker[None] = pt.PatternWorker("paged", retry=pt.Backoff())
+
+        @worker.on_command("test/add")
+        async def handler(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            seen.append((trio.current_time(), cmd.key, ctx.attempt))
+            if cmd.key in {"k1", "k3"} and ctx.attempt == 1:
+                await trio.sleep(60)  # far past the 5 s timeout
+
+        app.register_worker(worker)
+        async with serving(app):
+            start = trio.current_time()
+            await app.caught_up()
+    assert [(t - start, key, attempt) for t, key, attempt in seen] == [
+        (0, "k0", 1),
+        (0, "k1", 1),
+        (6, "k1", 2),  # cut off at 5, retried 1 s later
+        (6, "k2", 1),
+        (6, "k3", 1),
+        (12, "k3", 2),
+    ]
