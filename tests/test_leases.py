@@ -7,9 +7,10 @@ processes and kills one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -402,3 +403,33 @@ async def test_a_holder_cut_off_from_the_database_stops_before_another_takes_ove
         assert all(isinstance(w, pt.PatternWorker) and not w.statistics().running for w in workers)
     assert stopped_after <= ttl + 0.1
     assert stopped_after <= taken_after
+
+
+async def test_sqlite_without_inotify_polls_for_other_processes_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where inotify is missing (not Linux), the watch polls data_version instead."""
+    from petrock_trio.stores import _sqlite  # noqa: PLC0415 - the seam under test
+
+    @contextlib.contextmanager
+    def no_inotify(path: str) -> Iterator[None]:
+        yield None
+
+    monkeypatch.setattr(_sqlite, "_wal_changes", no_inotify)
+    database = str(tmp_path / "log.db")
+    handled: list[str] = []
+    follower = pt.App(database=database)
+    follower.register_command(Add)
+    worker: pt.PatternWorker[None] = pt.PatternWorker("follower")
+
+    @worker.on_command("test/add")
+    async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+        handled.append(cmd.key)
+
+    follower.register_worker(worker)
+    writer = pt.App(database=database)
+    writer.register_command(Add)
+    async with serving(follower), serving(writer):
+        await trio.sleep(1.5)  # idle: the poll has slowed down to once a second
+        await writer.execute(Add("late"))
+        await wait_until(lambda: handled == ["late"], timeout=5)

@@ -84,8 +84,7 @@ _HEAD: Final = "SELECT coalesce(max(id), 0) FROM messages"
 # The slowest a follower polls for other processes' appends where inotify is missing.
 _MAX_POLL_INTERVAL: Final = 1.0
 # After a write to the log, when to look for its commit (seconds after the previous
-# look): about the time of a sync, in all 0.1 s. The first look waits a little too,
-# which also spaces out the looks under a stream of appends.
+# look, or at the next write): about the time of a sync, in all 0.1 s.
 _LOOKS_AFTER_A_WRITE: Final = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.04)
 
 _UPSERT_RETRY: Final = """
@@ -307,34 +306,25 @@ class SQLiteStore:
         try:
             with _wal_changes(self.path) as changes:
                 version = _data_version(conn)
-                idle = self.watch_interval
-                while True:
-                    if changes is None:
-                        await trio.sleep(idle)
-                        looks: tuple[float, ...] = (0.0,)
-                    else:
-                        # The safety look covers a log file replaced behind the watch.
-                        with trio.move_on_after(_MAX_POLL_INTERVAL * 5):
-                            await changes.wait()
-                        # The log is written before the commit shows (the writer syncs
-                        # in between): look again, sooner first, until it does.
-                        looks = _LOOKS_AFTER_A_WRITE
-                    for delay in looks:
-                        await trio.sleep(delay)
-                        try:
-                            now = _data_version(conn)
-                            if now != version:
-                                version = now
-                                (head,) = conn.execute(_HEAD).fetchone()
-                                publish(int(head))
-                                idle = self.watch_interval
-                                break
-                        except sqlite3.Error as exc:
-                            # The pump's own reads report a failing database.
-                            _log.warning("petrock.sqlite_watch_failed", error=str(exc))
-                            break
-                    else:
-                        idle = min(idle * 2, _MAX_POLL_INTERVAL)
+
+                def look() -> bool:
+                    nonlocal version
+                    try:
+                        now = _data_version(conn)
+                        if now == version:
+                            return False
+                        version = now
+                        (head,) = conn.execute(_HEAD).fetchone()
+                        publish(int(head))
+                    except sqlite3.Error as exc:
+                        # The pump's own reads report a failing database.
+                        _log.warning("petrock.sqlite_watch_failed", error=str(exc))
+                    return True
+
+                if changes is None:
+                    await _poll(look, self.watch_interval)
+                else:
+                    await _follow(look, changes)
         finally:
             conn.close()
 
@@ -466,6 +456,34 @@ def _wal_changes(path: str) -> Iterator[_Changes | None]:
         # Wake any task waiting on the descriptor before its number can be reused.
         trio.lowlevel.notify_closing(notify.fileno())
         notify.close()
+
+
+async def _follow(look: Callable[[], bool], changes: _Changes) -> None:
+    """Look whenever the write-ahead log is written, until the commit shows."""
+    while True:
+        # The safety look covers a log file replaced behind the watch.
+        with trio.move_on_after(_MAX_POLL_INTERVAL * 5) as idle:
+            await changes.wait()
+        if idle.cancelled_caught:
+            look()
+            continue
+        # The log is written before the commit shows (the writer syncs in between):
+        # look again, sooner first, until it does; another write starts over.
+        attempt = 0
+        while attempt < len(_LOOKS_AFTER_A_WRITE):
+            with trio.move_on_after(_LOOKS_AFTER_A_WRITE[attempt]) as waited:
+                await changes.wait()
+            if look():
+                break
+            attempt = attempt + 1 if waited.cancelled_caught else 0
+
+
+async def _poll(look: Callable[[], bool], interval: float) -> None:
+    """Look every ``interval`` seconds after a change, slowing down to once a second."""
+    idle = interval
+    while True:
+        await trio.sleep(idle)
+        idle = min(idle * 2, _MAX_POLL_INTERVAL) if not look() else interval
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
