@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -291,19 +292,25 @@ class TestRetryStateSurvivesRestart:
         assert letter.first_failed_at.timestamp() == pt.TrioWallClock().epoch
 
 
+def _recording(**app_options: Any) -> tuple[pt.App, pt.PatternWorker[None], list[str]]:
+    """An app with one worker that records the keys of the Adds it handles."""
+    handled: list[str] = []
+    app = pt.App(**app_options)
+    app.register_command(Add)
+    worker: pt.PatternWorker[None] = pt.PatternWorker("follower")
+
+    @worker.on_command("test/add")
+    async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+        handled.append(cmd.key)
+
+    app.register_worker(worker)
+    return app, worker, handled
+
+
 class TestAppendsFromAnotherProcess:
     async def test_wake_a_follower_without_polling_the_table(self, database: str) -> None:
         """SQLite: PRAGMA data_version; PostgreSQL: LISTEN/NOTIFY."""
-        handled: list[str] = []
-        follower = pt.App(database=database, leases=False)
-        follower.register_command(Add)
-        worker: pt.PatternWorker[None] = pt.PatternWorker("follower")
-
-        @worker.on_command("test/add")
-        async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
-            handled.append(cmd.key)
-
-        follower.register_worker(worker)
+        follower, _, handled = _recording(database=database, leases=False)
         writer = pt.App(database=database, leases=False)
         writer.register_command(Add)
         async with serving(follower), serving(writer):
@@ -344,17 +351,8 @@ async def test_a_takeover_that_cannot_read_the_store_tries_again(tmp_path: Path)
                 raise pt.StoreError("injected: database unavailable")
             return await super().positions()
 
-    handled: list[str] = []
     store = FailingOnce(open_store(str(tmp_path / "log.db")))
-    app = pt.App(store=store, leases=True, lease_ttl=0.5)
-    app.register_command(Add)
-    worker: pt.PatternWorker[None] = pt.PatternWorker("w")
-
-    @worker.on_command("test/add")
-    async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
-        handled.append(cmd.key)
-
-    app.register_worker(worker)
+    app, worker, handled = _recording(store=store, leases=True, lease_ttl=0.5)
     async with serving(app):
         await wait_until(lambda: worker.statistics().running, timeout=5)
         await app.execute(Add("k"))
@@ -417,16 +415,7 @@ async def test_sqlite_without_inotify_polls_for_other_processes_appends(
 
     monkeypatch.setattr(_sqlite, "_wal_changes", no_inotify)
     database = str(tmp_path / "log.db")
-    handled: list[str] = []
-    follower = pt.App(database=database)
-    follower.register_command(Add)
-    worker: pt.PatternWorker[None] = pt.PatternWorker("follower")
-
-    @worker.on_command("test/add")
-    async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
-        handled.append(cmd.key)
-
-    follower.register_worker(worker)
+    follower, _, handled = _recording(database=database)
     writer = pt.App(database=database)
     writer.register_command(Add)
     async with serving(follower), serving(writer):
