@@ -674,7 +674,7 @@ class PatternWorker(Generic[S]):
         if rt.leases is not None:
             await rt.leases.ensure(self.name)
         ctx = HandlerContext(rt, self.name, message, is_replay=False, attempt=attempt)
-        limit = route.timeout if route.timeout is not None else self.handler_timeout
+        limit = self._limit(route.name)
         error = await self._call(route, ctx, message, started + limit, scope)
         if error is not None:
             return error
