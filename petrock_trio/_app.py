@@ -76,6 +76,9 @@ class App:
 
     ``database`` is a SQLite file path, ``":memory:"`` or a ``postgresql://`` URL
     (or pass an opened-on-serve ``store`` object instead).
+    ``leases`` makes each worker run in one of the processes sharing the log, taken
+    over within ``lease_ttl`` seconds when that process stops answering (default: on
+    for PostgreSQL, off for SQLite; see docs/scaling.md).
     Run it with ``trio.run(petrock_trio.serve, app)`` or ``await nursery.start(serve, app)``.
     """
 
