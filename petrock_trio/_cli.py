@@ -1,40 +1,28 @@
-"""Command line: ``petrock-trio``."""
+"""Command line: ``petrock-trio``.
+
+The click group and the commands that run an app (``serve``, ``demo``) live here; the
+commands that read one (``inspect``, ``dead-letters``, ``log tail``) are in ``_cli_read``.
+"""
 
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import click
-import httpx
-import orjson
 import trio
-from rich.console import Console
-from rich.table import Table
 
-from ._app import App, DeadLetter
+from ._app import App
+from ._cli_read import dead_letters, inspect_command, log_group
+from ._console import console, start_serving
 from ._http import serve_http
 from ._logging import configure_logging
-from ._message import Row
-from ._open import open_log
-from ._serve import serve
 
 __all__ = ["console", "main", "start_serving"]
-
-_URL_HELP = "Base URL of a running app's HTTP API, e.g. http://127.0.0.1:8000."
-_DATABASE_HELP = "SQLite file of an app, read directly (the app may be running or not)."
-
-
-def console() -> Console:
-    # Piped output (logs, CI) is not cut to 80 columns.
-    return Console(width=None if sys.stdout.isatty() else 140)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,74 +40,6 @@ def main(log_level: str, json_logs: bool | None) -> None:
 
 
 # --- serving ----------------------------------------------------------------------------
-
-
-class _Live(trio.TaskStatus[None]):
-    """What ``serve`` reports to: unlike ``nursery.start``, it lets ``serve`` end first."""
-
-    def __init__(self) -> None:
-        self.live = False
-        self.settled = trio.Event()
-
-    def started(self, value: None = None) -> None:  # noqa: ARG002 - the protocol's signature
-        self.live = True
-        self.settled.set()
-
-
-async def start_serving(
-    nursery: trio.Nursery, app: App, out: Console, *, then: Callable[[], None] | None = None
-) -> bool:
-    """Start ``serve(app)`` in ``nursery`` and show replay progress until it is live.
-
-    ``then`` runs when ``serve`` returns (after a signal or ``app.stop()``). Returns
-    False when ``serve`` ended during start-up, stopped by a signal before it was live.
-    """
-    status = _Live()
-
-    async def run() -> None:
-        try:
-            await serve(app, task_status=status)
-        finally:
-            status.settled.set()
-            if not status.live:
-                out.print("stopped during start-up")
-            if then is not None:
-                then()
-
-    started = trio.current_time()
-    with out.status("opening the log…") as spinner:
-        async with trio.open_nursery() as progress:
-            progress.start_soon(_show_replay, app, out, spinner.update, started)
-            nursery.start_soon(run)
-            await status.settled.wait()
-            progress.cancel_scope.cancel()
-    if not status.live:
-        return False
-    head = app.inspect()["head"]
-    out.print(f"replayed the log (head {head}) in {trio.current_time() - started:.1f} s")
-    return True
-
-
-async def _show_replay(
-    app: App, out: Console, update: Callable[[str], None], started: float
-) -> None:
-    printed = started
-    while True:
-        report = app.inspect()
-        head = report["head"]
-        if head is not None:
-            slowest = min(report["positions"].values(), default=head)
-            line = (
-                f"replaying the log: state at {report['projection']['position']}/{head}, "
-                f"slowest worker at {slowest}/{head}"
-            )
-            update(line)
-            # Off a terminal the spinner draws nothing: a line now and then instead.
-            now = trio.current_time()
-            if not out.is_terminal and now - printed >= 1.0:
-                out.print(line)
-                printed = now
-        await trio.sleep(0.1)
 
 
 def _load_app(target: str) -> App:
@@ -257,264 +177,11 @@ def demo(
     sys.exit(0 if ok else 1)
 
 
-# --- reading an app ---------------------------------------------------------------------
+# --- reading an app (the commands are defined in _cli_read) ----------------------------
 
-
-def _call(method: str, url: str, path: str, token: str | None = None) -> Any:
-    """The JSON answer of a running app; its errors become a clean exit 1."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    target = url.rstrip("/") + path
-    try:
-        response = httpx.request(method, target, headers=headers, timeout=120.0)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach {target}: {exc}") from exc
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.is_error:
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        detail = error.get("message") or response.reason_phrase
-        raise click.ClickException(f"{response.status_code} {error.get('type', '')}: {detail}")
-    return body
-
-
-def _one_source(url: str | None, database: Path | None) -> None:
-    if (url is None) == (database is None):
-        raise click.UsageError("give either --url or --database")
-
-
-async def _offline_report(database: str, worker: str | None = None) -> dict[str, Any]:
-    async with open_log(database) as log:
-        head = await log.store.head()
-        positions = await log.store.positions()
-        letters = await log.store.dead_letters(worker)
-    return {
-        "database": database,
-        "head": head,
-        "positions": positions,
-        "dead_letters": [DeadLetter.from_record(d).to_dict() for d in letters],
-    }
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-
-
-def _dead_letter_table(letters: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"Dead letters ({len(letters)})")
-    for column in ("worker", "message", "command", "attempts", "last failed", "error"):
-        table.add_column(column, overflow="fold")
-    for d in letters:
-        table.add_row(
-            d["worker"],
-            str(d["message_id"]),
-            d["command_name"],
-            str(d["attempts"]),
-            d["last_failed_at"],
-            d["error"],
-        )
-    return table
-
-
-def _live_tables(report: dict[str, Any], letters: list[dict[str, Any]]) -> list[Table]:
-    health = report["health"]
-    workers = Table(
-        title=f"{report['database']}: head {report['head']}, "
-        f"state at {report['projection']['position']}, {health['status']}"
-    )
-    workers.add_column("worker", no_wrap=True)
-    for column in ("health", "position", "lag", "processed", "failed", "dead", "msg/s", "p95 ms"):
-        workers.add_column(column)
-    workers.add_column("last error", overflow="fold")
-    for name, info in report["workers"].items():
-        m = info["metrics"]
-        reasons = info["health"]["reasons"]
-        workers.add_row(
-            name,
-            info["health"]["status"] + (f" ({'; '.join(reasons)})" if reasons else ""),
-            str(info["position"]),
-            str(info["lag"]),
-            str(m["processed"]),
-            str(m["failed"]),
-            str(m["dead_lettered"]),
-            f"{m['messages_per_second']:.1f}",
-            f"{m['handler_time_p95'] * 1000:.2f}",
-            info.get("last_error") or "",
-        )
-    return [workers, _dead_letter_table(letters)]
-
-
-def _offline_tables(report: dict[str, Any]) -> list[Table]:
-    head = report["head"]
-    letters = report["dead_letters"]
-    workers = Table(title=f"{report['database']}: head {head} (read from the database)")
-    for column in ("worker", "position", "lag", "dead letters"):
-        workers.add_column(column)
-    for name, position in sorted(report["positions"].items()):
-        dead = sum(1 for d in letters if d["worker"] == name)
-        workers.add_row(name, str(position), str(max(0, head - position)), str(dead))
-    return [workers, _dead_letter_table(letters)]
-
-
-@main.command("inspect")
-@click.option("--url", help=_URL_HELP)
-@click.option(
-    "--database", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_DATABASE_HELP
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def inspect_command(url: str | None, database: Path | None, as_json: bool) -> None:
-    """Show the log head, the workers' positions and the dead letters.
-
-    With --url, a running app's full report (health, lag, rates, handler times, last
-    errors); with --database, what the database holds: head, saved positions and dead
-    letters.
-    """
-    _one_source(url, database)
-    if url is not None:
-        report = _call("GET", url, "/inspect")
-        report["dead_letters"] = _call("GET", url, "/dead-letters")["dead_letters"]
-        tables = _live_tables(report, report["dead_letters"])
-    else:
-        report = trio.run(_offline_report, str(database))
-        tables = _offline_tables(report)
-    if as_json:
-        _echo_json(report)
-        return
-    out = console()
-    for table in tables:
-        out.print(table)
-
-
-@main.group("dead-letters")
-def dead_letters() -> None:
-    """List dead letters, or re-drive one through a running app."""
-
-
-@dead_letters.command("list")
-@click.option("--url", help=_URL_HELP)
-@click.option(
-    "--database", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_DATABASE_HELP
-)
-@click.option("--worker", help="Only this worker's dead letters.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def dead_letters_list(
-    url: str | None, database: Path | None, worker: str | None, as_json: bool
-) -> None:
-    """List the messages workers gave up on, oldest failure first."""
-    _one_source(url, database)
-    if url is not None:
-        query = "?" + str(httpx.QueryParams({"worker": worker})) if worker else ""
-        letters = _call("GET", url, "/dead-letters" + query)["dead_letters"]
-    else:
-        letters = trio.run(_offline_report, str(database), worker)["dead_letters"]
-    if as_json:
-        _echo_json(letters)
-    else:
-        console().print(_dead_letter_table(letters))
-
-
-@dead_letters.command("retry")
-@click.argument("worker")
-@click.argument("message_id", type=click.IntRange(min=1))
-@click.option("--url", required=True, help=_URL_HELP)
-@click.option(
-    "--token",
-    envvar="PETROCK_TRIO_TOKEN",
-    help="The app's bearer token, if it has one (also read from PETROCK_TRIO_TOKEN).",
-)
-def dead_letters_retry(worker: str, message_id: int, url: str, token: str | None) -> None:
-    """Have WORKER handle dead-lettered message MESSAGE_ID again, in a running app.
-
-    Exits 0 when the worker handled it (the dead letter is gone) and 1 when it failed
-    again (the dead letter stays, with its attempts added up).
-    """
-    path = f"/dead-letters/{quote(worker, safe='')}/{message_id}/redrive"
-    result = _call("POST", url, path, token)
-    if result["resolved"]:
-        click.echo(f"message {message_id} handled by {worker}; dead letter resolved")
-        return
-    letter = result["dead_letter"]
-    click.echo(
-        f"message {message_id} failed again in {worker} "
-        f"({letter['attempts']} attempts): {letter['error']}"
-    )
-    sys.exit(1)
-
-
-# --- the log ----------------------------------------------------------------------------
-
-
-@main.group("log")
-def log_group() -> None:
-    """Read an app's message log."""
-
-
-def _row_json(row: Row) -> dict[str, Any]:
-    try:
-        payload: Any = orjson.loads(row.payload)
-    except orjson.JSONDecodeError:
-        payload = row.payload.decode("utf-8", errors="replace")
-    return {
-        "id": row.id,
-        "timestamp": datetime.fromtimestamp(row.timestamp, UTC).isoformat(),
-        "name": row.name,
-        "payload": payload,
-    }
-
-
-def _print_row(row: Row, *, as_json: bool) -> None:
-    data = _row_json(row)
-    if as_json:
-        click.echo(orjson.dumps(data).decode())
-    else:
-        payload = row.payload.decode("utf-8", errors="replace")
-        click.echo(f"{row.id:>8}  {data['timestamp']}  {row.name}  {payload}")
-
-
-async def _tail(database: str, lines: int, follow: bool, as_json: bool, interval: float) -> None:
-    async with open_log(database) as log:
-        head = await log.store.head()
-        last = max(0, head - lines)
-        for row in await log.store.read_after(last, lines):
-            _print_row(row, as_json=as_json)
-            last = row.id
-        if not follow:
-            return
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(stop_on_signal)
-                # Another process appends: nothing here is told, so look every interval.
-                while True:
-                    for row in await log.store.read_after(last, 1000):
-                        _print_row(row, as_json=as_json)
-                        last = row.id
-                    await trio.sleep(interval)
-
-
-@log_group.command("tail")
-@click.option(
-    "--database",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help=_DATABASE_HELP,
-)
-@click.option(
-    "-n", "--lines", default=20, show_default=True, type=click.IntRange(min=1), help="How many."
-)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new messages until Ctrl-C.")
-@click.option(
-    "--interval", default=0.5, show_default=True, help="Seconds between looks (--follow)."
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def log_tail(database: Path, lines: int, follow: bool, interval: float, as_json: bool) -> None:
-    """Print the last messages of a database: id, time (UTC), command name and payload."""
-    trio.run(_tail, str(database), lines, follow, as_json, interval)
+main.add_command(inspect_command)
+main.add_command(dead_letters)
+main.add_command(log_group)
 
 
 def run(argv: list[str] | None = None) -> Any:

@@ -11,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._app import App
+from ._console import console as make_console
+from ._console import start_serving
 from ._errors import ValidationError
 from ._health import Health
 from ._http import serve_http
@@ -72,9 +74,6 @@ async def run_demo(
         SummarizerService,
         serve_summarizer,
     )
-
-    from ._cli import console as make_console  # noqa: PLC0415 - the CLI imports this module
-    from ._cli import start_serving  # noqa: PLC0415
 
     console = make_console()
     async with trio.open_nursery() as nursery:
