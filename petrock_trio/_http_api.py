@@ -1,0 +1,277 @@
+"""The HTTP API's endpoints, and how they refuse a request: JSON errors, bounded bodies.
+
+:func:`petrock_trio._http.http_app` routes to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from ._app import App
+from ._errors import (
+    DecodeError,
+    NotRunning,
+    PayloadTooLarge,
+    PetrockError,
+    UnknownCommand,
+    ValidationError,
+)
+from ._health import Health
+from ._http_metrics import AppCollector
+from ._message import Row
+
+__all__ = ["EXCEPTION_HANDLERS", "MAX_MESSAGES", "Api"]
+
+MAX_MESSAGES: Final = 500
+"""The most messages one ``GET /messages`` returns, whatever ``limit`` asks for."""
+
+_DEFAULT_MESSAGES: Final = 50
+
+# The page is inline-only: the policy makes the browser refuse anything fetched from
+# elsewhere, so the dashboard cannot quietly start depending on a CDN.
+_DASHBOARD_POLICY: Final = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class _Refused(Exception):
+    """An HTTP error answered with the JSON error body."""
+
+    def __init__(
+        self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.headers = headers
+
+
+def _error(
+    status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    return _JSON({"error": {"type": kind, "message": message}}, status, headers=headers)
+
+
+# Most specific first: the first match decides the status.
+_STATUS: Final[tuple[tuple[type[PetrockError], int], ...]] = (
+    (UnknownCommand, 400),
+    (DecodeError, 400),
+    (ValidationError, 422),
+    (PayloadTooLarge, 413),
+    (NotRunning, 503),
+)
+
+
+async def _on_refused(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _Refused)
+    return _error(exc.status, exc.kind, exc.message, exc.headers)
+
+
+async def _on_petrock_error(_: Request, exc: Exception) -> Response:
+    status = next((s for kind, s in _STATUS if isinstance(exc, kind)), 500)
+    return _error(status, type(exc).__name__, str(exc))
+
+
+async def _on_http_exception(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+    return _error(exc.status_code, kind, exc.detail, exc.headers)
+
+
+# What http_app hands to Starlette, which copies it into each application.
+EXCEPTION_HANDLERS: Final[
+    Mapping[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]
+] = {
+    _Refused: _on_refused,
+    PetrockError: _on_petrock_error,
+    HTTPException: _on_http_exception,
+}
+
+
+def _int_param(request: Request, name: str, minimum: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _Refused(400, "BadRequest", f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise _Refused(400, "BadRequest", f"{name} must be at least {minimum}")
+    return value
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise _Refused(400, "BadRequest", "Content-Length is not a number") from None
+        if size > limit:
+            raise _Refused(413, "PayloadTooLarge", f"body of {size} bytes exceeds {limit}")
+    # A chunked body, or a client that lied: count what actually arrives.
+    chunks: list[bytes] = []
+    received = 0
+    # Closed here, not by the garbage collector, when the loop stops early.
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            received += len(chunk)
+            if received > limit:
+                raise _Refused(413, "PayloadTooLarge", f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _last_error(app: App, worker: str) -> str | None:
+    return app.workers[worker].metrics().last_error
+
+
+def _dashboard_html() -> str:
+    return resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
+
+
+class Api:
+    """The endpoints of one app; :func:`~petrock_trio._http.http_app` routes to them."""
+
+    def __init__(self, app: App, token: str | None, body_limit: int) -> None:
+        self.app = app
+        self.body_limit = body_limit
+        self._expected = f"Bearer {token}".encode() if token is not None else None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(AppCollector(app))
+        self._page = _dashboard_html()
+
+    def guard(self, request: Request) -> None:
+        """Refuse changes from other sites' pages, and without the token when one is set."""
+        # A page elsewhere can make a browser POST here without reading the answer;
+        # browsers always name the page's origin on such requests.
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            raise _Refused(403, "Forbidden", f"cross-origin request from {origin} refused")
+        if self._expected is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._expected):
+            raise _Refused(
+                401,
+                "Unauthorized",
+                "a valid bearer token is required",
+                {"WWW-Authenticate": 'Bearer realm="petrock-trio"'},
+            )
+
+    async def post_command(self, request: Request) -> Response:
+        self.guard(request)
+        registry = self.app.registry
+        name: str = request.path_params["name"]
+        if not registry.is_registered(name):
+            raise UnknownCommand(
+                f"command {name!r} is not registered with this app", command_name=name
+            )
+        body = await _read_body(request, self.body_limit)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"{name}: body is not valid JSON: {exc}", command_name=name) from exc
+        cmd = registry.structure(name, registry.lookup(name), data)
+        message = await self.app.execute(cmd)
+        return _JSON(
+            {"id": message.id, "name": message.name, "timestamp": message.timestamp.isoformat()},
+            201,
+        )
+
+    async def inspect(self, _: Request) -> Response:
+        report = self.app.inspect()
+        for name, info in report["workers"].items():
+            info["last_error"] = _last_error(self.app, name)
+        return _JSON(report)
+
+    async def health(self, _: Request) -> Response:
+        if not self.app.running:
+            reasons = ["the app is not serving"]
+            return _JSON({"status": Health.UNHEALTHY.value, "reasons": reasons}, 503)
+        report = self.app.health()
+        return _JSON(report.to_dict(), 503 if report.status is Health.UNHEALTHY else 200)
+
+    async def metrics(self, _: Request) -> Response:
+        text = generate_latest(self._registry)
+        return Response(text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def messages(self, request: Request) -> Response:
+        after = _int_param(request, "after", 0)
+        asked = _int_param(request, "limit", 1)
+        limit = _DEFAULT_MESSAGES if asked is None else min(asked, MAX_MESSAGES)
+        log = self.app.log
+        head = log.head.value
+        rows = await log.store.read_after(max(0, head - limit) if after is None else after, limit)
+        return _JSON({"head": head, "messages": [_message(row) for row in rows]})
+
+    async def dead_letters(self, request: Request) -> Response:
+        letters = await self.app.dead_letters(request.query_params.get("worker") or None)
+        return _JSON({"dead_letters": [letter.to_dict() for letter in letters]})
+
+    async def redrive(self, request: Request) -> Response:
+        self.guard(request)
+        worker: str = request.path_params["worker"]
+        message_id: int = request.path_params["message_id"]
+        # Only dead letters: re-driving any other message would handle it a second time.
+        if not any(d.message_id == message_id for d in await self.app.dead_letters(worker)):
+            raise _Refused(
+                404, "NotFound", f"worker {worker!r} has no dead letter for message {message_id}"
+            )
+        try:
+            await self.app.redrive(worker, message_id)
+        except LookupError as exc:
+            raise _Refused(404, "NotFound", str(exc)) from exc
+        left = [d for d in await self.app.dead_letters(worker) if d.message_id == message_id]
+        return _JSON(
+            {
+                "worker": worker,
+                "message_id": message_id,
+                "resolved": not left,
+                "dead_letter": left[0].to_dict() if left else None,
+            }
+        )
+
+    async def dashboard(self, _: Request) -> Response:
+        return HTMLResponse(
+            self._page,
+            headers={"Content-Security-Policy": _DASHBOARD_POLICY, "Cache-Control": "no-store"},
+        )
+
+
+def _message(row: Row) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "timestamp": datetime.fromtimestamp(row.timestamp, UTC).isoformat(),
+        "name": row.name,
+        "payload": _payload(row.payload),
+    }
+
+
+def _payload(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # Not written by this engine; show it rather than fail the whole page.
+        return raw.decode("utf-8", errors="replace")
