@@ -60,3 +60,7 @@ cluster trials="10": setup
 # Load and soak: 100 workers under sustained appends (SECONDS, default 120).
 soak seconds="120": setup
     {{python}} -m tests.soak {{seconds}}
+
+# Lease rounds of 2, then 5 processes at once on one PostgreSQL log: no deadlock (ROUNDS each, default 3000).
+lease-rounds rounds="3000": setup
+    {{python}} -m tests.lease_rounds {{rounds}}
