@@ -6,6 +6,7 @@ from typing import Any as _Any
 from ._app import App as App
 from ._app import DeadLetter as DeadLetter
 from ._app import Feature as Feature
+from ._app import LegacyWorker as LegacyWorker
 from ._clock import SystemClock as SystemClock
 from ._clock import TrioWallClock as TrioWallClock
 from ._clock import WallClock as WallClock
@@ -46,7 +47,6 @@ from ._health import HealthReport as HealthReport
 from ._health import HealthThresholds as HealthThresholds
 from ._http import http_app as http_app
 from ._http import serve_http as serve_http
-from ._legacy import LegacyWorker as LegacyWorker
 from ._legacy import WorkerInfo as WorkerInfo
 from ._log import MessageLog as MessageLog
 from ._logging import configure_logging as configure_logging

@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -15,15 +15,31 @@ from ._commands import CommandRegistry, command_name, validate
 from ._errors import ConfigurationError, NotRunning, UnknownCommand
 from ._events import Hook, StructlogHook
 from ._health import HealthReport
-from ._legacy import LegacyRunner, LegacyWorker
+from ._legacy import LegacyRunner, WorkerInfo
 from ._log import MessageLog
 from ._message import Message
 from ._projection import Applier, Projection
-from ._runtime import Runtime
+from ._run import WorkerRun
+from ._runtime import Run, Runtime
 from ._worker import PatternWorker
 from .stores import DeadLetterRecord, Store
 
-__all__ = ["App", "DeadLetter", "Feature"]
+__all__ = ["App", "DeadLetter", "Feature", "LegacyWorker"]
+
+
+@runtime_checkable
+class LegacyWorker(Protocol):
+    """The old worker interface: the engine calls these; the worker does the rest."""
+
+    def info(self) -> WorkerInfo: ...
+
+    async def start(self, app: App) -> None: ...
+
+    async def replay(self) -> None: ...
+
+    async def work(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class Feature(Protocol):
@@ -169,7 +185,7 @@ class App:
         if isinstance(worker, PatternWorker):
             runner = worker
         elif isinstance(worker, LegacyWorker):
-            runner = LegacyRunner(worker, tick=tick)
+            runner = LegacyRunner(worker, self, tick=tick)
         else:
             raise ConfigurationError(
                 f"{worker!r} is neither a PatternWorker nor an old-style worker "
@@ -177,6 +193,8 @@ class App:
             )
         if runner.name in self.workers:
             raise ConfigurationError(f"a worker named {runner.name!r} is already registered")
+        if isinstance(runner, PatternWorker):
+            runner.freeze()
         self.workers[runner.name] = runner
 
     def _not_running(self, what: str) -> None:
@@ -184,6 +202,26 @@ class App:
             raise ConfigurationError(f"cannot {what} while the app is serving")
 
     # --- running --------------------------------------------------------------------
+
+    def attach(self, rt: Runtime | None) -> None:
+        """Serve on ``rt`` from now on (``None``: no longer serving); called by ``serve``."""
+        self._rt = rt
+
+    def runtime_options(self) -> dict[str, Any]:
+        """What a Runtime needs of the app (``serve`` builds one per serving)."""
+        return {
+            "encode_valid": self.encode_valid,
+            "state_for": self.state_for,
+            "validate_lock": self._validate_lock,
+            "hooks": self.hooks,
+        }
+
+    def open_run(self, name: str, rt: Runtime) -> Run:
+        """A fresh run of worker ``name`` on ``rt``, from what the store holds."""
+        worker = self.workers[name]
+        if isinstance(worker, PatternWorker):
+            return WorkerRun(worker, rt)
+        return worker.prepare(rt)
 
     def uses_leases(self) -> bool:
         """Whether each worker runs in one process only: on by default for PostgreSQL,
@@ -253,17 +291,11 @@ class App:
         out (a message counts once it succeeded or was dead-lettered).
         """
         rt = self._runtime()
-        # Workers that run in another process (leases) are that process's to wait for.
-        feeds = [self.projection.feed] + [
-            w._feed  # noqa: SLF001 - the app drives its workers
-            for w in self.workers.values()
-            if isinstance(w, PatternWorker) and w._rt is not None  # noqa: SLF001
-        ]
         while True:
             target = rt.log.head.value
-            for feed in feeds:
-                if feed is not None:
-                    await feed.position.wait_value(lambda p, t=target: p >= t)
+            # Workers that run in another process (leases) are that process's to wait for.
+            for position in [rt.applied, *rt.flusher.feeds.values()]:
+                await position.wait_value(lambda p, t=target: p >= t)
             await trio.lowlevel.checkpoint()
             if rt.log.head.value == target:
                 return
@@ -287,9 +319,11 @@ class App:
         workers: dict[str, Any] = {}
         for name, worker in self.workers.items():
             metrics = worker.metrics()
+            replayed, target = worker.replay_progress()
             workers[name] = {
                 "name": name,
                 **worker.info(),
+                "replay": {"position": replayed, "target": target},
                 "position": metrics.position,
                 "lag": metrics.lag,
                 "health": worker.health().to_dict(),

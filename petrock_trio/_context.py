@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
 from ._message import Message
 
-if TYPE_CHECKING:
-    from ._runtime import Runtime
+__all__ = ["Emitter", "HandlerContext", "PeriodicContext"]
 
-__all__ = ["HandlerContext", "PeriodicContext"]
+
+class Emitter(Protocol):
+    """What a context needs of the serving app: checking a command, and the wall clock."""
+
+    def encode_valid(self, cmd: object) -> tuple[str, bytes]:
+        """Encode ``cmd`` after checking it against current state; raises the typed errors."""
+        ...
+
+    def clock(self) -> float: ...
+
+
+def _needs_validation(cmd: object) -> bool:
+    return getattr(cmd, "validate", None) is not None
 
 
 class HandlerContext:
@@ -25,10 +36,19 @@ class HandlerContext:
     services so that a repeated call has no second effect.
     """
 
-    __slots__ = ("_log", "_rt", "attempt", "emitted", "is_replay", "message", "worker_name")
+    __slots__ = (
+        "_log",
+        "_rt",
+        "attempt",
+        "emitted",
+        "is_replay",
+        "message",
+        "to_validate",
+        "worker_name",
+    )
 
     def __init__(
-        self, rt: Runtime, worker_name: str, message: Message, *, is_replay: bool, attempt: int
+        self, rt: Emitter, worker_name: str, message: Message, *, is_replay: bool, attempt: int
     ) -> None:
         self._rt = rt
         self.worker_name = worker_name
@@ -36,6 +56,9 @@ class HandlerContext:
         self.is_replay = is_replay
         self.attempt = attempt
         self.emitted: list[tuple[str, bytes]] = []
+        # Emitted commands with a validate method: checked again when they commit,
+        # one at a time with execute, against the state they will be appended to.
+        self.to_validate: list[object] = []
         self._log: structlog.typing.FilteringBoundLogger | None = None
 
     def __repr__(self) -> str:
@@ -70,6 +93,8 @@ class HandlerContext:
         if self.is_replay:
             return
         self.emitted.append(self._rt.encode_valid(cmd))
+        if _needs_validation(cmd):
+            self.to_validate.append(cmd)
 
     def now(self) -> datetime:
         """The app's wall-clock time (a ``TrioWallClock`` under test)."""
@@ -79,13 +104,14 @@ class HandlerContext:
 class PeriodicContext:
     """What periodic work receives: emit, a bound logger, the run number and the time."""
 
-    __slots__ = ("_log", "_rt", "emitted", "run", "worker_name")
+    __slots__ = ("_log", "_rt", "emitted", "run", "to_validate", "worker_name")
 
-    def __init__(self, rt: Runtime, worker_name: str, run: int) -> None:
+    def __init__(self, rt: Emitter, worker_name: str, run: int) -> None:
         self._rt = rt
         self.worker_name = worker_name
         self.run = run
         self.emitted: list[tuple[str, bytes]] = []
+        self.to_validate: list[object] = []
         self._log: Any = None
 
     def __repr__(self) -> str:
@@ -102,6 +128,8 @@ class PeriodicContext:
     def emit(self, cmd: object) -> None:
         """Append ``cmd`` when this run finishes without error (all of the run's emits together)."""
         self.emitted.append(self._rt.encode_valid(cmd))
+        if _needs_validation(cmd):
+            self.to_validate.append(cmd)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._rt.clock(), UTC)

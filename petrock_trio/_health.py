@@ -1,4 +1,4 @@
-"""Health: healthy, degraded or unhealthy, with the reasons."""
+"""Health: healthy, degraded or unhealthy, with the reasons, and the rules that judge it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import attrs
 
-__all__ = ["Health", "HealthReport", "HealthThresholds"]
+__all__ = ["Health", "HealthReport", "HealthThresholds", "Signals", "judge"]
 
 
 class Health(enum.Enum):
@@ -61,3 +61,45 @@ class HealthThresholds:
     dead_letter_window: float = 300.0
     degraded_lag: int = 10_000
     unhealthy_lag: int = 1_000_000
+
+
+@attrs.frozen(kw_only=True)
+class Signals:
+    """What a part's health is judged from, read off it at the moment of asking."""
+
+    crashed: str | None = None  # why its task crashed, while it waits to restart
+    errors_per_minute: float = 0.0
+    dead_letter_age: float | None = None  # seconds since its last dead letter
+    unavailable: tuple[str, ...] = ()  # declared services whose circuit is open
+    lag: int = 0
+    retrying: tuple[int, int] | None = None  # (message id, attempt)
+
+
+def judge(signals: Signals, thresholds: HealthThresholds) -> HealthReport:
+    """The one set of rules for every kind of part (pattern worker, old-style worker)."""
+    t = thresholds
+    unhealthy: list[str] = []
+    degraded: list[str] = []
+    if signals.crashed is not None:
+        unhealthy.append(f"worker task crashed: {signals.crashed}")
+    errors = signals.errors_per_minute
+    if errors >= t.unhealthy_errors_per_minute:
+        unhealthy.append(f"error rate {errors:.1f}/min")
+    elif errors >= t.degraded_errors_per_minute:
+        degraded.append(f"error rate {errors:.1f}/min")
+    age = signals.dead_letter_age
+    if age is not None and age < t.dead_letter_window:
+        degraded.append(f"dead-lettered a message {age:.0f} s ago")
+    degraded.extend(f"external service {name!r} unavailable" for name in signals.unavailable)
+    if signals.lag > t.unhealthy_lag:
+        unhealthy.append(f"lag {signals.lag}")
+    elif signals.lag > t.degraded_lag:
+        degraded.append(f"lag {signals.lag}")
+    if signals.retrying is not None:
+        message_id, attempt = signals.retrying
+        degraded.append(f"retrying message {message_id} (attempt {attempt})")
+    if unhealthy:
+        return HealthReport(Health.UNHEALTHY, tuple(unhealthy))
+    if degraded:
+        return HealthReport(Health.DEGRADED, tuple(degraded))
+    return HealthReport(Health.HEALTHY)

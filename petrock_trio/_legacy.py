@@ -7,20 +7,17 @@ feature can migrate one worker at a time; new workers should be ``PatternWorker`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import attrs
 import structlog
 import trio
 
-from ._health import Health, HealthReport
+from ._health import HealthReport, HealthThresholds, Signals, judge
 from ._metrics import MetricsRecorder, WorkerMetrics
+from ._runtime import Runtime
 
-if TYPE_CHECKING:
-    from ._app import App
-    from ._runtime import Runtime
-
-__all__ = ["LegacyWorker", "WorkerInfo"]
+__all__ = ["LegacyRunner", "OldStyle", "WorkerInfo"]
 
 _log = structlog.get_logger("petrock_trio.worker")
 
@@ -31,13 +28,12 @@ class WorkerInfo:
     description: str = ""
 
 
-@runtime_checkable
-class LegacyWorker(Protocol):
-    """The old worker interface: the engine calls these; the worker does the rest."""
+class OldStyle(Protocol):
+    """What the runner calls (``LegacyWorker`` in ``_app`` is the public, typed form)."""
 
     def info(self) -> WorkerInfo: ...
 
-    async def start(self, app: App) -> None: ...
+    async def start(self, app: Any, /) -> None: ...
 
     async def replay(self) -> None: ...
 
@@ -46,11 +42,19 @@ class LegacyWorker(Protocol):
     async def stop(self) -> None: ...
 
 
+# Old-style workers are judged by the same rules, on what they report: crashes and errors.
+_THRESHOLDS = HealthThresholds()
+
+
 class LegacyRunner:
     """Runs one :class:`LegacyWorker`: start, replay, then ``work()`` every ``tick`` seconds."""
 
-    def __init__(self, worker: LegacyWorker, *, tick: float = 1.0, timeout: float = 30.0) -> None:
+    def __init__(
+        self, worker: OldStyle, app: object, *, tick: float = 1.0, timeout: float = 30.0
+    ) -> None:
         self.worker = worker
+        # What ``start(app)`` receives: the worker owns its loop over the app's log.
+        self.app = app
         info = worker.info()
         self.name = info.name
         self.description = info.description
@@ -73,27 +77,27 @@ class LegacyRunner:
         return self._metrics.snapshot(position=self.position, head=head)
 
     def health(self) -> HealthReport:
-        if self._crashed is not None:
-            return HealthReport(Health.UNHEALTHY, (f"worker crashed: {self._crashed}",))
-        if self._rt is not None:
-            _, errors = self._metrics.rates(trio.current_time())
-            if errors >= 1:
-                return HealthReport(Health.DEGRADED, (f"error rate {errors:.1f}/min",))
-        return HealthReport(Health.HEALTHY)
+        errors = self._metrics.rates(trio.current_time())[1] if self._rt is not None else 0.0
+        return judge(Signals(crashed=self._crashed, errors_per_minute=errors), _THRESHOLDS)
+
+    def replay_progress(self) -> tuple[int, int]:
+        return self.position, self.position
 
     def info(self) -> dict[str, Any]:
         return {"kind": "legacy", "description": self.description, "tick": self.tick}
 
-    def _prepare(self, rt: Runtime) -> None:
+    def prepare(self, rt: Runtime) -> LegacyRunner:
+        """Ready for one serving; the runner is its own run."""
         self._rt = rt
         self._metrics = MetricsRecorder()
         self._metrics.started_at = trio.current_time()
+        return self
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
         if self._stop_scope is not None:
             self._stop_scope.cancel()
 
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start, replay, tick; never returns unless cancelled or stopped.
 
         Error handling: an error from ``work()`` is logged and counted; the next tick
@@ -103,7 +107,7 @@ class LegacyRunner:
         assert rt is not None
         try:
             try:
-                await self.worker.start(rt.app)
+                await self.worker.start(self.app)
                 await self.worker.replay()
             except Exception as exc:  # noqa: BLE001 - reported as unhealthy, app goes on
                 self._crashed = repr(exc)

@@ -10,7 +10,7 @@ import trio
 from trio_util import AsyncValue
 
 from ._message import Message
-from ._pump import Feed
+from ._pump import Feed, LogPump
 from ._runtime import Runtime
 
 __all__ = ["Applier", "Projection"]
@@ -33,7 +33,6 @@ class Projection:
         self.appliers: dict[str, tuple[Applier, Any]] = {}
         self.feed: Feed | None = None
         self.errors = 0
-        self._rt: Runtime | None = None
         self._scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
@@ -51,20 +50,24 @@ class Projection:
         assert self.feed is not None, "the projection is not running"
         return self.feed.position
 
-    def _prepare(self, rt: Runtime) -> Feed:
-        self._rt = rt
-        self.feed = rt.pump.feed(self.name, self.appliers, 0, capacity=64)
+    def prepare(self, pump: LogPump) -> Feed:
+        """A new feed from the start of the log, for one serving."""
+        self.feed = pump.feed(self.name, self.appliers, 0, capacity=64)
         return self.feed
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Apply pages as they come; started once the log as of start-up is applied."""
-        rt, feed = self._rt, self.feed
-        assert rt is not None
-        assert feed is not None
+    async def run(
+        self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Apply pages as they come; started once the log as of start-up is applied.
+
+        Never returns unless cancelled or stopped.
+        """
+        feed = self.feed
+        assert feed is not None, "prepare() first"
         target = rt.log.head.value
         try:
             async with trio.open_nursery() as nursery:

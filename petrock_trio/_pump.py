@@ -73,6 +73,9 @@ class Feed:
             self._send.send_nowait(page)
         except trio.WouldBlock:
             return False
+        # The subscriber has a page in hand now, even before it runs: later pages that
+        # route nothing must wait for it instead of moving the position past it.
+        self._idle = False
         self._skip_to = max(self._skip_to, page.last)
         return True
 

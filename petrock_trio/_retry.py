@@ -1,16 +1,18 @@
-"""Retry policy: exponential backoff measured on Trio's clock."""
+"""Retry policy and decisions: exponential backoff on Trio's clock, and what to do after
+a failed attempt (retry at, wait for a service, dead-letter)."""
 
 from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 
 import attrs
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, Permanent, Retry, ServiceUnavailable, UnknownCommand
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "Decision", "GiveUp", "RetryAt", "WaitForService", "decide", "leaves"]
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -63,3 +65,78 @@ class Backoff:
             min(self.initial * self.factor ** (n - 1), self.max_delay)
             for n in range(1, self.max_attempts)
         ]
+
+
+# --- the decision after a failed attempt ------------------------------------------------
+
+
+@attrs.frozen
+class RetryAt:
+    """Try again after ``delay`` seconds; the next attempt counts (``requested``: the
+    handler asked with :class:`Retry`, an expected condition logged at info level)."""
+
+    delay: float
+    requested: bool = False
+
+
+@attrs.frozen
+class WaitForService:
+    """A declared service is unavailable: wait ``delay`` seconds without spending an attempt."""
+
+    service: str
+    delay: float
+
+
+@attrs.frozen
+class GiveUp:
+    """Dead-letter the message now; ``reason`` says why no attempt is left."""
+
+    reason: str
+
+
+Decision = RetryAt | WaitForService | GiveUp
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error``, with exception groups flattened.
+
+    A handler that runs a nursery raises its children's errors in a group; steering
+    (``Permanent``, ``Retry``, an open circuit) must be seen through it.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
+
+
+def decide(
+    error: BaseException,
+    attempt: int,
+    policy: Backoff,
+    unavailable: Callable[[BaseException], tuple[str, float] | None] = lambda _: None,
+) -> Decision:
+    """What to do after attempt number ``attempt`` (1-based) failed with ``error``.
+
+    In order: a permanent failure (``Permanent``, a type in ``policy.never_retry``, or
+    a programming error such as emitting an unregistered command) gives up at once; an
+    unavailable service (``ServiceUnavailable``, or a failure that ``unavailable``
+    traces to a declared service whose circuit it opened) waits for it without
+    spending the attempt, however long the outage; attempts used up give up; a
+    requested retry waits the delay it asked for (the longest, in a group); anything
+    else waits the policy's backoff.
+    """
+    found = leaves(error)
+    permanent = (Permanent, UnknownCommand, *policy.never_retry)
+    if any(isinstance(leaf, permanent) for leaf in found):
+        return GiveUp("permanent failure")
+    for leaf in found:
+        if isinstance(leaf, ServiceUnavailable):
+            return WaitForService(leaf.service, leaf.retry_after or policy.delay(1))
+        waiting = unavailable(leaf)
+        if waiting is not None:
+            return WaitForService(*waiting)
+    if attempt >= policy.max_attempts:
+        return GiveUp(f"{attempt} attempts failed")
+    if all(isinstance(leaf, Retry) for leaf in found):
+        asked = [leaf.delay for leaf in found if isinstance(leaf, Retry) and leaf.delay is not None]
+        return RetryAt(max(asked) if asked else policy.delay(attempt), requested=True)
+    return RetryAt(policy.delay(attempt))

@@ -1,135 +1,70 @@
-"""What one run of ``serve`` shares between the app, the pump and the workers."""
+"""What one run of ``serve`` shares between the pump, the projection and the workers.
+
+Workers see the app only through this: the log, the pump, the projection's applied
+position, command checking, and the store's saved state. Never the ``App`` itself.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import attrs
 import structlog
 import trio
+from trio_util import AsyncValue
 
 from ._clock import WallClock
-from ._commands import CommandRegistry
-from ._errors import LeaseLost, NotRunning, PetrockError
+from ._commands import CommandRegistry, command_name, validate
+from ._errors import LeaseLost, NotRunning
 from ._events import Event, Hook, StructlogHook
 from ._leases import LeaseKeeper
 from ._log import MessageLog
 from ._message import Row
-from ._pump import Feed, LogPump
+from ._positions import PositionFlusher
+from ._pump import LogPump
 from .stores import RetryRecord
 
-if TYPE_CHECKING:
-    from ._app import App
+__all__ = ["Run", "Runtime", "Stop"]
 
-__all__ = ["PositionFlusher", "Runtime"]
+
+class Run(Protocol):
+    """What ``serve`` drives: one serving of a worker (or of the state projection)."""
+
+    name: str
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None:
+        """Replay, then work live; ``started()`` once replayed; never returns unless
+        cancelled or stopped."""
+        ...
+
+    def stop(self) -> None:
+        """Begin graceful shutdown: end waits, let running work finish."""
+        ...
+
 
 _log = structlog.get_logger("petrock_trio")
 
 
-class PositionFlusher:
-    """Commits the positions of messages that emitted nothing, in groups.
-
-    A message with emits commits its position at once, with its emits. The others only
-    move a feed's position in memory; this task writes every moved position in one
-    transaction ``interval`` seconds after the first move (or at once after
-    ``max_pending`` moves), and once more at shutdown. A crash in between re-handles
-    at most those messages, which emitted nothing.
-    """
-
-    def __init__(
-        self,
-        log: MessageLog,
-        *,
-        interval: float = 0.2,
-        max_pending: int = 10_000,
-        leases: LeaseKeeper | None = None,
-    ) -> None:
-        self.log = log
-        self.leases = leases
-        self.interval = interval
-        self.max_pending = max_pending
-        self.feeds: dict[str, Feed] = {}
-        self.saved: dict[str, int] = {}
-        self._dirty = trio.Event()
-        self._pending = 0
-        self._urgent = trio.Event()
-        self.failures = 0
-
-    def touch(self, moved: int = 1) -> None:
-        self._pending += moved
-        self._dirty.set()
-        if self._pending >= self.max_pending:
-            self._urgent.set()
-
-    def committed(self, worker: str, position: int) -> None:
-        """A commit with emits already wrote ``position`` for ``worker``."""
-        if position > self.saved.get(worker, 0):
-            self.saved[worker] = position
-
-    def changes(self) -> dict[str, int]:
-        return {
-            name: feed.position.value
-            for name, feed in self.feeds.items()
-            if feed.position.value > self.saved.get(name, 0)
-        }
-
-    async def flush(self, *, direct: bool = False) -> None:
-        """Write every moved position in one transaction.
-
-        ``direct`` goes straight to the store, bypassing group commit: at shutdown the
-        writer task may already be cancelled.
-        """
-        changes = self.changes()
-        self._pending = 0
-        fences: dict[str, int] = {}
-        if self.leases is not None:
-            # A worker whose lease is gone has no position of ours to write.
-            fences = self.leases.fences(changes)
-            changes = {w: p for w, p in changes.items() if w in fences}
-        if not changes:
-            return
-        commit = self.log.new_commit(positions=changes, leases=fences)
-        try:
-            if direct:
-                await self.log.store.commit_many([commit])
-            else:
-                await self.log.commit(commit)
-        except LeaseLost as exc:
-            if self.leases is not None:
-                self.leases.lose(exc.workers)
-            raise
-        self.saved.update(changes)
-
-    async def run(self) -> None:
-        """Never returns unless cancelled."""
-        while True:
-            await self._dirty.wait()
-            with trio.move_on_after(self.interval):
-                await self._urgent.wait()
-            self._dirty = trio.Event()
-            self._urgent = trio.Event()
-            try:
-                await self.flush()
-            except PetrockError as exc:
-                # Positions stay in memory and are written on the next round: a failed
-                # flush costs at most re-handling messages that emitted nothing.
-                self.failures += 1
-                _log.error("petrock.position_flush_failed", error_details=repr(exc))
-                self._dirty.set()
+class Stop(Exception):
+    """Graceful shutdown interrupted a wait; leave without committing the current message."""
 
 
 @attrs.define(eq=False)
 class Runtime:
     """Services of one serving app, handed to workers when they start."""
 
-    app: App
     log: MessageLog
     pump: LogPump
     flusher: PositionFlusher
     saved_positions: dict[str, int]
     dead_letter_ids: dict[str, set[int]]
     encode_valid: Callable[[Any], tuple[str, bytes]]
+    # The state a command's validate method sees, by command name.
+    state_for: Callable[[str], Any]
+    # Taken by execute and by commits of emitted commands that have a validate method:
+    # each sees every earlier command applied (see commit_validated).
+    validate_lock: trio.Lock
     hooks: list[Hook] = attrs.Factory(list)
     # Retry state saved by an earlier run (or another process), by worker.
     retries: dict[str, RetryRecord] = attrs.Factory(dict)
@@ -137,6 +72,8 @@ class Runtime:
     stopping: trio.Event = attrs.field(factory=trio.Event)
     waiters: set[trio.CancelScope] = attrs.Factory(set)
     closed: bool = False
+    # The state projection's position: everything up to it is applied to app state.
+    applied: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
 
     async def wait_applied(self, message_id: int) -> None:
         """Wait until the state projection has applied ``message_id``.
@@ -144,7 +81,7 @@ class Runtime:
         Raises :class:`NotRunning` if the app stops first (the command is in the log;
         the next start applies it).
         """
-        position = self.app.projection.position_value
+        position = self.applied
         if position.value >= message_id:
             return
         if self.closed:
@@ -172,6 +109,20 @@ class Runtime:
                 self.leases.lose(exc.workers)
                 await trio.lowlevel.checkpoint()
             raise
+
+    async def commit_validated(
+        self, worker: str, to_validate: Sequence[object], **commit: Any
+    ) -> list[Row]:
+        """:meth:`commit`, checking ``to_validate`` again first, one at a time with
+        ``execute``: against state with every earlier command applied, so two emits of
+        a unique name cannot both land. Raises the command's ``ValidationError``."""
+        if not to_validate:
+            return await self.commit(worker, **commit)
+        async with self.validate_lock:
+            await self.wait_applied(self.log.head.value)
+            for cmd in to_validate:
+                validate(cmd, self.state_for(command_name(cmd)))
+            return await self.commit(worker, **commit)
 
     async def reload(self, worker: str) -> None:
         """Read ``worker``'s position, dead letters and retry state from the store again:
@@ -208,6 +159,10 @@ class Runtime:
     def registry(self) -> CommandRegistry:
         return self.log.registry
 
+    def clock(self) -> float:
+        """The app's wall-clock time (data only)."""
+        return self.log.clock()
+
     @property
-    def clock(self) -> WallClock:
+    def wall_clock(self) -> WallClock:
         return self.log.clock

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 import trio
 
-from ._app import AnyWorker, App
+from ._app import App
 from ._errors import PetrockError
 from ._leases import LeaseKeeper
 from ._log import MessageLog
+from ._positions import PositionFlusher
 from ._pump import LogPump
-from ._runtime import PositionFlusher, Runtime
+from ._runtime import Run, Runtime
 from .stores import open_store
 
 __all__ = ["serve"]
@@ -48,49 +49,27 @@ async def serve(
     log = MessageLog(store, app.registry, app.clock)
     await log.open()
     try:
-        positions = await store.positions()
-        letters: dict[str, set[int]] = {}
-        for letter in await store.dead_letters():
-            letters.setdefault(letter.worker, set()).add(letter.message_id)
-        leases = (
-            LeaseKeeper(store, app.clock, app.workers, ttl=app.lease_ttl)
-            if app.uses_leases()
-            else None
-        )
-        flusher = PositionFlusher(log, interval=app.position_flush_interval, leases=leases)
-        pump = LogPump(log, page_size=app.page_size, on_page=flusher.touch)
-        rt = Runtime(
-            app=app,
-            log=log,
-            pump=pump,
-            flusher=flusher,
-            saved_positions=positions,
-            dead_letter_ids=letters,
-            encode_valid=app.encode_valid,
-            hooks=app.hooks,
-            retries={r.worker: r for r in await store.retries()},
-            leases=leases,
-        )
-        app.projection._prepare(rt)  # noqa: SLF001 - serve drives the app's parts
-        if leases is None:
-            for worker in app.workers.values():
-                worker._prepare(rt)  # noqa: SLF001
+        rt = await _runtime(app, log)
+        runs: dict[str, Run] = {}
+        if rt.leases is None:
+            for name in app.workers:
+                runs[name] = app.open_run(name, rt)
         # From here on the app can be used, by its workers' start-up code too; commands
         # executed meanwhile wait for the state projection like any other.
-        app._rt = rt  # noqa: SLF001
+        app.attach(rt)
         async with trio.open_nursery() as root:
             await root.start(log.run_writer)
             try:
                 async with trio.open_nursery() as engine:
-                    await engine.start(pump.run)
-                    engine.start_soon(flusher.run)
+                    await engine.start(rt.pump.run)
+                    engine.start_soon(rt.flusher.run)
                     engine.start_soon(store.watch, log.publish_head)
-                    if leases is not None:
-                        await engine.start(leases.run)
+                    if rt.leases is not None:
+                        await engine.start(rt.leases.run)
                     if handle_signals and threading.current_thread() is threading.main_thread():
-                        engine.start_soon(_watch_signals, app, engine.cancel_scope)
+                        engine.start_soon(_watch_signals, app, rt, engine.cancel_scope)
                     try:
-                        await engine.start(_run_workers, app, rt, engine.cancel_scope)
+                        await engine.start(_run_parts, app, rt, runs, engine.cancel_scope)
                     except RuntimeError:
                         if not rt.stopping.is_set():
                             raise
@@ -103,18 +82,42 @@ async def serve(
                     )
                     task_status.started()
             finally:
-                app._rt = None  # noqa: SLF001
+                app.attach(None)
                 with trio.CancelScope(shield=True), trio.move_on_after(10):
                     try:
-                        await flusher.flush(direct=True)
+                        await rt.flusher.flush(direct=True)
                     finally:
-                        if leases is not None:
-                            await leases.release()
+                        if rt.leases is not None:
+                            await rt.leases.release()
                 root.cancel_scope.cancel()
     finally:
-        app._rt = None  # noqa: SLF001
+        app.attach(None)
         await store.aclose()
     _log.info("petrock.stopped", database=redact(app.database), head=log.head.value)
+
+
+async def _runtime(app: App, log: MessageLog) -> Runtime:
+    """Everything one serving shares, with what the store holds of earlier ones."""
+    store = log.store
+    letters: dict[str, set[int]] = {}
+    for letter in await store.dead_letters():
+        letters.setdefault(letter.worker, set()).add(letter.message_id)
+    leases = (
+        LeaseKeeper(store, app.clock, app.workers, ttl=app.lease_ttl) if app.uses_leases() else None
+    )
+    flusher = PositionFlusher(log, interval=app.position_flush_interval, leases=leases)
+    pump = LogPump(log, page_size=app.page_size, on_page=flusher.touch)
+    return Runtime(
+        log=log,
+        pump=pump,
+        flusher=flusher,
+        saved_positions=await store.positions(),
+        dead_letter_ids=letters,
+        retries={r.worker: r for r in await store.retries()},
+        leases=leases,
+        applied=app.projection.prepare(pump).position,
+        **app.runtime_options(),
+    )
 
 
 def redact(url: str) -> str:
@@ -126,17 +129,18 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def _run_workers(
+async def _run_parts(
     app: App,
     rt: Runtime,
+    runs: dict[str, Run],
     engine: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    workers: list[Any] = list(app.workers.values())
+    """Run the projection and every worker; started once all have replayed."""
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as nursery:
-            if not await _start_parts(app, rt, outer, nursery):
+            if not await _start_parts(app, rt, runs, outer, nursery):
                 # Stopped during start-up replay: replay has no effects, so stop at once.
                 _log.info("petrock.stopped_during_startup")
                 outer.cancel_scope.cancel()
@@ -145,29 +149,32 @@ async def _run_workers(
             task_status.started()
             await rt.stopping.wait()
             _log.info("petrock.stopping", grace=app.shutdown_grace)
-            for worker in workers:
-                worker._stop()  # noqa: SLF001
+            for run in list(runs.values()):
+                run.stop()
             nursery.cancel_scope.deadline = trio.current_time() + app.shutdown_grace
         # The projection stops last: work that was finishing may wait for it to apply
         # what it appended. Whoever still waits is told the app stopped.
-        app.projection._stop()  # noqa: SLF001
+        app.projection.stop()
         rt.close_waiters()
     engine.cancel()
 
 
-async def _start_parts(app: App, rt: Runtime, outer: trio.Nursery, nursery: trio.Nursery) -> bool:
+async def _start_parts(
+    app: App, rt: Runtime, runs: dict[str, Run], outer: trio.Nursery, nursery: trio.Nursery
+) -> bool:
     """Start the projection and every worker concurrently (the pump feeds all their
     replays at once); False if a stop came first."""
     async with trio.open_nursery() as racing:
 
         async def start_all() -> None:
             async with trio.open_nursery() as starting:
-                starting.start_soon(outer.start, app.projection._run)  # noqa: SLF001
-                for worker in app.workers.values():
+                starting.start_soon(outer.start, partial(app.projection.run, rt))
+                for name in app.workers:
                     if rt.leases is None:
-                        starting.start_soon(nursery.start, worker._run)  # noqa: SLF001
+                        starting.start_soon(nursery.start, runs[name].run)
                     else:
-                        starting.start_soon(nursery.start, _run_leased, rt, rt.leases, worker)
+                        run_leased = partial(_run_leased, app, rt, rt.leases, name, runs)
+                        starting.start_soon(nursery.start, run_leased)
             racing.cancel_scope.cancel()
 
         async def stop_requested() -> None:
@@ -180,19 +187,20 @@ async def _start_parts(app: App, rt: Runtime, outer: trio.Nursery, nursery: trio
 
 
 async def _run_leased(
+    app: App,
     rt: Runtime,
     leases: LeaseKeeper,
-    worker: AnyWorker,
+    name: str,
+    runs: dict[str, Run],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``worker`` whenever this process holds its lease; stand by otherwise.
+    """Run worker ``name`` whenever this process holds its lease; stand by otherwise.
 
     Started once the worker is live here, or as soon as it is known to be another
-    process's. Every takeover starts it afresh from what the store holds: position,
+    process's. Every takeover starts a fresh run from what the store holds: position,
     dead letters, retry state, and state rebuilt by replay.
     """
-    name = worker.name
     while not rt.stopping.is_set():
         if name not in leases.held:
             task_status.started()
@@ -216,22 +224,24 @@ async def _run_leased(
                 _log.warning("petrock.takeover_failed", worker_name=name, error_details=repr(exc))
                 await trio.sleep(leases.interval)
                 continue
-            worker._prepare(rt)  # noqa: SLF001 - serve drives the app's parts
-            async with trio.open_nursery() as running:
-                await running.start(worker._run)  # noqa: SLF001
-                task_status.started()
-                task_status = trio.TASK_STATUS_IGNORED
+            runs[name] = run = app.open_run(name, rt)
+            try:
+                async with trio.open_nursery() as running:
+                    await running.start(run.run)
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+            finally:
+                del runs[name]
         if scope.cancelled_caught:
             # Another process took over: what this one had not committed, it handles.
             rt.flusher.feeds.pop(name, None)
-            worker._rt = None  # noqa: SLF001
             _log.warning("petrock.worker_standby", worker_name=name)
 
 
-async def _watch_signals(app: App, engine: trio.CancelScope) -> None:
+async def _watch_signals(app: App, rt: Runtime, engine: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            if app._rt is not None and not app._rt.stopping.is_set():  # noqa: SLF001
+            if not rt.stopping.is_set():
                 _log.info("petrock.signal", signal=signal.Signals(signum).name)
                 app.stop()
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
@@ -18,6 +19,14 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _log = structlog.get_logger("petrock_trio.service")
+
+# Exceptions cannot be weakly referenced, so a failure is tagged with its service.
+_MARK = "_petrock_service"
+
+
+def _mark(exc: BaseException, service: ExternalService) -> None:
+    with contextlib.suppress(AttributeError, TypeError):  # an exception type with __slots__
+        setattr(exc, _MARK, service)
 
 
 class Circuit(enum.Enum):
@@ -74,6 +83,7 @@ class ExternalService:
         self.reset_timeout = reset_timeout
         self.timeout = timeout
         self.failures = failures
+        self._counted: tuple[type[BaseException], ...] = (*failures, trio.TooSlowError)
         self._consecutive = 0
         self._opened_at: float | None = None
         self._probing = False
@@ -81,6 +91,7 @@ class ExternalService:
         self._failed = 0
         self._rejected = 0
         self._opened = 0
+        self._generation = 0
 
     def __repr__(self) -> str:
         return (
@@ -125,43 +136,59 @@ class ExternalService:
             self._rejected += 1
             raise ServiceUnavailable(self.name, self.retry_after())
         self._calls += 1
-        self._probing = probe
+        if probe:
+            self._probing = True
+        # Which opening of the circuit this call belongs to: a call that started before
+        # the circuit opened must not close it (a stale success) while a probe decides.
+        generation = self._generation
         try:
             if self.timeout is None:
                 result = await fn(*args, **kwargs)
             else:
                 with trio.fail_after(self.timeout):
                     result = await fn(*args, **kwargs)
-        except self.failures as exc:
-            self._record_failure(exc)
-            raise
-        except trio.TooSlowError as exc:
-            self._record_failure(exc)
+        except self._counted as exc:
+            self._record_failure(exc, probe=probe)
             raise
         finally:
-            self._probing = False
-        self._record_success()
+            if probe:
+                self._probing = False
+        self._record_success(probe=probe, generation=generation)
         return result
 
-    def _record_failure(self, exc: BaseException) -> None:
+    def _record_failure(self, exc: BaseException, *, probe: bool) -> None:
         self._failed += 1
         self._consecutive += 1
-        if self._opened_at is not None or self._consecutive >= self.failure_threshold:
-            if self._opened_at is None:
-                self._opened += 1
-                _log.warning(
-                    "petrock.circuit_opened",
-                    service=self.name,
-                    error_details=repr(exc),
-                    reset_timeout=self.reset_timeout,
-                )
+        if probe or (self._opened_at is None and self._consecutive >= self.failure_threshold):
+            # Every opening counts, a failed half-open probe's included.
+            self._opened += 1
+            self._generation += 1
+            _log.warning(
+                "petrock.circuit_opened",
+                service=self.name,
+                error_details=repr(exc),
+                reset_timeout=self.reset_timeout,
+                consecutive_failures=self._consecutive,
+                reopened=probe,
+            )
             self._opened_at = trio.current_time()
+        # (A call from before the opening that fails late leaves the circuit as it is.)
+        if self._opened_at is not None:
+            # Workers that declare this service wait for it instead of spending attempts.
+            _mark(exc, self)
 
-    def _record_success(self) -> None:
+    def _record_success(self, *, probe: bool, generation: int) -> None:
+        stale = generation != self._generation or self._probing
+        if self._opened_at is not None and not probe and stale:
+            return  # a call from before the circuit opened succeeded late: the probe decides
         if self._opened_at is not None:
             _log.info("petrock.circuit_closed", service=self.name)
         self._consecutive = 0
         self._opened_at = None
+
+    def caused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a failure of this service raised while its circuit opened."""
+        return getattr(exc, _MARK, None) is self
 
     def statistics(self) -> ServiceStatistics:
         return ServiceStatistics(

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 import petrock_trio as pt
+from petrock_trio._worker import PeriodicWork
 
 
 @pt.command("test/add")
@@ -71,9 +72,14 @@ class Calls:
 
 
 def make_app(
-    database: str = ":memory:", calls: Calls | None = None, **kw: Any
+    database: str = ":memory:",
+    calls: Calls | None = None,
+    *,
+    periodic: tuple[PeriodicWork, float] | None = None,
+    **kw: Any,
 ) -> tuple[pt.App, pt.PatternWorker[Tally], Calls]:
-    """An app with the test commands and a `tally` worker that echoes each Add."""
+    """An app with the test commands and a `tally` worker that echoes each Add
+    (and runs ``periodic``, a (work, interval) pair, if given)."""
     calls = calls if calls is not None else Calls()
     app = pt.App(database=database, **kw)
     app.state.names = set()
@@ -95,5 +101,7 @@ def make_app(
     async def on_note(ctx: pt.HandlerContext, cmd: Note, state: Tally) -> None:
         (calls.replayed if ctx.is_replay else calls.live).append((cmd.text, ctx.message.id))
 
+    if periodic is not None:
+        worker.set_periodic_work(*periodic)
     app.register_worker(worker)
     return app, worker, calls

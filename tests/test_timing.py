@@ -23,13 +23,12 @@ class TestPeriodicWork:
     """Periodic work runs at go-live and then every interval, exactly."""
 
     async def test_interval(self, autojump_clock: trio.testing.MockClock) -> None:
-        app, worker, _ = make_app()
         runs: list[float] = []
 
         async def tick(ctx: pt.PeriodicContext, state: Any) -> None:
             runs.append(trio.current_time())
 
-        worker.set_periodic_work(tick, interval=2.5)
+        app, worker, _ = make_app(periodic=(tick, 2.5))
         async with serving(app):
             start = trio.current_time()
             await trio.sleep(10.1)
@@ -39,14 +38,13 @@ class TestPeriodicWork:
     async def test_overrunning_run_delays_the_next(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
-        app, worker, _ = make_app()
         runs: list[float] = []
 
         async def slow(ctx: pt.PeriodicContext, state: Any) -> None:
             runs.append(trio.current_time())
             await trio.sleep(2.5 if len(runs) == 1 else 0)
 
-        worker.set_periodic_work(slow, interval=1.0)
+        app, _, _ = make_app(periodic=(slow, 1.0))
         async with serving(app):
             await trio.sleep(5.5)
         # 0 overran to 2.5: ticks at 1 and 2 were missed, the next starts at 3.
@@ -55,7 +53,6 @@ class TestPeriodicWork:
     async def test_default_timeout_is_30_seconds(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
-        app, worker, _ = make_app()
         ends: list[float] = []
 
         async def hang(ctx: pt.PeriodicContext, state: Any) -> None:
@@ -64,7 +61,7 @@ class TestPeriodicWork:
             finally:
                 ends.append(trio.current_time())
 
-        worker.set_periodic_work(hang, interval=100.0)
+        app, worker, _ = make_app(periodic=(hang, 100.0))
         async with serving(app):
             start = trio.current_time()
             await trio.sleep(31)

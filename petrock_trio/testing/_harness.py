@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import structlog.testing
 import trio
+import trio.testing
 
 from .._app import App, DeadLetter, Feature
 from .._clock import TrioWallClock, WallClock
@@ -25,7 +26,7 @@ from .._health import HealthReport
 from .._message import Message
 from .._metrics import WorkerMetrics
 from .._serve import serve
-from .._worker import PatternWorker
+from .._worker import PatternWorker, Route
 from ..stores import open_store
 from ._faults import FaultyStore
 from ._running import memory_database
@@ -149,12 +150,16 @@ class WorkerHarness:
         return row.id
 
     async def settle(self) -> None:
-        """Wait until the worker has handled everything appended so far."""
+        """Let everything that can run now run (periodic work due at this instant
+        included), then wait until the worker has handled everything appended so far."""
+        await trio.testing.wait_all_tasks_blocked()
         await self.app.caught_up()
 
     async def advance(self, seconds: float) -> None:
-        """Let ``seconds`` of (virtual) time pass with the worker running."""
+        """Let ``seconds`` of (virtual) time pass with the worker running, and what is
+        due at the end of them start."""
         await trio.sleep(seconds)
+        await trio.testing.wait_all_tasks_blocked()
 
     async def run_periodic(self) -> None:
         """Run the worker's periodic work once, now, as the engine runs it."""
@@ -197,22 +202,23 @@ class WorkerHarness:
     ) -> Iterator[None]:
         """Make the handler of ``command`` raise ``error()`` on its next ``times`` runs
         (a network error, a bug, a timeout: whatever ``error`` builds)."""
-        routes = self.worker._routes  # noqa: SLF001 - the harness wraps the real route
-        original = routes[command]
         remaining = times
+        original: Route | None = None
 
         async def wrapped(ctx: Any, cmd: Any, state: Any) -> None:
             nonlocal remaining
             if remaining > 0:
                 remaining -= 1
                 raise error()
+            assert original is not None
             await original.handler(ctx, cmd, state)
 
-        routes[command] = attrs.evolve(original, handler=wrapped)
+        # The running worker looks its routes up per message.
+        original = self.worker._swap_handler(command, wrapped)  # noqa: SLF001
         try:
             yield
         finally:
-            routes[command] = original
+            self.worker._restore(original)  # noqa: SLF001
 
     # --- looking ----------------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""One attempt: the handler under its own deadline, then the commit outside it.
+
+The bottom of a worker's loops. The handler runs in a cancel scope of its own, so a
+timeout can only cut off this handler, and only while it runs: a handler that
+returned (even one woken in the same instant as its deadline) has succeeded, and its
+commit runs outside any scope the handler shared. Nothing here is shared between
+messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._context import HandlerContext
+from ._errors import HandlerTimeout, LeaseLost, OutcomeUnknown, StoreError
+from ._events import HandlerCompleted
+from ._message import Message
+
+if TYPE_CHECKING:
+    from ._run import WorkerRun
+
+__all__ = ["attempt", "call"]
+
+
+def _cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
+
+
+# KI protection: a Ctrl-C that arrives while user code runs is delivered to the main
+# task at its next checkpoint instead of inside the handler, so that a
+# KeyboardInterrupt seen here is the handler's own doing and can count as its failure.
+@trio.lowlevel.enable_ki_protection
+async def call(
+    fn: Callable[..., Awaitable[None]],
+    *args: Any,
+    deadline: float,
+    limit: float,
+    what: str,
+    worker: str,
+) -> BaseException | None:
+    """``await fn(*args)`` cut off at ``deadline``; the error it raised, if any
+    (:class:`HandlerTimeout` naming ``what`` and ``limit`` when it was cut off).
+
+    Any ``BaseException`` other than cancellation (``KeyboardInterrupt``,
+    ``SystemExit``, a custom one) is a failure of this call, returned like any other:
+    it must not end the process, nor do so again at every restart. Cancellation from
+    outside (a hard stop, a lost lease) propagates.
+    """
+    scope = trio.CancelScope(deadline=deadline)
+    try:
+        with scope:
+            await fn(*args)
+    except BaseException as exc:
+        if _cancelled(exc):
+            if isinstance(exc, BaseExceptionGroup):
+                # Whatever else failed meanwhile, the cancellation is what happens now.
+                cancelled, _ = exc.split(trio.Cancelled)
+                assert cancelled is not None
+                raise cancelled from None
+            raise
+        return exc
+    if scope.cancelled_caught:
+        return HandlerTimeout(worker, limit, what)
+    return None
+
+
+async def attempt(
+    run: WorkerRun, message: Message, number: int, *, started: float, redrive: bool = False
+) -> BaseException | None:
+    """Run the handler for ``message`` once and commit its outcome; the error if either
+    failed. On success the message's position is durable (with its emits), unless the
+    worker batches positions and the handler emitted nothing."""
+    rt = run.rt
+    if rt.leases is not None:
+        await rt.leases.ensure(run.name)
+    route = run.routes[message.name]
+    ctx = HandlerContext(rt, run.name, message, is_replay=False, attempt=number)
+    limit = run.decl.limit(message.name)
+    error = await call(
+        route.handler,
+        ctx,
+        message.command,
+        run.state,
+        deadline=started + limit,
+        limit=limit,
+        what=f"handler for {message.name!r}",
+        worker=run.name,
+    )
+    if error is not None:
+        return error
+    error = await _commit(run, message.id, ctx, redrive=redrive)
+    if error is not None:
+        return error
+    if run.report_completed:
+        duration = trio.current_time() - started
+        emitted = tuple(ctx.emitted)
+        rt.report(HandlerCompleted(run.name, message, number, duration, emitted, redrive))
+    return None
+
+
+async def _commit(
+    run: WorkerRun, message_id: int, ctx: HandlerContext, *, redrive: bool
+) -> BaseException | None:
+    """Commit a successful run; the error if the commit failed (then it is retried)."""
+    rt, name = run.rt, run.name
+    try:
+        if redrive:
+            await rt.commit_validated(
+                name, ctx.to_validate, encoded=ctx.emitted, resolved=[(name, message_id)]
+            )
+            rt.dead_letter_ids.get(name, set()).discard(message_id)
+            return None
+        if ctx.emitted or not run.decl.batch_positions:
+            await rt.commit_validated(
+                name, ctx.to_validate, encoded=ctx.emitted, positions={name: message_id}
+            )
+            rt.flusher.committed(name, message_id)
+    except LeaseLost:
+        raise
+    except OutcomeUnknown as exc:
+        # The commit carried this message's position: if that landed, so did the
+        # emits, and handling the message again would emit them twice.
+        try:
+            landed = (await rt.log.store.positions()).get(name, 0) >= message_id
+        except StoreError:
+            landed = False
+        return None if landed and not redrive else exc
+    except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
+        return exc
+    run.feed.advance(message_id)
+    return None

@@ -1,0 +1,84 @@
+"""Periodic work: one loop per worker run, each run under its own deadline.
+
+A run's emits commit after the run returns, outside its deadline: a slow commit is
+not a timed-out run, and a run that timed out or failed commits nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._attempt import call
+from ._context import PeriodicContext
+from ._errors import LeaseLost
+from ._events import PeriodicCompleted, PeriodicFailed, PeriodicSkipped
+from ._runtime import Stop
+
+if TYPE_CHECKING:
+    from ._run import WorkerRun
+    from ._worker import Periodic
+
+__all__ = ["periodic_loop", "periodic_once"]
+
+
+async def periodic_loop(run: WorkerRun, periodic: Periodic) -> None:
+    """Run ``periodic`` every ``interval`` seconds until graceful shutdown.
+
+    Later runs start ``interval`` seconds after the previous start; a run that
+    overruns delays the next one (never overlapping it), and missed starts are skipped.
+    """
+    next_at = trio.current_time()
+    while not run.rt.stopping.is_set():
+        try:
+            await run.interruptible(trio.sleep_until, next_at)
+        except Stop:
+            return
+        started = trio.current_time()
+        unavailable = [s.name for s in run.decl.services if not s.available]
+        if unavailable:
+            run.recorder.periodic_skipped += 1
+            run.rt.report(PeriodicSkipped(run.name, tuple(unavailable)))
+        else:
+            run.periodic_runs += 1
+            async with run.lock:
+                await periodic_once(run, periodic, run.periodic_runs)
+        next_at = started + periodic.interval
+        now = trio.current_time()
+        while next_at < now:
+            next_at += periodic.interval
+
+
+async def periodic_once(run: WorkerRun, periodic: Periodic, number: int) -> None:
+    rt = run.rt
+    if rt.leases is not None:
+        await rt.leases.ensure(run.name)
+    ctx = PeriodicContext(rt, run.name, number)
+    started = trio.current_time()
+    limit = run.decl.periodic_limit()
+    error = await call(
+        periodic.work,
+        ctx,
+        run.state,
+        deadline=started + limit,
+        limit=limit,
+        what="periodic work",
+        worker=run.name,
+    )
+    timed_out = error is not None and isinstance(error, TimeoutError)
+    if error is None and ctx.emitted:
+        try:
+            await rt.commit_validated(run.name, ctx.to_validate, encoded=ctx.emitted)
+        except LeaseLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed commit fails the run
+            error = exc
+    now = trio.current_time()
+    run.recorder.periodic_runs += 1
+    if error is None:
+        rt.report(PeriodicCompleted(run.name, number, now - started, tuple(ctx.emitted)))
+        return
+    run.recorder.periodic_failures += 1
+    run.recorder.failure(now, repr(error), timeout=timed_out)
+    rt.report(PeriodicFailed(run.name, number, now - started, error, timed_out))

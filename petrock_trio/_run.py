@@ -1,0 +1,296 @@
+"""One serving of a PatternWorker: its state, position, metrics, and its loops.
+
+``WorkerRun.run`` replays, then starts the live loops, each one job: the message
+loop (pages in id order; replay up to the saved position, then each live message
+settled by ``_settle``), periodic work (``_periodic``) and re-drives
+(``_redrive``). Handlers and periodic work take turns under one lock, so they share
+``state`` without locks of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from ._attempt import call
+from ._context import HandlerContext
+from ._errors import NotRunning
+from ._events import Replayed, WorkerCrashed
+from ._health import HealthReport, Signals, judge
+from ._message import Page
+from ._metrics import MetricsRecorder, WorkerMetrics
+from ._periodic import periodic_loop, periodic_once
+from ._redrive import RedriveRequest, redrive_loop
+from ._retry import Backoff
+from ._runtime import Runtime, Stop
+from ._settle import settle
+from ._worker import PatternWorker, WorkerStatistics
+
+__all__ = ["WorkerRun"]
+
+_log = structlog.get_logger("petrock_trio.worker")
+
+T = TypeVar("T")
+
+# A crashed message loop (an engine bug, not a handler error) restarts after this.
+_CRASH_BACKOFF = Backoff(initial=1.0, max_delay=60.0)
+
+
+class WorkerRun:
+    """A :class:`PatternWorker` being served: everything that changes while it runs."""
+
+    def __init__(self, decl: PatternWorker[Any], rt: Runtime) -> None:
+        self.decl = decl
+        self.rt = rt
+        self.name = decl.name
+        self.routes = decl.route_table
+        self.state: Any = decl.take_state()
+        self.recorder = MetricsRecorder()
+        self.recorder.started_at = trio.current_time()
+        saved = rt.saved_positions.get(self.name, 0)
+        # Replayed up to here, live after: what the store says this worker has handled.
+        self.saved = min(saved, rt.log.head.value)
+        start = 0 if decl.replay else self.saved
+        self.feed = rt.pump.feed(self.name, decl.routes, start, decl.page_capacity)
+        rt.flusher.feeds[self.name] = self.feed.position
+        rt.flusher.saved[self.name] = saved
+        self.report_completed = rt.wants_completed()
+        self.lock = trio.Lock()
+        self.replayed = trio.Event()
+        self.replay_position = start
+        self.live = False
+        self.stopped = False
+        self.crashed: str | None = None
+        self.crashes = 0
+        self.in_flight = 0
+        self.retrying: tuple[int, int] | None = None
+        self.periodic_runs = 0
+        self._wait_scopes: set[trio.CancelScope] = set()
+        self._redrives: trio.MemorySendChannel[RedriveRequest] | None = None
+        decl.attach(self)
+
+    def __repr__(self) -> str:
+        retrying = f" retrying={self.retrying[0]}" if self.retrying else ""
+        return (
+            f"<WorkerRun {self.name!r} position={self.position} saved={self.saved} "
+            f"live={self.live} in_flight={self.in_flight}{retrying}>"
+        )
+
+    # --- observation -----------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        position: int = self.feed.position.value
+        return position
+
+    def metrics(self) -> WorkerMetrics:
+        return self.recorder.snapshot(position=self.position, head=self.rt.log.head.value)
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(
+            running=not self.stopped,
+            live=self.live,
+            position=self.position,
+            in_flight=self.in_flight,
+            retrying_message=self.retrying[0] if self.retrying else None,
+            retry_attempt=self.retrying[1] if self.retrying else 0,
+            detaches=self.feed.detaches,
+            crashes=self.crashes,
+        )
+
+    def health(self) -> HealthReport:
+        if self.stopped:
+            return judge(Signals(crashed=self.crashed), self.decl.thresholds)
+        now = trio.current_time()
+        last = self.recorder.last_dead_letter_at
+        signals = Signals(
+            crashed=self.crashed,
+            errors_per_minute=self.recorder.rates(now)[1],
+            dead_letter_age=None if last is None else now - last,
+            unavailable=tuple(s.name for s in self.decl.services if not s.available),
+            lag=max(0, self.rt.log.head.value - self.position),
+            retrying=self.retrying,
+        )
+        return judge(signals, self.decl.thresholds)
+
+    def replay_progress(self) -> tuple[int, int]:
+        """(replayed up to, replay target): start-up progress."""
+        return (self.saved if self.replayed.is_set() else self.replay_position), self.saved
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Replay, then handle live; never returns unless cancelled or stopped.
+
+        ``task_status.started()`` once replay is done: live work, retries and waits
+        for services come after.
+
+        Error handling: handler errors are retried and dead-lettered, never raised. An
+        unexpected error in the engine's own loop marks the worker unhealthy, is logged,
+        and the loop restarts after a backoff from the last committed point.
+        """
+        send, receive = trio.open_memory_channel[RedriveRequest](64)
+        self._redrives = send
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._supervise)
+                nursery.start_soon(self._watch_replay)
+                await self.replayed.wait()
+                self.live = True
+                if self.decl.periodic is not None:
+                    nursery.start_soon(periodic_loop, self, self.decl.periodic)
+                nursery.start_soon(redrive_loop, self, receive)
+                task_status.started()
+                await self.rt.stopping.wait()
+                # Waits end at once; a running handler or periodic run finishes first
+                # (serve cancels everything when the grace period runs out).
+                self.stop()
+        finally:
+            self.live = False
+            self.stopped = True
+            self.stop()
+
+    async def _watch_replay(self) -> None:
+        # Replay is also done when the pump moves the feed past the saved position
+        # without a routed message left to replay.
+        await self.feed.position.wait_value(lambda p: p >= self.saved)
+        self.replayed.set()
+
+    def stop(self) -> None:
+        """Interrupt waits (never running handlers) for graceful shutdown."""
+        for scope in self._wait_scopes:
+            scope.cancel()
+        self.feed.close()
+        if self._redrives is not None:
+            self._redrives.close()
+        self.replayed.set()
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._message_loop()
+            except Stop:
+                return
+            except Exception as exc:  # noqa: BLE001 - an engine bug must not take the app down silently
+                self.crashes += 1
+                self.crashed = repr(exc)
+                delay = _CRASH_BACKOFF.delay(min(self.crashes, 10))
+                self.rt.report(WorkerCrashed(self.name, exc, delay))
+                self.feed.rewind()
+            else:
+                return
+            try:
+                await self.interruptible(trio.sleep, delay)
+            except Stop:
+                return
+            self.crashed = None
+
+    async def _message_loop(self) -> None:
+        feed = self.feed
+        while True:
+            try:
+                # Graceful shutdown closes the feed (see stop): cheaper than a cancel
+                # scope around every wait for a page.
+                page = await feed.next_page()
+            except trio.EndOfChannel:
+                return
+            async with self.lock:
+                await self._handle_page(page)
+            feed.advance(page.last)
+            self.rt.flusher.touch()
+
+    async def _handle_page(self, page: Page) -> None:
+        """Handle the routed rows of ``page`` after the feed's position, in id order."""
+        rows = page.rows
+        saved = self.saved
+        stopping = self.rt.stopping
+        feed = self.feed
+        for index in list(page.routed(self.routes, after=feed.position.value)):
+            if stopping.is_set():
+                raise Stop
+            row = rows[index]
+            if row.id <= saved:
+                await self._replay_one(page, index)
+                self.replay_position = row.id
+                continue
+            self.replayed.set()
+            await settle(self, page, index)
+            # A message handled live has its position committed (see _attempt); in
+            # memory it moves here for batched workers too.
+            feed.advance(row.id)
+
+    async def _replay_one(self, page: Page, index: int) -> None:
+        rt = self.rt
+        row = page.rows[index]
+        if row.id in rt.dead_letter_ids.get(self.name, ()):
+            return  # it never took effect live, so it does not take effect in replay
+        try:
+            message = page.message(index, rt.registry)
+        except Exception:  # noqa: BLE001 - a bad row was dead-lettered when it was live
+            return
+        ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
+        started = trio.current_time()
+        limit = self.decl.limit(row.name)
+        error = await call(
+            self.routes[row.name].handler,
+            ctx,
+            message.command,
+            self.state,
+            deadline=started + limit,
+            limit=limit,
+            what=f"replay of {row.name!r}",
+            worker=self.name,
+        )
+        self.recorder.replayed += 1
+        if rt.hooks:
+            rt.report(Replayed(self.name, message, trio.current_time() - started, error))
+
+    # --- waits that graceful shutdown ends --------------------------------------------
+
+    async def interruptible(self, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await wait(*args)`` unless graceful shutdown starts, then raise Stop."""
+        with trio.CancelScope() as scope:
+            self._wait_scopes.add(scope)
+            if self.rt.stopping.is_set():
+                scope.cancel()
+            try:
+                return await wait(*args)
+            finally:
+                self._wait_scopes.discard(scope)
+        raise Stop
+
+    async def wait_to_retry(self, delay: float) -> None:
+        """Sleep ``delay`` seconds without holding the lock (periodic work may run)."""
+        self.lock.release()
+        try:
+            await self.interruptible(trio.sleep, delay)
+        finally:
+            # Even when cancelled: the caller's `async with` releases it again.
+            with trio.CancelScope(shield=True):
+                await self.lock.acquire()
+
+    # --- operator verbs ----------------------------------------------------------------
+
+    async def run_periodic_now(self) -> None:
+        periodic = self.decl.periodic
+        if periodic is None or self.stopped:
+            raise NotRunning(f"worker {self.name!r} is not running or has no periodic work")
+        self.periodic_runs += 1
+        async with self.lock:
+            await periodic_once(self, periodic, self.periodic_runs)
+
+    async def redrive(self, message_id: int) -> None:
+        """Handle a dead-lettered message again, live; returns when it is done."""
+        if self._redrives is None:
+            raise NotRunning(f"worker {self.name!r} is not running")
+        request = RedriveRequest(message_id)
+        try:
+            await self._redrives.send(request)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise NotRunning(f"worker {self.name!r} is stopping") from None
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error

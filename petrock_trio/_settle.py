@@ -1,0 +1,185 @@
+"""Settling one live message: attempts until it succeeds, waits, or is dead-lettered.
+
+Each failed attempt goes to ``_retry.decide`` (retry at, wait for a service,
+dead-letter); this module carries the decision out: the retry state is committed
+with the position so a restart resumes the backoff, and a dead letter whose commit
+fails is written again without running the handler again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from ._attempt import attempt
+from ._errors import HandlerTimeout, LeaseLost, PetrockError, ServiceUnavailable
+from ._events import DeadLettered, HandlerFailed
+from ._message import Message, Page, Row
+from ._retry import Backoff, Decision, GiveUp, RetryAt, WaitForService, decide
+from .stores import DeadLetterRecord, RetryRecord
+
+if TYPE_CHECKING:
+    from ._run import WorkerRun
+
+__all__ = ["dead_letter", "settle"]
+
+_log = structlog.get_logger("petrock_trio.worker")
+
+# Writing a dead letter again after the store failed: the handler is not run again.
+_REWRITE = Backoff(initial=1.0, max_delay=30.0)
+
+
+async def settle(run: WorkerRun, page: Page, index: int, *, redrive: bool = False) -> None:
+    """Handle the message at ``index`` of ``page`` until it succeeds or is dead-lettered."""
+    row = page.rows[index]
+    rt = run.rt
+    try:
+        message = page.message(index, rt.registry)
+    except Exception as exc:  # noqa: BLE001 - bad input in the log: dead-letter, go on
+        await dead_letter(run, row, exc, attempts=1, first_failed_at=rt.clock())
+        return
+    if rt.applied.value < row.id:
+        # A live handler sees app state at least as new as its message, so what it
+        # emits is validated against the state that message produced.
+        await rt.wait_applied(row.id)
+    number, first_failed_at, wait = (1, None, 0.0) if redrive else _resume(run, row)
+    run.in_flight = 1
+    try:
+        while True:
+            if wait > 0:
+                await run.wait_to_retry(wait)
+            started = trio.current_time()
+            error = await attempt(run, message, number, started=started, redrive=redrive)
+            now = trio.current_time()
+            if error is None:
+                run.recorder.handled(now, now - started)
+                return
+            first_failed_at = first_failed_at or rt.clock()
+            decision = _decide(run, message, error, number)
+            _report_failure(run, message, error, number, now - started, decision)
+            if isinstance(decision, GiveUp):
+                await dead_letter(run, row, error, attempts=number, first_failed_at=first_failed_at)
+                return
+            run.retrying = (row.id, number)
+            run.recorder.retried += 1
+            if isinstance(decision, RetryAt):
+                number += 1
+            wait = decision.delay
+            await _save_retry(
+                run, RetryRecord(run.name, row.id, number - 1, rt.clock() + wait, first_failed_at)
+            )
+    finally:
+        run.in_flight = 0
+        run.retrying = None
+
+
+def _decide(run: WorkerRun, message: Message, error: BaseException, number: int) -> Decision:
+    route = run.routes[message.name]
+    policy = route.retry or run.decl.retry
+    services = run.decl.services
+
+    def unavailable(leaf: BaseException) -> tuple[str, float] | None:
+        for service in services:
+            if service.caused(leaf) and not service.available:
+                return service.name, service.retry_after() or policy.delay(1)
+        return None
+
+    return decide(error, number, policy, unavailable)
+
+
+def _report_failure(  # noqa: PLR0917 - a private helper of settle
+    run: WorkerRun,
+    message: Message,
+    error: BaseException,
+    number: int,
+    duration: float,
+    decision: Decision,
+) -> None:
+    timed_out = isinstance(error, HandlerTimeout)
+    waiting = isinstance(decision, WaitForService)
+    if not isinstance(error, ServiceUnavailable):
+        run.recorder.failure(trio.current_time(), repr(error), timeout=timed_out)
+    delay = None if isinstance(decision, GiveUp) else decision.delay
+    run.rt.report(
+        HandlerFailed(
+            run.name,
+            message.id,
+            message.name,
+            number,
+            duration,
+            error,
+            delay,
+            timed_out=timed_out,
+            retry_requested=isinstance(decision, RetryAt) and decision.requested,
+            service_unavailable=waiting,
+        )
+    )
+
+
+def _resume(run: WorkerRun, row: Row) -> tuple[int, float | None, float]:
+    """Attempt number, first failure and wait before the first attempt at ``row``.
+
+    If an earlier run (or another process) saved retry state for ``row``, the
+    backoff carries on with its attempt count, at the time it chose.
+    """
+    rt = run.rt
+    record = rt.retries.get(run.name)
+    if record is None or record.message_id != row.id:
+        return 1, None, 0.0
+    del rt.retries[run.name]
+    run.retrying = (row.id, record.attempts)
+    return record.attempts + 1, record.first_failed_at, record.next_attempt_at - rt.clock()
+
+
+async def _save_retry(run: WorkerRun, record: RetryRecord) -> None:
+    """Keep the retry state with the position: a restart or a takeover by another
+    process resumes the backoff instead of starting it over."""
+    try:
+        await run.rt.commit(run.name, retries=[record])
+    except LeaseLost:
+        raise
+    except PetrockError as exc:
+        # Retrying goes on in memory; only a crash before the retry loses the count.
+        _log.warning("petrock.retry_state_not_saved", worker_name=run.name, error_details=repr(exc))
+
+
+async def dead_letter(
+    run: WorkerRun, row: Row, error: BaseException, *, attempts: int, first_failed_at: float
+) -> None:
+    """Record ``row`` as given up on, with its position; written again until it lands."""
+    rt, name = run.rt, run.name
+    record = DeadLetterRecord(
+        worker=name,
+        message_id=row.id,
+        command_name=row.name,
+        error=repr(error),
+        attempts=attempts,
+        first_failed_at=first_failed_at,
+        last_failed_at=rt.clock(),
+    )
+    failures = 0
+    while True:
+        try:
+            await rt.commit(name, positions={name: row.id}, dead_letters=[record])
+            break
+        except LeaseLost:
+            raise
+        except PetrockError as exc:
+            failures += 1
+            delay = _REWRITE.delay(min(failures, 10))
+            _log.warning(
+                "petrock.dead_letter_not_saved",
+                worker_name=name,
+                command_type=row.name,
+                message_id=row.id,
+                error_details=repr(exc),
+                retry_in=delay,
+            )
+            await run.interruptible(trio.sleep, delay)
+    rt.flusher.committed(name, row.id)
+    run.feed.advance(row.id)
+    rt.dead_letter_ids.setdefault(name, set()).add(row.id)
+    run.recorder.dead_letter(trio.current_time())
+    rt.report(DeadLettered(name, row.id, row.name, attempts, error))
