@@ -1,34 +1,60 @@
-"""Three processes on one PostgreSQL log, one killed with kill -9 (the long run is
-`just cluster`)."""
+"""Three processes on one PostgreSQL log, one killed with kill -9 or frozen (the long
+run is `just cluster`). One trial of each kind, shared by the tests of this module."""
 
 from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 
-from tests.cluster.node import LEASE_TTL
+from tests.cluster.node import EMITTING, LEASE_TTL
 from tests.cluster.trial import Report, fresh_log, run_trial
 from tests.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.mark.parametrize("freeze", [False, True], ids=["kill-9", "freeze"])
-def test_every_command_handled_once_per_worker_across_the_cluster(
-    postgres_server: PostgresServer, freeze: bool
-) -> None:
+@attrs.frozen
+class Trial:
+    report: Report
+    freeze: bool
+
+    @property
+    def kind(self) -> str:
+        return "freeze" if self.freeze else "kill -9"
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["kill-9", "freeze"])
+def trial(request: pytest.FixtureRequest, postgres_server: PostgresServer) -> Trial:
+    freeze: bool = request.param
     report = Report()
     run_trial(fresh_log(postgres_server.url("petrock")), random.Random(2026), report, freeze=freeze)
-    print(report)  # the figures, shown with -s or on failure
-    assert report.failures == []
+    print(report)  # the figures, shown with -s
+    return Trial(report, freeze)
+
+
+def test_every_command_handled_once_per_worker_across_the_cluster(trial: Trial) -> None:
+    report = trial.report
+    assert report.failures == [], str(report)
     assert report.commands > 0
-    assert report.echoes == 6 * report.commands
-    (failover,) = report.freeze_failovers if freeze else report.failovers
-    if freeze:
+    assert report.echoes == len(EMITTING) * report.commands
+    # Every worker's live handlings were counted; the struck node held some of them.
+    figures = report.figures[trial.kind]
+    assert all(f.handled == report.commands for f in figures.values())
+    assert sum(f.failovers for f in figures.values()) > 0
+    (failover,) = report.freeze_failovers if trial.freeze else report.failovers
+    if trial.freeze:
         # A frozen holder keeps its connection: the others wait for its lease to expire,
         # at most one renewal interval (ttl / 5) after the freeze began.
         assert LEASE_TTL * 0.75 <= failover < LEASE_TTL * 3
     else:
         # A killed holder's connection is gone: no wait for expiry.
         assert failover < LEASE_TTL
+
+
+@pytest.mark.xfail(reason="positions of non-emitting workers are written in groups", strict=True)
+def test_at_most_one_message_rehandled_per_worker_per_failover(trial: Trial) -> None:
+    """docs/scaling.md: side effects repeat for at most one message per worker per
+    failover, for the workers that emit nothing as well as the others."""
+    assert trial.report.rehandling == [], str(trial.report)
