@@ -10,7 +10,7 @@ messages.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -18,9 +18,7 @@ from ._context import HandlerContext
 from ._errors import HandlerTimeout, LeaseLost, OutcomeUnknown, StoreError
 from ._events import HandlerCompleted
 from ._message import Message
-
-if TYPE_CHECKING:
-    from ._run import WorkerRun
+from ._runstate import RunState
 
 __all__ = ["attempt", "call"]
 
@@ -70,7 +68,7 @@ async def call(
 
 
 async def attempt(
-    run: WorkerRun, message: Message, number: int, *, started: float, redrive: bool = False
+    run: RunState, message: Message, number: int, *, started: float, redrive: bool = False
 ) -> BaseException | None:
     """Run the handler for ``message`` once and commit its outcome; the error if either
     failed. On success the message's position is durable (with its emits), unless the
@@ -104,7 +102,7 @@ async def attempt(
 
 
 async def _commit(
-    run: WorkerRun, message_id: int, ctx: HandlerContext, *, redrive: bool
+    run: RunState, message_id: int, ctx: HandlerContext, *, redrive: bool
 ) -> BaseException | None:
     """Commit a successful run; the error if the commit failed (then it is retried)."""
     rt, name = run.rt, run.name

@@ -73,10 +73,17 @@ async def _show_replay(
         report = app.inspect()
         head = report["head"]
         if head is not None:
-            slowest = min(report["positions"].values(), default=head)
+            # Each worker replays up to its saved position; live work comes after start-up.
+            progress = [w["replay"] for w in report["workers"].values()]
+            behind = [p for p in progress if p["position"] < p["target"]]
+            slowest = min(behind, key=lambda p: p["position"] / p["target"], default=None)
+            workers = (
+                f"slowest worker at {slowest['position']}/{slowest['target']}"
+                if slowest is not None
+                else "workers replayed"
+            )
             line = (
-                f"replaying the log: state at {report['projection']['position']}/{head}, "
-                f"slowest worker at {slowest}/{head}"
+                f"replaying the log: state at {report['projection']['position']}/{head}, {workers}"
             )
             update(line)
             # Off a terminal the spinner draws nothing: a line now and then instead.

@@ -6,24 +6,20 @@ not a timed-out run, and a run that timed out or failed commits nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import trio
 
 from ._attempt import call
 from ._context import PeriodicContext
 from ._errors import LeaseLost
 from ._events import PeriodicCompleted, PeriodicFailed, PeriodicSkipped
+from ._runstate import RunState
 from ._runtime import Stop
-
-if TYPE_CHECKING:
-    from ._run import WorkerRun
-    from ._worker import Periodic
+from ._worker import Periodic
 
 __all__ = ["periodic_loop", "periodic_once"]
 
 
-async def periodic_loop(run: WorkerRun, periodic: Periodic) -> None:
+async def periodic_loop(run: RunState, periodic: Periodic) -> None:
     """Run ``periodic`` every ``interval`` seconds until graceful shutdown.
 
     Later runs start ``interval`` seconds after the previous start; a run that
@@ -50,7 +46,7 @@ async def periodic_loop(run: WorkerRun, periodic: Periodic) -> None:
             next_at += periodic.interval
 
 
-async def periodic_once(run: WorkerRun, periodic: Periodic, number: int) -> None:
+async def periodic_once(run: RunState, periodic: Periodic, number: int) -> None:
     rt = run.rt
     if rt.leases is not None:
         await rt.leases.ensure(run.name)

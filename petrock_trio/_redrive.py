@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import trio
 
 from ._errors import NotRunning
 from ._message import Page
+from ._runstate import RunState
 from ._runtime import Stop
 from ._settle import settle
-
-if TYPE_CHECKING:
-    from ._run import WorkerRun
 
 __all__ = ["RedriveRequest", "redrive_loop"]
 
@@ -24,7 +20,7 @@ class RedriveRequest:
         self.error: BaseException | None = None
 
 
-async def redrive_loop(run: WorkerRun, receive: trio.MemoryReceiveChannel[RedriveRequest]) -> None:
+async def redrive_loop(run: RunState, receive: trio.MemoryReceiveChannel[RedriveRequest]) -> None:
     """Serve re-drive requests one at a time until the worker stops."""
     async for request in receive:
         try:
@@ -39,7 +35,7 @@ async def redrive_loop(run: WorkerRun, receive: trio.MemoryReceiveChannel[Redriv
             request.done.set()
 
 
-async def _dead_letter_page(run: WorkerRun, message_id: int) -> Page:
+async def _dead_letter_page(run: RunState, message_id: int) -> Page:
     rows = await run.rt.log.store.read_after(message_id - 1, 1)
     if not rows or rows[0].id != message_id:
         raise LookupError(f"message {message_id} is not in the log")

@@ -9,7 +9,6 @@ settled by ``_settle``), periodic work (``_periodic``) and re-drives
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import structlog
@@ -21,10 +20,11 @@ from ._errors import NotRunning
 from ._events import Replayed, WorkerCrashed
 from ._health import HealthReport, Signals, judge
 from ._message import Page
-from ._metrics import MetricsRecorder, WorkerMetrics
+from ._metrics import WorkerMetrics
 from ._periodic import periodic_loop, periodic_once
 from ._redrive import RedriveRequest, redrive_loop
 from ._retry import Backoff
+from ._runstate import RunState
 from ._runtime import Runtime, Stop
 from ._settle import settle
 from ._worker import PatternWorker, WorkerStatistics
@@ -39,36 +39,11 @@ T = TypeVar("T")
 _CRASH_BACKOFF = Backoff(initial=1.0, max_delay=60.0)
 
 
-class WorkerRun:
-    """A :class:`PatternWorker` being served: everything that changes while it runs."""
+class WorkerRun(RunState):
+    """One serving of a :class:`PatternWorker`: its loops, and what it shows."""
 
     def __init__(self, decl: PatternWorker[Any], rt: Runtime) -> None:
-        self.decl = decl
-        self.rt = rt
-        self.name = decl.name
-        self.routes = decl.route_table
-        self.state: Any = decl.take_state()
-        self.recorder = MetricsRecorder()
-        self.recorder.started_at = trio.current_time()
-        saved = rt.saved_positions.get(self.name, 0)
-        # Replayed up to here, live after: what the store says this worker has handled.
-        self.saved = min(saved, rt.log.head.value)
-        start = 0 if decl.replay else self.saved
-        self.feed = rt.pump.feed(self.name, decl.routes, start, decl.page_capacity)
-        rt.flusher.feeds[self.name] = self.feed.position
-        rt.flusher.saved[self.name] = saved
-        self.report_completed = rt.wants_completed()
-        self.lock = trio.Lock()
-        self.replayed = trio.Event()
-        self.replay_position = start
-        self.live = False
-        self.stopped = False
-        self.crashed: str | None = None
-        self.crashes = 0
-        self.in_flight = 0
-        self.retrying: tuple[int, int] | None = None
-        self.periodic_runs = 0
-        self._wait_scopes: set[trio.CancelScope] = set()
+        super().__init__(decl, rt)
         self._redrives: trio.MemorySendChannel[RedriveRequest] | None = None
         decl.attach(self)
 
@@ -161,7 +136,7 @@ class WorkerRun:
 
     def stop(self) -> None:
         """Interrupt waits (never running handlers) for graceful shutdown."""
-        for scope in self._wait_scopes:
+        for scope in self.wait_scopes:
             scope.cancel()
         self.feed.close()
         if self._redrives is not None:
@@ -247,30 +222,6 @@ class WorkerRun:
         self.recorder.replayed += 1
         if rt.hooks:
             rt.report(Replayed(self.name, message, trio.current_time() - started, error))
-
-    # --- waits that graceful shutdown ends --------------------------------------------
-
-    async def interruptible(self, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``await wait(*args)`` unless graceful shutdown starts, then raise Stop."""
-        with trio.CancelScope() as scope:
-            self._wait_scopes.add(scope)
-            if self.rt.stopping.is_set():
-                scope.cancel()
-            try:
-                return await wait(*args)
-            finally:
-                self._wait_scopes.discard(scope)
-        raise Stop
-
-    async def wait_to_retry(self, delay: float) -> None:
-        """Sleep ``delay`` seconds without holding the lock (periodic work may run)."""
-        self.lock.release()
-        try:
-            await self.interruptible(trio.sleep, delay)
-        finally:
-            # Even when cancelled: the caller's `async with` releases it again.
-            with trio.CancelScope(shield=True):
-                await self.lock.acquire()
 
     # --- operator verbs ----------------------------------------------------------------
 

@@ -8,8 +8,6 @@ fails is written again without running the handler again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import structlog
 import trio
 
@@ -18,10 +16,8 @@ from ._errors import HandlerTimeout, LeaseLost, PetrockError, ServiceUnavailable
 from ._events import DeadLettered, HandlerFailed
 from ._message import Message, Page, Row
 from ._retry import Backoff, Decision, GiveUp, RetryAt, WaitForService, decide
+from ._runstate import RunState
 from .stores import DeadLetterRecord, RetryRecord
-
-if TYPE_CHECKING:
-    from ._run import WorkerRun
 
 __all__ = ["dead_letter", "settle"]
 
@@ -31,7 +27,7 @@ _log = structlog.get_logger("petrock_trio.worker")
 _REWRITE = Backoff(initial=1.0, max_delay=30.0)
 
 
-async def settle(run: WorkerRun, page: Page, index: int, *, redrive: bool = False) -> None:
+async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False) -> None:
     """Handle the message at ``index`` of ``page`` until it succeeds or is dead-lettered."""
     row = page.rows[index]
     rt = run.rt
@@ -75,7 +71,7 @@ async def settle(run: WorkerRun, page: Page, index: int, *, redrive: bool = Fals
         run.retrying = None
 
 
-def _decide(run: WorkerRun, message: Message, error: BaseException, number: int) -> Decision:
+def _decide(run: RunState, message: Message, error: BaseException, number: int) -> Decision:
     route = run.routes[message.name]
     policy = route.retry or run.decl.retry
     services = run.decl.services
@@ -90,7 +86,7 @@ def _decide(run: WorkerRun, message: Message, error: BaseException, number: int)
 
 
 def _report_failure(  # noqa: PLR0917 - a private helper of settle
-    run: WorkerRun,
+    run: RunState,
     message: Message,
     error: BaseException,
     number: int,
@@ -118,7 +114,7 @@ def _report_failure(  # noqa: PLR0917 - a private helper of settle
     )
 
 
-def _resume(run: WorkerRun, row: Row) -> tuple[int, float | None, float]:
+def _resume(run: RunState, row: Row) -> tuple[int, float | None, float]:
     """Attempt number, first failure and wait before the first attempt at ``row``.
 
     If an earlier run (or another process) saved retry state for ``row``, the
@@ -133,7 +129,7 @@ def _resume(run: WorkerRun, row: Row) -> tuple[int, float | None, float]:
     return record.attempts + 1, record.first_failed_at, record.next_attempt_at - rt.clock()
 
 
-async def _save_retry(run: WorkerRun, record: RetryRecord) -> None:
+async def _save_retry(run: RunState, record: RetryRecord) -> None:
     """Keep the retry state with the position: a restart or a takeover by another
     process resumes the backoff instead of starting it over."""
     try:
@@ -146,7 +142,7 @@ async def _save_retry(run: WorkerRun, record: RetryRecord) -> None:
 
 
 async def dead_letter(
-    run: WorkerRun, row: Row, error: BaseException, *, attempts: int, first_failed_at: float
+    run: RunState, row: Row, error: BaseException, *, attempts: int, first_failed_at: float
 ) -> None:
     """Record ``row`` as given up on, with its position; written again until it lands."""
     rt, name = run.rt, run.name

@@ -1,0 +1,75 @@
+"""What one serving of a PatternWorker holds while it runs.
+
+The loops (``_run``), an attempt (``_attempt``), settling a message (``_settle``),
+periodic work (``_periodic``) and re-drives (``_redrive``) all work on this one
+object; it holds data and the waits that graceful shutdown ends, nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+
+from ._metrics import MetricsRecorder
+from ._runtime import Runtime, Stop
+from ._worker import PatternWorker
+
+__all__ = ["RunState"]
+
+T = TypeVar("T")
+
+
+class RunState:
+    """A :class:`PatternWorker` being served: everything that changes while it runs."""
+
+    def __init__(self, decl: PatternWorker[Any], rt: Runtime) -> None:
+        self.decl = decl
+        self.rt = rt
+        self.name = decl.name
+        self.routes = decl.route_table
+        self.state: Any = decl.take_state()
+        self.recorder = MetricsRecorder()
+        self.recorder.started_at = trio.current_time()
+        saved = rt.saved_positions.get(self.name, 0)
+        # Replayed up to here, live after: what the store says this worker has handled.
+        self.saved = min(saved, rt.log.head.value)
+        start = 0 if decl.replay else self.saved
+        self.feed = rt.pump.feed(self.name, decl.routes, start, decl.page_capacity)
+        rt.flusher.feeds[self.name] = self.feed.position
+        rt.flusher.saved[self.name] = saved
+        self.report_completed = rt.wants_completed()
+        self.lock = trio.Lock()
+        self.replayed = trio.Event()
+        self.replay_position = start
+        self.live = False
+        self.stopped = False
+        self.crashed: str | None = None
+        self.crashes = 0
+        self.in_flight = 0
+        self.retrying: tuple[int, int] | None = None
+        self.periodic_runs = 0
+        self.wait_scopes: set[trio.CancelScope] = set()
+
+    async def interruptible(self, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await wait(*args)`` unless graceful shutdown starts, then raise Stop."""
+        with trio.CancelScope() as scope:
+            self.wait_scopes.add(scope)
+            if self.rt.stopping.is_set():
+                scope.cancel()
+            try:
+                return await wait(*args)
+            finally:
+                self.wait_scopes.discard(scope)
+        raise Stop
+
+    async def wait_to_retry(self, delay: float) -> None:
+        """Sleep ``delay`` seconds without holding the lock (periodic work may run)."""
+        self.lock.release()
+        try:
+            await self.interruptible(trio.sleep, delay)
+        finally:
+            # Even when cancelled: the caller's `async with` releases it again.
+            with trio.CancelScope(shield=True):
+                await self.lock.acquire()
