@@ -53,7 +53,6 @@ def test_every_command_handled_once_per_worker_across_the_cluster(trial: Trial) 
         assert failover < LEASE_TTL
 
 
-@pytest.mark.xfail(reason="positions of non-emitting workers are written in groups", strict=True)
 def test_at_most_one_message_rehandled_per_worker_per_failover(trial: Trial) -> None:
     """docs/scaling.md: side effects repeat for at most one message per worker per
     failover, for the workers that emit nothing as well as the others."""
