@@ -118,6 +118,8 @@ async def _commit(
                 name, ctx.to_validate, encoded=ctx.emitted, positions={name: message_id}
             )
             rt.flusher.committed(name, message_id)
+        else:
+            await trio.lowlevel.checkpoint()  # nothing to write: still a checkpoint
     except LeaseLost:
         raise
     except OutcomeUnknown as exc:

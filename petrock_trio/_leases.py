@@ -134,6 +134,9 @@ class LeaseKeeper:
         its leases' expiry must not start work when it resumes, even before its
         renewal task has run and noticed. Otherwise the worker's activity is cancelled.
         """
+        # The checkpoint first: whatever happens at it (a renewal failing, a takeover
+        # noticed) is seen by the check after it, right before the work starts.
+        await trio.lowlevel.checkpoint()
         if worker in self.held and trio.current_time() < self._valid_until:
             return
         expired = trio.current_time() >= self._valid_until

@@ -62,7 +62,7 @@ async def periodic_once(run: RunState, periodic: Periodic, number: int) -> None:
         what="periodic work",
         worker=run.name,
     )
-    timed_out = error is not None and isinstance(error, TimeoutError)
+    timed_out = isinstance(error, TimeoutError)
     if error is None and ctx.emitted:
         try:
             await rt.commit_validated(run.name, ctx.to_validate, encoded=ctx.emitted)

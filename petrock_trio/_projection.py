@@ -33,6 +33,7 @@ class Projection:
         self.appliers: dict[str, tuple[Applier, Any]] = {}
         self.feed: Feed | None = None
         self.errors = 0
+        self._rt: Runtime | None = None
         self._scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
@@ -55,18 +56,23 @@ class Projection:
         self.feed = pump.feed(self.name, self.appliers, 0, capacity=64)
         return self.feed
 
+    def bind(self, rt: Runtime) -> Projection:
+        """Serve on ``rt`` (built around :meth:`prepare`'s feed); the projection is its
+        own run."""
+        self._rt = rt
+        return self
+
     def stop(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def run(
-        self, rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Apply pages as they come; started once the log as of start-up is applied.
 
         Never returns unless cancelled or stopped.
         """
-        feed = self.feed
+        rt, feed = self._rt, self.feed
+        assert rt is not None, "bind() first"
         assert feed is not None, "prepare() first"
         target = rt.log.head.value
         try:

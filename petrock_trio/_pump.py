@@ -91,10 +91,15 @@ class Feed:
         """
         while True:
             try:
-                return self._receive.receive_nowait()
+                page = self._receive.receive_nowait()
             except trio.WouldBlock:
                 if self.closed:
                     raise trio.EndOfChannel from None
+            else:
+                # A checkpoint per page, like every async function of the engine: a
+                # long catch-up with handlers that never wait must not starve others.
+                await trio.lowlevel.checkpoint()
+                return page
             # Channel empty and nothing in hand: every page sent has been handled, so
             # pages skipped since then are done too.
             self.advance(self._skip_to)
@@ -106,11 +111,11 @@ class Feed:
                     self._idle = False
             if self.pump.try_attach(self):
                 continue
-            page = self.pump.recent_page(self.position.value)
-            if page is None:
-                page = await self.pump.read_page(self.position.value, self.routes)
+            recent = self.pump.recent_page(self.position.value)
+            if recent is None:
+                return await self.pump.read_page(self.position.value, self.routes)
             await trio.lowlevel.checkpoint()
-            return page
+            return recent
 
     def rewind(self) -> None:
         """Forget pages received but not handled; read again from ``position``.

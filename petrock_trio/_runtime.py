@@ -83,6 +83,7 @@ class Runtime:
         """
         position = self.applied
         if position.value >= message_id:
+            await trio.lowlevel.checkpoint()
             return
         if self.closed:
             raise NotRunning(f"the app stopped before message {message_id} was applied")

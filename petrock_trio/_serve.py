@@ -168,7 +168,7 @@ async def _start_parts(
 
         async def start_all() -> None:
             async with trio.open_nursery() as starting:
-                starting.start_soon(outer.start, partial(app.projection.run, rt))
+                starting.start_soon(outer.start, app.projection.bind(rt).run)
                 for name in app.workers:
                     if rt.leases is None:
                         starting.start_soon(nursery.start, runs[name].run)
