@@ -796,3 +796,34 @@ class TestEmitValidation:
             await app.caught_up()
             created = await logged(app, "seams/create-user")
         assert created == [CreateUser("ada")]
+
+
+class TestPositionsOfQuietWorkers:
+    """A live message's position is durable before the worker starts its next live
+    message, emits or not: a crash re-handles at most one message per worker."""
+
+    @pytest.mark.parametrize("batch", [False, True], ids=["exact", "batch_positions"])
+    async def test_position_saved_before_the_next_message(
+        self, autojump_clock: trio.testing.MockClock, batch: bool
+    ) -> None:
+        app = pt.App(clock=pt.TrioWallClock(), hooks=[])
+        app.register_command(Note)
+        worker: pt.PatternWorker[None] = pt.PatternWorker("quiet", batch_positions=batch)
+        behind: list[int] = []
+
+        @worker.on_command(Note)
+        async def note(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
+            if not ctx.is_replay:
+                saved = (await app.log.store.positions()).get("quiet", 0)
+                behind.append(ctx.message.id - 1 - saved)
+
+        app.register_worker(worker)
+        async with serving(app):
+            await app.log.append(*[Note(i) for i in range(20)])
+            await app.caught_up()
+        assert len(behind) == 20
+        if batch:
+            # Written in groups: handling goes ahead of the saved position.
+            assert max(behind) > 1
+        else:
+            assert behind == [0] * 20
