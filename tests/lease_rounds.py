@@ -8,9 +8,9 @@ It starts a throwaway PostgreSQL server (initdb/pg_ctl) unless ``PETROCK_TEST_PG
 names one. Every process is a real OS process with its own PostgresStore; all of
 them want the same workers, renew what they hold and take over what expired, with
 a lease so short that leases change hands all the time. They start together (a
-barrier) and run their rounds back to back, so that rounds coincide; after each
-round a process commits a position for every worker it holds, fenced by the
-leases, so fenced commits race with the others' rounds too.
+barrier, met again every 16 rounds) and run their rounds back to back, so that
+rounds coincide; after each round a process commits a position for every worker it
+holds, fenced by the leases, so fenced commits race with the others' rounds too.
 
 A deadlock is PostgreSQL's ``deadlock detected`` error (SQLSTATE 40P01), raised to
 the caller as a StoreError. The server's ``deadlock_timeout`` is lowered for these
@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import random
 import sys
 import time
 import uuid
@@ -95,6 +96,12 @@ class Plan:
     rounds: int
     ttl: float
     commits: bool
+    # Rounds between two meetings at the barrier, where they start off together again.
+    meet_every: int = 16
+    # The share of rounds before which a process stalls for two lease times, so that
+    # the others take its leases over. Running free, the processes can settle into a
+    # rhythm where each renews its own leases in time and none move.
+    stalls: float = 0.1
 
 
 async def _rounds(plan: Plan, name: str, barrier: Barrier) -> Tally:
@@ -107,10 +114,14 @@ async def _rounds(plan: Plan, name: str, barrier: Barrier) -> Tally:
     store = PostgresStore(plan.url)
     await store.open()
     holder = f"{name}:{os.getpid()}"
+    rng = random.Random(name)
     held: dict[str, int] = {}
     try:
-        await trio.to_thread.run_sync(barrier.wait)
         for n in range(plan.rounds):
+            if n % plan.meet_every == 0:
+                await trio.to_thread.run_sync(barrier.wait)
+            if rng.random() < plan.stalls:
+                await trio.sleep(2 * plan.ttl)
             wanted = [w for w in WORKERS if w not in held]
             try:
                 now_held = await store.leases(holder, held, wanted, ttl=plan.ttl, now=time.time())
@@ -148,10 +159,16 @@ def _process(plan: Plan, name: str, barrier: Barrier, results: Any) -> None:
 
 
 def run(
-    url: str, processes: int, rounds: int, *, ttl: float = 0.002, commits: bool = True
+    url: str,
+    processes: int,
+    rounds: int,
+    *,
+    ttl: float = 0.002,
+    commits: bool = True,
+    meet_every: int = 16,
 ) -> Report:
     """``processes`` OS processes, each running ``rounds`` lease rounds at once on ``url``."""
-    plan = Plan(with_short_deadlock_timeout(url), rounds, ttl, commits)
+    plan = Plan(with_short_deadlock_timeout(url), rounds, ttl, commits, meet_every)
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
     results = context.Queue()

@@ -18,7 +18,7 @@ pytest.importorskip("psycopg", reason="psycopg is not installed (the `postgres` 
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize(("processes", "rounds"), [(2, 1000), (5, 300)])
+@pytest.mark.parametrize(("processes", "rounds"), [(2, 1200), (5, 300)])
 async def test_simultaneous_lease_rounds_never_deadlock(
     postgres_url: str, processes: int, rounds: int
 ) -> None:
