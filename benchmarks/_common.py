@@ -144,8 +144,10 @@ async def _nothing(ctx: pt.HandlerContext, cmd: Any, state: Any) -> None:
     """The trivial handler."""
 
 
-def routing_worker(name: str, names: Iterable[str]) -> pt.PatternWorker[None]:
-    worker: pt.PatternWorker[None] = pt.PatternWorker(name)
+def routing_worker(
+    name: str, names: Iterable[str], *, batch_positions: bool = False
+) -> pt.PatternWorker[None]:
+    worker: pt.PatternWorker[None] = pt.PatternWorker(name, batch_positions=batch_positions)
     for command in names:
         worker.on_command(command, _nothing)
     return worker
