@@ -494,6 +494,33 @@ _MY_BACKEND: Final = (
     b"pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
 )
 
+# A lease round locks every row it may write before it writes one, all in one order
+# (the workers' order, as the fence does): two rounds, or a round and a fenced
+# commit, then never wait for each other in a cycle. Written the obvious way (renew
+# the rows held, then upsert the rows wanted, which locks every conflicting row
+# whether it is taken or not), each round locked its own rows first and the others'
+# next, and two rounds at the same moment deadlocked.
+#
+# First the rows wanted that do not exist yet: a placeholder each, epoch 0 and
+# expired, inserted in order. This statement waits only for rows that another
+# transaction is inserting (in the same order) or updating (past its own locking
+# statement, where nothing waits), and holds no lock but its own inserts. After it,
+# every wanted row is visible to the next statement. The round takes every
+# placeholder it inserts, so no other transaction ever sees one.
+_ADD_LEASES: Final = b"""
+INSERT INTO leases (worker, holder, epoch, expires_at, backend_pid)
+SELECT w, '', 0, 0, 0 FROM unnest($1::text[]) AS w ORDER BY w
+ON CONFLICT (worker) DO NOTHING
+"""
+
+# Then every row the round will write, held and wanted, locked in order. The later
+# statements write only rows locked here, so they never wait: a renewal matches the
+# holder as well as the epoch, so that even a held row that appeared only after this
+# statement (one deleted by hand and taken again meanwhile) is left alone.
+_LOCK_LEASES: Final = (
+    b"SELECT 1 FROM leases WHERE worker = ANY($1::text[]) ORDER BY worker FOR UPDATE"
+)
+
 _RENEW_LEASES: Final = (
     b"""
 UPDATE leases SET expires_at = """
@@ -502,29 +529,26 @@ UPDATE leases SET expires_at = """
     + _MY_BACKEND
     + b""")
 FROM unnest($1::text[], $2::int8[]) AS h(worker, epoch)
-WHERE leases.worker = h.worker AND leases.epoch = h.epoch
+WHERE leases.worker = h.worker AND leases.epoch = h.epoch AND leases.holder = $4
 """
 )
 
 _TAKE_LEASES: Final = (
     b"""
-INSERT INTO leases (worker, holder, epoch, expires_at, backend_pid, backend_start)
-SELECT w, $2, 1, """
+UPDATE leases SET holder = $2, epoch = epoch + 1, expires_at = """
     + _NOW
-    + b""" + $3, """
+    + b""" + $3,
+    (backend_pid, backend_start) = (SELECT """
     + _MY_BACKEND
-    + b"""
-FROM unnest($1::text[]) AS w ORDER BY w
-ON CONFLICT (worker) DO UPDATE SET
-    holder = excluded.holder, epoch = leases.epoch + 1, expires_at = excluded.expires_at,
-    backend_pid = excluded.backend_pid, backend_start = excluded.backend_start
-WHERE leases.expires_at < """
+    + b""")
+WHERE worker = ANY($1::text[])
+  AND (expires_at < """
     + _NOW
     + b"""
    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                   WHERE a.pid = leases.backend_pid
                   -- Hidden (NULL) for another role's sessions: the pid alone then.
-                  AND (a.backend_start IS NULL OR a.backend_start = leases.backend_start))
+                  AND (a.backend_start IS NULL OR a.backend_start = leases.backend_start)))
 """
 )
 
@@ -533,6 +557,7 @@ _HELD_LEASES: Final = (
     b" AND expires_at >= " + _NOW
 )
 
+# Run after _LOCK_LEASES, as a round's writes are.
 _RELEASE_LEASES: Final = b"""
 UPDATE leases SET expires_at = 0
 FROM unnest($1::text[], $2::int8[]) AS h(worker, epoch)
@@ -977,19 +1002,30 @@ class PostgresStore:
         if not held and not wanted:
             return {}
         kept = sorted(held)
+        taking = sorted(set(wanted))
         results = await self._write(
             [
-                (_RENEW_LEASES, [_texts(kept), _int8s(held[w] for w in kept), _float8(ttl)]),
-                (_TAKE_LEASES, [_texts(sorted(wanted)), _text(holder), _float8(ttl)]),
-                (_HELD_LEASES, [_text(holder), _texts(sorted({*held, *wanted}))]),
+                (_ADD_LEASES, [_texts(taking)]),
+                (_LOCK_LEASES, [_texts(sorted({*kept, *taking}))]),
+                (
+                    _RENEW_LEASES,
+                    [_texts(kept), _int8s(held[w] for w in kept), _float8(ttl), _text(holder)],
+                ),
+                (_TAKE_LEASES, [_texts(taking), _text(holder), _float8(ttl)]),
+                (_HELD_LEASES, [_text(holder), _texts(sorted({*kept, *taking}))]),
             ]
         )
-        res = results[2]
+        res = results[-1]
         return {_get_text(res, r, 0): _get_int(res, r, 1) for r in range(res.ntuples)}
 
     async def release_leases(self, held: Mapping[str, int]) -> None:
         names = sorted(held)
-        await self._write([(_RELEASE_LEASES, [_texts(names), _int8s(held[w] for w in names)])])
+        await self._write(
+            [
+                (_LOCK_LEASES, [_texts(names)]),
+                (_RELEASE_LEASES, [_texts(names), _int8s(held[w] for w in names)]),
+            ]
+        )
 
     async def lease_records(self) -> list[LeaseRecord]:
         res = await self._read((_LEASE_RECORDS, ()))
