@@ -407,13 +407,13 @@ async def test_sqlite_without_inotify_polls_for_other_processes_appends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where inotify is missing (not Linux), the watch polls data_version instead."""
-    from petrock_trio.stores import _sqlite  # noqa: PLC0415 - the seam under test
+    from petrock_trio.stores import _sqlitewatch  # noqa: PLC0415 - the seam under test
 
     @contextlib.contextmanager
     def no_inotify(path: str) -> Iterator[None]:
         yield None
 
-    monkeypatch.setattr(_sqlite, "_wal_changes", no_inotify)
+    monkeypatch.setattr(_sqlitewatch, "wal_changes", no_inotify)
     database = str(tmp_path / "log.db")
     follower, _, handled = _recording(database=database)
     writer = pt.App(database=database)

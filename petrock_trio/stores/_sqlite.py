@@ -9,97 +9,25 @@ and timing tests are exact.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, TypeVar
 
 import attrs
-import structlog
 import trio
 
 from .._errors import LeaseLost, StoreError
 from .._message import Row
+from . import _sqlitesql as sql
 from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, StoreStatistics
+from ._sqlitewatch import watch_commits
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-_log = structlog.get_logger("petrock_trio")
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS messages (
-    id        INTEGER PRIMARY KEY,
-    timestamp REAL    NOT NULL,
-    name      TEXT    NOT NULL,
-    payload   BLOB    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS positions (
-    worker     TEXT PRIMARY KEY,
-    position   INTEGER NOT NULL,
-    updated_at REAL    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    worker          TEXT    NOT NULL,
-    message_id      INTEGER NOT NULL,
-    command_name    TEXT    NOT NULL,
-    error           TEXT    NOT NULL,
-    attempts        INTEGER NOT NULL,
-    first_failed_at REAL    NOT NULL,
-    last_failed_at  REAL    NOT NULL,
-    PRIMARY KEY (worker, message_id)
-);
-CREATE TABLE IF NOT EXISTS retries (
-    worker          TEXT    PRIMARY KEY,
-    message_id      INTEGER NOT NULL,
-    attempts        INTEGER NOT NULL,
-    next_attempt_at REAL    NOT NULL,
-    first_failed_at REAL    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS leases (
-    worker     TEXT    PRIMARY KEY,
-    holder     TEXT    NOT NULL,
-    epoch      INTEGER NOT NULL,
-    expires_at REAL    NOT NULL
-);
-"""
-
-_UPSERT_POSITION: Final = """
-INSERT INTO positions (worker, position, updated_at) VALUES (?, ?, ?)
-ON CONFLICT (worker) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
-WHERE excluded.position > positions.position
-"""
-
-_UPSERT_DEAD_LETTER: Final = """
-INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (worker, message_id) DO UPDATE SET
-    error = excluded.error, attempts = dead_letters.attempts + excluded.attempts,
-    last_failed_at = excluded.last_failed_at
-"""
-
-
-_HEAD: Final = "SELECT coalesce(max(id), 0) FROM messages"
-
-# The slowest a follower polls for other processes' appends where inotify is missing.
-_MAX_POLL_INTERVAL: Final = 1.0
-# After a write to the log, when to look for its commit (seconds after the previous
-# look, or at the next write): about the time of a sync, in all 0.1 s.
-_LOOKS_AFTER_A_WRITE: Final = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.04)
-
-_UPSERT_RETRY: Final = """
-INSERT INTO retries VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (worker) DO UPDATE SET
-    message_id = excluded.message_id, attempts = excluded.attempts,
-    next_attempt_at = excluded.next_attempt_at, first_failed_at = excluded.first_failed_at
-"""
-
-_TAKE_LEASE: Final = """
-INSERT INTO leases VALUES (?, ?, 1, ?)
-ON CONFLICT (worker) DO UPDATE SET
-    holder = excluded.holder, epoch = leases.epoch + 1, expires_at = excluded.expires_at
-WHERE leases.expires_at < ?
-"""
+# The schema under its old name: the benchmarks build their tables from it.
+_SCHEMA: Final = sql.SCHEMA
 
 
 class SQLiteStore:
@@ -175,7 +103,7 @@ class SQLiteStore:
         def setup() -> sqlite3.Connection:
             conn = self._connect()
             try:
-                conn.executescript(_SCHEMA)
+                conn.executescript(sql.SCHEMA)
             except sqlite3.Error as exc:
                 conn.close()
                 raise StoreError(f"cannot create schema in {self.path!r}: {exc}") from exc
@@ -200,7 +128,7 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 _check_leases(conn, commits)
-                (last,) = conn.execute(_HEAD).fetchone()
+                (last,) = conn.execute(sql.HEAD).fetchone()
                 results: list[list[Row]] = []
                 for commit in commits:
                     rows = [
@@ -212,7 +140,7 @@ class SQLiteStore:
                         conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", rows)
                     if commit.positions:
                         conn.executemany(
-                            _UPSERT_POSITION,
+                            sql.UPSERT_POSITION,
                             [(w, p, commit.timestamp) for w, p in commit.positions.items()],
                         )
                         conn.executemany(
@@ -220,10 +148,12 @@ class SQLiteStore:
                             commit.positions.items(),
                         )
                     if commit.retries:
-                        conn.executemany(_UPSERT_RETRY, [attrs.astuple(r) for r in commit.retries])
+                        conn.executemany(
+                            sql.UPSERT_RETRY, [attrs.astuple(r) for r in commit.retries]
+                        )
                     if commit.dead_letters:
                         conn.executemany(
-                            _UPSERT_DEAD_LETTER,
+                            sql.UPSERT_DEAD_LETTER,
                             [
                                 (
                                     d.worker,
@@ -263,19 +193,19 @@ class SQLiteStore:
         upto: int | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Row]:
-        sql = "SELECT id, timestamp, name, payload FROM messages WHERE id > ?"
+        query = "SELECT id, timestamp, name, payload FROM messages WHERE id > ?"
         args: list[object] = [after]
         if upto is not None:
-            sql += " AND id <= ?"
+            query += " AND id <= ?"
             args.append(upto)
         if names is not None:
-            sql += f" AND name IN ({','.join('?' * len(names))})"
+            query += f" AND name IN ({','.join('?' * len(names))})"
             args.extend(names)
-        sql += " ORDER BY id LIMIT ?"
+        query += " ORDER BY id LIMIT ?"
         args.append(limit)
 
         def run(conn: sqlite3.Connection) -> list[Row]:
-            return list(map(Row._make, conn.execute(sql, args).fetchall()))
+            return list(map(Row._make, conn.execute(query, args).fetchall()))
 
         rows = await self._read(run)
         self._reads += 1
@@ -284,7 +214,7 @@ class SQLiteStore:
 
     async def head(self) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            (head,) = conn.execute(_HEAD).fetchone()
+            (head,) = conn.execute(sql.HEAD).fetchone()
             return int(head)
 
         return await self._read(run)
@@ -304,27 +234,7 @@ class SQLiteStore:
             await trio.sleep_forever()
         conn = await trio.to_thread.run_sync(self._connect)
         try:
-            with _wal_changes(self.path) as changes:
-                version = _data_version(conn)
-
-                def look() -> bool:
-                    nonlocal version
-                    try:
-                        now = _data_version(conn)
-                        if now == version:
-                            return False
-                        version = now
-                        (head,) = conn.execute(_HEAD).fetchone()
-                        publish(int(head))
-                    except sqlite3.Error as exc:
-                        # The pump's own reads report a failing database.
-                        _log.warning("petrock.sqlite_watch_failed", error=str(exc))
-                    return True
-
-                if changes is None:
-                    await _poll(look, self.watch_interval)
-                else:
-                    await _follow(look, changes)
+            await watch_commits(conn, self.path, self.watch_interval, publish)
         finally:
             conn.close()
 
@@ -352,7 +262,9 @@ class SQLiteStore:
                     "UPDATE leases SET expires_at = ? WHERE worker = ? AND epoch = ?",
                     [(now + ttl, w, e) for w, e in held.items()],
                 )
-                conn.executemany(_TAKE_LEASE, [(w, holder, now + ttl, now) for w in sorted(wanted)])
+                conn.executemany(
+                    sql.TAKE_LEASE, [(w, holder, now + ttl, now) for w in sorted(wanted)]
+                )
                 rows = conn.execute(
                     "SELECT worker, epoch FROM leases WHERE holder = ? AND expires_at >= ?",
                     (holder, now),
@@ -384,15 +296,15 @@ class SQLiteStore:
         return await self._read(run)
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
-        sql = "SELECT * FROM dead_letters"
+        query = "SELECT * FROM dead_letters"
         args: tuple[object, ...] = ()
         if worker is not None:
-            sql += " WHERE worker = ?"
+            query += " WHERE worker = ?"
             args = (worker,)
-        sql += " ORDER BY last_failed_at, worker, message_id"
+        query += " ORDER BY last_failed_at, worker, message_id"
 
         def run(conn: sqlite3.Connection) -> list[DeadLetterRecord]:
-            return [DeadLetterRecord(*r) for r in conn.execute(sql, args).fetchall()]
+            return [DeadLetterRecord(*r) for r in conn.execute(query, args).fetchall()]
 
         return await self._read(run)
 
@@ -422,73 +334,6 @@ def _check_leases(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
     )
     if lost:
         raise LeaseLost(lost)
-
-
-class _Changes:
-    """Readable when a file was written: inotify's descriptor, waited on by Trio."""
-
-    def __init__(self, notify: Any) -> None:
-        self.notify = notify
-
-    async def wait(self) -> None:
-        await trio.lowlevel.wait_readable(self.notify.fileno())
-        self.notify.read(timeout=0)  # drain: one look covers every write so far
-
-
-@contextlib.contextmanager
-def _wal_changes(path: str) -> Iterator[_Changes | None]:
-    """Writes to ``path``'s write-ahead log, where inotify exists; None elsewhere."""
-    try:
-        import inotify_simple  # noqa: PLC0415 - Linux only
-
-        notify = inotify_simple.INotify()
-    except (ImportError, OSError):
-        yield None
-        return
-    try:
-        changes: _Changes | None = _Changes(notify)
-        try:
-            notify.add_watch(path + "-wal", inotify_simple.flags.MODIFY)
-        except OSError:
-            changes = None  # no write-ahead log file to watch (another journal mode)
-        yield changes
-    finally:
-        # Wake any task waiting on the descriptor before its number can be reused.
-        trio.lowlevel.notify_closing(notify.fileno())
-        notify.close()
-
-
-async def _follow(look: Callable[[], bool], changes: _Changes) -> None:
-    """Look whenever the write-ahead log is written, until the commit shows."""
-    while True:
-        # The safety look covers a log file replaced behind the watch.
-        with trio.move_on_after(_MAX_POLL_INTERVAL * 5) as idle:
-            await changes.wait()
-        if idle.cancelled_caught:
-            look()
-            continue
-        # The log is written before the commit shows (the writer syncs in between):
-        # look again, sooner first, until it does; another write starts over.
-        attempt = 0
-        while attempt < len(_LOOKS_AFTER_A_WRITE):
-            with trio.move_on_after(_LOOKS_AFTER_A_WRITE[attempt]) as waited:
-                await changes.wait()
-            if look():
-                break
-            attempt = attempt + 1 if waited.cancelled_caught else 0
-
-
-async def _poll(look: Callable[[], bool], interval: float) -> None:
-    """Look every ``interval`` seconds after a change, slowing down to once a second."""
-    idle = interval
-    while True:
-        await trio.sleep(idle)
-        idle = min(idle * 2, _MAX_POLL_INTERVAL) if not look() else interval
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    (version,) = conn.execute("PRAGMA data_version").fetchone()
-    return int(version)
 
 
 def _wrap(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
