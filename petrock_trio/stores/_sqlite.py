@@ -88,6 +88,9 @@ class SQLiteStore:
         if conn is None:
             raise StoreError("store is closed")
         if self.inline:
+            # Still a checkpoint, as every async call of the engine: a cancel point
+            # before anything is written, and a place where other tasks run.
+            await trio.lowlevel.checkpoint()
             return _wrap(fn, conn)
         return await trio.to_thread.run_sync(_wrap, fn, conn, limiter=self._write_limiter)
 
@@ -96,6 +99,7 @@ class SQLiteStore:
         if conn is None:
             raise StoreError("store is closed")
         if self.inline:
+            await trio.lowlevel.checkpoint()  # as in _write
             return _wrap(fn, conn)
         return await trio.to_thread.run_sync(_wrap, fn, conn, limiter=self._read_limiter)
 
