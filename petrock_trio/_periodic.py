@@ -10,7 +10,7 @@ import trio
 
 from ._attempt import call
 from ._context import PeriodicContext
-from ._errors import LeaseLost
+from ._errors import HandlerTimeout, LeaseLost
 from ._events import PeriodicCompleted, PeriodicFailed, PeriodicSkipped
 from ._runstate import RunState
 from ._runtime import Stop
@@ -62,7 +62,7 @@ async def periodic_once(run: RunState, periodic: Periodic, number: int) -> None:
         what="periodic work",
         worker=run.name,
     )
-    timed_out = isinstance(error, TimeoutError)
+    timed_out = isinstance(error, HandlerTimeout)
     if error is None and ctx.emitted:
         try:
             await rt.commit_validated(run.name, ctx.to_validate, encoded=ctx.emitted)
