@@ -20,7 +20,7 @@ from ._events import HandlerCompleted
 from ._message import Message
 from ._runstate import RunState
 
-__all__ = ["attempt", "call"]
+__all__ = ["attempt", "call", "handle"]
 
 
 def _cancelled(exc: BaseException) -> bool:
@@ -67,6 +67,24 @@ async def call(
     return None
 
 
+async def handle(
+    run: RunState, ctx: HandlerContext, *, started: float, what: str
+) -> BaseException | None:
+    """The route's handler for ``ctx.message`` under its deadline (see :func:`call`)."""
+    message = ctx.message
+    limit = run.decl.limit(message.name)
+    return await call(
+        run.routes[message.name].handler,
+        ctx,
+        message.command,
+        run.state,
+        deadline=started + limit,
+        limit=limit,
+        what=f"{what} {message.name!r}",
+        worker=run.name,
+    )
+
+
 async def attempt(
     run: RunState, message: Message, number: int, *, started: float, redrive: bool = False
 ) -> BaseException | None:
@@ -76,19 +94,8 @@ async def attempt(
     rt = run.rt
     if rt.leases is not None:
         await rt.leases.ensure(run.name)
-    route = run.routes[message.name]
     ctx = HandlerContext(rt, run.name, message, is_replay=False, attempt=number)
-    limit = run.decl.limit(message.name)
-    error = await call(
-        route.handler,
-        ctx,
-        message.command,
-        run.state,
-        deadline=started + limit,
-        limit=limit,
-        what=f"handler for {message.name!r}",
-        worker=run.name,
-    )
+    error = await handle(run, ctx, started=started, what="handler for")
     if error is not None:
         return error
     error = await _commit(run, message.id, ctx, redrive=redrive)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from ._attempt import call
+from ._attempt import handle
 from ._context import HandlerContext
 from ._errors import NotRunning
 from ._events import Replayed, WorkerCrashed
@@ -208,17 +208,7 @@ class WorkerRun(RunState):
             return
         ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
         started = trio.current_time()
-        limit = self.decl.limit(row.name)
-        error = await call(
-            self.routes[row.name].handler,
-            ctx,
-            message.command,
-            self.state,
-            deadline=started + limit,
-            limit=limit,
-            what=f"replay of {row.name!r}",
-            worker=self.name,
-        )
+        error = await handle(self, ctx, started=started, what="replay of")
         self.recorder.replayed += 1
         if rt.hooks:
             rt.report(Replayed(self.name, message, trio.current_time() - started, error))

@@ -25,15 +25,15 @@ import queue
 import random
 import sys
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from multiprocessing.synchronize import Barrier
 from typing import Any
 from urllib.parse import quote
 
 import attrs
 import trio
+
+from tests.postgres_server import fresh_schema, trial_database
 
 WORKERS: tuple[str, ...] = tuple(f"w{i:02}" for i in range(12))
 
@@ -208,42 +208,15 @@ def run(
     return Report(processes, time.monotonic() - started, tally)
 
 
-@contextmanager
-def _database() -> Iterator[str]:
-    """A PostgreSQL URL: PETROCK_TEST_PG, or a throwaway server started here."""
-    import psycopg  # noqa: PLC0415
-
-    from tests.postgres_server import find_binaries, running_server  # noqa: PLC0415
-
-    given = os.environ.get("PETROCK_TEST_PG")
-    if given:
-        yield given
-        return
-    bindir = find_binaries()
-    if bindir is None:
-        raise SystemExit("PostgreSQL (initdb, pg_ctl) is not installed")
-    with running_server(bindir) as server:
-        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE petrock")
-        yield server.url("petrock")
-
-
 def _fresh_log(url: str) -> str:
-    """A new, empty log in its own schema of the database at ``url``."""
-    import psycopg  # noqa: PLC0415
-
-    schema = f"rounds_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options=" + quote(f"-c search_path={schema}")
+    return fresh_schema(url, "rounds")
 
 
 def main(argv: Sequence[str]) -> int:
     rounds = int(argv[0]) if argv else 3000
     counts = [int(a) for a in argv[1:]] or [2, 5]
     failed = False
-    with _database() as url:
+    with trial_database() as url:
         for processes in counts:
             report = run(_fresh_log(url), processes, rounds)
             print(report)

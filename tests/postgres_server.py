@@ -15,9 +15,11 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import attrs
 
@@ -138,3 +140,33 @@ def _run(run_as: str | None, argv: list[str], base: Path) -> None:
         raise RuntimeError(
             f"{Path(argv[0]).name} failed ({done.returncode}): {output}\n{server_log}"
         )
+
+
+@contextmanager
+def trial_database() -> Iterator[str]:
+    """A PostgreSQL URL for a long trial: PETROCK_TEST_PG, or a throwaway server started
+    here with a database ``petrock``."""
+    import psycopg  # noqa: PLC0415 - the `postgres` extra
+
+    given = os.environ.get("PETROCK_TEST_PG")
+    if given:
+        yield given
+        return
+    bindir = find_binaries()
+    if bindir is None:
+        raise SystemExit("PostgreSQL (initdb, pg_ctl) is not installed")
+    with running_server(bindir) as server:
+        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE petrock")
+        yield server.url("petrock")
+
+
+def fresh_schema(url: str, prefix: str) -> str:
+    """``url`` with a new, empty schema of its own as the search path: a fresh log."""
+    import psycopg  # noqa: PLC0415 - the `postgres` extra
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=" + quote(f"-c search_path={schema}")

@@ -35,7 +35,6 @@ node belongs to another.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import statistics
@@ -44,18 +43,15 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import quote
 
 import attrs
 import psycopg
 
 from tests.cluster.node import EMITTING, QUIET, WORKERS
-from tests.postgres_server import find_binaries, running_server
+from tests.postgres_server import fresh_schema, trial_database
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = 3
@@ -428,29 +424,9 @@ def _check_rehandling(
         report.failures.append(breach)
 
 
-@contextmanager
-def _database() -> Iterator[str]:
-    """A PostgreSQL URL: PETROCK_TEST_PG, or a throwaway server started here."""
-    given = os.environ.get("PETROCK_TEST_PG")
-    if given:
-        yield given
-        return
-    bindir = find_binaries()
-    if bindir is None:
-        raise SystemExit("PostgreSQL (initdb, pg_ctl) is not installed")
-    with running_server(bindir) as server:
-        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE petrock")
-        yield server.url("petrock")
-
-
 def fresh_log(url: str) -> str:
     """A new, empty log in its own schema of the database at ``url``."""
-    schema = f"cluster_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options=" + quote(f"-c search_path={schema}")
+    return fresh_schema(url, "cluster")
 
 
 def run_trials(url: str, trials: int, seed: int) -> Report:
@@ -465,7 +441,7 @@ def main() -> int:
     trials = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else random.randrange(1 << 30)
     print(f"seed {seed}")
-    with _database() as url:
+    with trial_database() as url:
         report = run_trials(url, trials, seed)
     print(report)
     for failure in report.failures:
