@@ -64,3 +64,8 @@ soak seconds="120": setup
 # Lease rounds of 2, then 5 processes at once on one PostgreSQL log: no deadlock (ROUNDS each, default 3000).
 lease-rounds rounds="3000": setup
     {{python}} -m tests.lease_rounds {{rounds}}
+
+# Fault trials: disk full, write lock held, file deleted, corrupt rows, PostgreSQL stopped
+# (SECONDS each fault lasts, default 40); one row each: tried, acknowledged, lost, health, recovery.
+faults seconds="40": setup
+    {{python}} -m tests.faults.trial --seconds {{seconds}}
