@@ -14,7 +14,7 @@ from ._clock import SystemClock, WallClock
 from ._commands import CommandRegistry, command_name, validate
 from ._errors import ConfigurationError, NotRunning, UnknownCommand
 from ._events import Hook, StructlogHook
-from ._health import HealthReport
+from ._health import Health, HealthReport
 from ._legacy import LegacyRunner, WorkerInfo
 from ._log import MessageLog
 from ._message import Message
@@ -95,6 +95,10 @@ class App:
     ``leases`` makes each worker run in one of the processes sharing the log, taken
     over within ``lease_ttl`` seconds when that process stops answering (default: on
     for PostgreSQL, off for SQLite; see docs/scaling.md).
+    The store counts in ``health()``: degraded after a failed write or read, or while a
+    write waits longer than ``store_degraded_after`` seconds for the database lock;
+    unhealthy when failures go on (or a write waits) for more than
+    ``store_unhealthy_after`` seconds, or the database file is deleted or replaced.
     Run it with ``trio.run(petrock_trio.serve, app)`` or ``await nursery.start(serve, app)``.
     """
 
@@ -113,6 +117,8 @@ class App:
         store: Store | None = None,
         leases: bool | None = None,
         lease_ttl: float = 5.0,
+        store_degraded_after: float = 5.0,
+        store_unhealthy_after: float = 30.0,
     ) -> None:
         _require(page_size >= 1, "page_size must be at least 1")
         _require(max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
@@ -124,6 +130,11 @@ class App:
         )
         _require(isinstance(database, str), "database must be a string (a path or a URL)")
         _require(lease_ttl > 0, "lease_ttl must be positive")
+        _require(store_degraded_after > 0, "store_degraded_after must be positive")
+        _require(
+            store_unhealthy_after >= store_degraded_after,
+            "store_unhealthy_after must not be less than store_degraded_after",
+        )
         self.database = database
         self.state: Any = types.SimpleNamespace() if state is None else state
         self.page_size = page_size
@@ -138,6 +149,8 @@ class App:
         # Several processes serving one log each run every worker only with leases.
         self.leases = leases
         self.lease_ttl = lease_ttl
+        self.store_degraded_after = store_degraded_after
+        self.store_unhealthy_after = store_unhealthy_after
         self.registry = CommandRegistry(max_payload_bytes=max_payload_bytes)
         self.projection = Projection()
         self.workers: dict[str, AnyWorker] = {}
@@ -308,8 +321,22 @@ class App:
     # --- observation ----------------------------------------------------------------
 
     def health(self) -> HealthReport:
-        """The worst health among the workers, with their reasons."""
-        return HealthReport.worst((w.health() for w in self.workers.values()), prefix=self.workers)
+        """The worst health among the workers and the store, with their reasons."""
+        reports = [*(w.health() for w in self.workers.values()), self.store_health()]
+        return HealthReport.worst(reports, prefix=[*self.workers, "store"])
+
+    def store_health(self) -> HealthReport:
+        """The store's health: failed writes and reads, lock waits, a file gone."""
+        rt = self._rt
+        if rt is None:
+            return HealthReport(Health.HEALTHY)
+        return rt.log.store_health.report(**self._store_thresholds())
+
+    def _store_thresholds(self) -> dict[str, float]:
+        return {
+            "degraded_after": self.store_degraded_after,
+            "unhealthy_after": self.store_unhealthy_after,
+        }
 
     def inspect(self) -> dict[str, Any]:
         """A JSON-serialisable report: log head, commands, workers with positions, lag,
@@ -342,6 +369,9 @@ class App:
             "pump": attrs.asdict(rt.pump.statistics()) if rt is not None else None,
             "leases": rt.leases.statistics() if rt is not None and rt.leases else None,
             "store": attrs.asdict(rt.log.store.statistics()) if rt is not None else None,
+            "store_health": (
+                rt.log.store_health.to_dict(**self._store_thresholds()) if rt is not None else None
+            ),
             "workers": workers,
             "health": self.health().to_dict(),
         }

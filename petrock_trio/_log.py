@@ -15,6 +15,7 @@ from ._clock import WallClock
 from ._commands import CommandRegistry
 from ._errors import OutcomeUnknown, PetrockError
 from ._message import Message, Row
+from ._store_health import MonitoredStore, StoreHealth
 from .stores import Commit, Store
 
 __all__ = ["MessageLog"]
@@ -34,10 +35,12 @@ class MessageLog:
     ``head`` is a ``trio_util.AsyncValue``: followers ``await head.wait_value(...)``
     instead of polling. While :meth:`run_writer` runs, concurrent commits are grouped
     into one transaction (group commit); otherwise each commit is its own transaction.
+    ``store_health`` records what every call to the store (through ``store``) came to.
     """
 
     def __init__(self, store: Store, registry: CommandRegistry, clock: WallClock) -> None:
-        self.store = store
+        self.store_health = StoreHealth()
+        self.store: Store = MonitoredStore(store, self.store_health)
         self.registry = registry
         self.clock = clock
         self.head: AsyncValue[int] = AsyncValue(0)

@@ -1,0 +1,192 @@
+"""Store health: what the store's calls came to, on Trio's clock, judged when asked.
+
+The log wraps its store in a :class:`MonitoredStore`, so every write (group commits,
+position flushes, lease rounds) and every read (the pump's pages, catch-up, the API)
+is recorded in one :class:`StoreHealth`, whoever makes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ._errors import LeaseLost, StoreError
+from ._health import Health, HealthReport
+from ._message import Row
+from .stores import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, Store, StoreStatistics
+
+__all__ = ["MonitoredStore", "StoreHealth"]
+
+T = TypeVar("T")
+
+
+@attrs.define
+class _Streak:
+    """The failures of one kind of call (writes or reads) since its last success."""
+
+    first: float | None = None  # when the first failure since the last success came
+    last: float = 0.0
+    what: str = ""
+    error: str | None = None
+    failures: int = 0  # all failures, ever
+
+    def failed(self, now: float, what: str, exc: BaseException) -> None:
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.what = what
+        self.error = str(exc)
+        self.failures += 1
+
+    def succeeded(self) -> None:
+        self.first = None
+        self.error = None
+
+    def judge(self, kind: str, unhealthy_after: float) -> tuple[Health, str] | None:
+        if self.first is None:
+            return None
+        span = self.last - self.first
+        if span > unhealthy_after:
+            return Health.UNHEALTHY, f"{kind} failing for {span:.1f} s: {self.error}"
+        return Health.DEGRADED, f"{self.what} failed: {self.error}"
+
+
+class StoreHealth:
+    """Failed writes and reads, and writes under way.
+
+    A failure turns the store degraded until the next success of its kind; failures
+    that go on for more than ``unhealthy_after`` seconds (from the first to the latest,
+    with no success between) turn it unhealthy. A write under way for more than
+    ``degraded_after`` seconds (waiting for the database lock) turns it degraded while
+    it waits, unhealthy past ``unhealthy_after``.
+    """
+
+    def __init__(self) -> None:
+        self.writes = _Streak()
+        self.reads = _Streak()
+        self._under_way: dict[int, float] = {}
+        self._tokens = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"<StoreHealth writes_failing={self.writes.error is not None}>"
+
+    def waiting(self) -> float | None:
+        """How long the oldest write under way has waited so far, or None."""
+        if not self._under_way:
+            return None
+        return trio.current_time() - min(self._under_way.values())
+
+    async def write(self, what: str, call: Awaitable[T]) -> T:
+        token = next(self._tokens)
+        self._under_way[token] = trio.current_time()
+        try:
+            result = await call
+        except LeaseLost:
+            self.writes.succeeded()  # a refusal from a database that answers
+            raise
+        except StoreError as exc:
+            self.writes.failed(trio.current_time(), what, exc)
+            raise
+        finally:
+            del self._under_way[token]
+        self.writes.succeeded()
+        return result
+
+    async def read(self, call: Awaitable[T]) -> T:
+        try:
+            result = await call
+        except StoreError as exc:
+            self.reads.failed(trio.current_time(), "read", exc)
+            raise
+        self.reads.succeeded()
+        return result
+
+    def report(self, *, degraded_after: float, unhealthy_after: float) -> HealthReport:
+        found: list[tuple[Health, str]] = []
+        waited = self.waiting()
+        if waited is not None and waited > degraded_after:
+            status = Health.UNHEALTHY if waited > unhealthy_after else Health.DEGRADED
+            found.append((status, f"a write has waited {waited:.1f} s for the database lock"))
+        for kind, streak in (("writes", self.writes), ("reads", self.reads)):
+            judged = streak.judge(kind, unhealthy_after)
+            if judged is not None:
+                found.append(judged)
+        return HealthReport.worst(HealthReport(status, (reason,)) for status, reason in found)
+
+    def to_dict(self, *, degraded_after: float, unhealthy_after: float) -> dict[str, Any]:
+        report = self.report(degraded_after=degraded_after, unhealthy_after=unhealthy_after)
+        waited = self.waiting()
+        return {
+            **report.to_dict(),
+            "write_waiting": None if waited is None else round(waited, 3),
+            "write_error": self.writes.error,
+            "read_error": self.reads.error,
+            "write_failures": self.writes.failures,
+            "read_failures": self.reads.failures,
+        }
+
+
+class MonitoredStore:
+    """A store whose every call is recorded in a :class:`StoreHealth`; else the same."""
+
+    def __init__(self, inner: Store, health: StoreHealth) -> None:
+        self.inner = inner
+        self.health = health
+        self.url = inner.url
+
+    def __repr__(self) -> str:
+        return f"<MonitoredStore {self.inner!r}>"
+
+    async def open(self) -> int:
+        return await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[list[Row]]:
+        what = "append" if any(c.appends for c in commits) else "write"
+        return await self.health.write(what, self.inner.commit_many(commits))
+
+    async def read_after(
+        self,
+        after: int,
+        limit: int,
+        *,
+        upto: int | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[Row]:
+        return await self.health.read(self.inner.read_after(after, limit, upto=upto, names=names))
+
+    async def head(self) -> int:
+        return await self.health.read(self.inner.head())
+
+    async def watch(self, publish: Callable[[int], None]) -> None:
+        await self.inner.watch(publish)
+
+    async def positions(self) -> dict[str, int]:
+        return await self.health.read(self.inner.positions())
+
+    async def retries(self) -> list[RetryRecord]:
+        return await self.health.read(self.inner.retries())
+
+    async def leases(
+        self, holder: str, held: Mapping[str, int], wanted: Sequence[str], *, ttl: float, now: float
+    ) -> dict[str, int]:
+        call = self.inner.leases(holder, held, wanted, ttl=ttl, now=now)
+        return await self.health.write("lease round", call)
+
+    async def release_leases(self, held: Mapping[str, int]) -> None:
+        await self.health.write("lease release", self.inner.release_leases(held))
+
+    async def lease_records(self) -> list[LeaseRecord]:
+        return await self.health.read(self.inner.lease_records())
+
+    async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
+        return await self.health.read(self.inner.dead_letters(worker))
+
+    def statistics(self) -> StoreStatistics:
+        return self.inner.statistics()
