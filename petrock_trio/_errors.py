@@ -15,7 +15,8 @@ The hierarchy::
      ├── ServiceUnavailable             an external service's circuit is open
      ├── StoreError                     the database failed; wraps the driver's error
      │    ├── OutcomeUnknown                   a commit may or may not have landed
-     │    └── LeaseLost                        another process took over a worker
+     │    ├── LeaseLost                        another process took over a worker
+     │    └── StoreGone                        the database file was deleted or replaced
      ├── NotRunning (RuntimeError)      the app is not serving (not started, or stopping)
      └── ConfigurationError (ValueError)   a worker, command or app is set up wrongly
 
@@ -40,6 +41,7 @@ __all__ = [
     "Retry",
     "ServiceUnavailable",
     "StoreError",
+    "StoreGone",
     "UnknownCommand",
     "ValidationError",
 ]
@@ -143,6 +145,19 @@ class LeaseLost(StoreError):
     def __init__(self, workers: tuple[str, ...]) -> None:
         super().__init__(f"lease lost for worker(s) {', '.join(map(repr, workers))}")
         self.workers = workers
+
+
+class StoreGone(StoreError):
+    """The database is gone for good: its file was deleted or replaced under the app.
+
+    Nothing more is written (what would be written there is lost with the file): every
+    write from then on raises this, and no command is acknowledged. ``reason`` says
+    which file and what happened; restart the app on a restored database.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; nothing more is written to it")
+        self.reason = reason
 
 
 class NotRunning(PetrockError, RuntimeError):

@@ -13,7 +13,7 @@ from trio_util import AsyncValue
 
 from ._clock import WallClock
 from ._commands import CommandRegistry
-from ._errors import OutcomeUnknown, PetrockError
+from ._errors import OutcomeUnknown, PetrockError, StoreGone
 from ._message import Message, Row
 from ._store_health import MonitoredStore, StoreHealth
 from .stores import Commit, Store
@@ -39,7 +39,7 @@ class MessageLog:
     """
 
     def __init__(self, store: Store, registry: CommandRegistry, clock: WallClock) -> None:
-        self.store_health = StoreHealth()
+        self.store_health = StoreHealth(store.gone)
         self.store: Store = MonitoredStore(store, self.store_health)
         self.registry = registry
         self.clock = clock
@@ -112,14 +112,16 @@ class MessageLog:
         self._batches += 1
         try:
             results = await self.store.commit_many([p.commit for p in batch])
-        except OutcomeUnknown as exc:
-            # Retrying could append twice: every caller learns the outcome is unknown.
+        except (OutcomeUnknown, StoreGone) as exc:
+            # Retrying could append twice (or, the file gone, cannot succeed): every
+            # caller learns the same.
             for pending in batch:
                 pending.error = exc
                 pending.done.set()
             # If it did land, followers must still see the new rows.
-            with contextlib.suppress(PetrockError):
-                self.publish_head(await self.store.head())
+            if isinstance(exc, OutcomeUnknown):
+                with contextlib.suppress(PetrockError):
+                    self.publish_head(await self.store.head())
             return
         except PetrockError as exc:
             if len(batch) == 1:

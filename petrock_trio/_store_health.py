@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ._errors import LeaseLost, StoreError
+from ._errors import LeaseLost, StoreError, StoreGone
 from ._health import Health, HealthReport
 from ._message import Row
 from .stores import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, Store, StoreStatistics
@@ -56,23 +56,31 @@ class _Streak:
 
 
 class StoreHealth:
-    """Failed writes and reads, and writes under way.
+    """Failed writes and reads, writes under way, and a database gone for good.
 
     A failure turns the store degraded until the next success of its kind; failures
     that go on for more than ``unhealthy_after`` seconds (from the first to the latest,
     with no success between) turn it unhealthy. A write under way for more than
     ``degraded_after`` seconds (waiting for the database lock) turns it degraded while
-    it waits, unhealthy past ``unhealthy_after``.
+    it waits, unhealthy past ``unhealthy_after``. A database file deleted or replaced
+    turns it unhealthy for good. ``gone`` asks the store whether it noticed that by
+    itself (without a write).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gone: Callable[[], str | None] = lambda: None) -> None:
+        self._store_gone = gone
+        self._gone: str | None = None
         self.writes = _Streak()
         self.reads = _Streak()
         self._under_way: dict[int, float] = {}
         self._tokens = itertools.count()
 
     def __repr__(self) -> str:
-        return f"<StoreHealth writes_failing={self.writes.error is not None}>"
+        return f"<StoreHealth gone={self.gone()!r} writes_failing={self.writes.error is not None}>"
+
+    def gone(self) -> str | None:
+        """Why the database is gone for good, or None."""
+        return self._gone or self._store_gone()
 
     def waiting(self) -> float | None:
         """How long the oldest write under way has waited so far, or None."""
@@ -87,6 +95,9 @@ class StoreHealth:
             result = await call
         except LeaseLost:
             self.writes.succeeded()  # a refusal from a database that answers
+            raise
+        except StoreGone as exc:
+            self._gone = self._gone or exc.reason
             raise
         except StoreError as exc:
             self.writes.failed(trio.current_time(), what, exc)
@@ -107,13 +118,16 @@ class StoreHealth:
 
     def report(self, *, degraded_after: float, unhealthy_after: float) -> HealthReport:
         found: list[tuple[Health, str]] = []
+        gone = self.gone()
+        if gone is not None:
+            found.append((Health.UNHEALTHY, gone))
         waited = self.waiting()
         if waited is not None and waited > degraded_after:
             status = Health.UNHEALTHY if waited > unhealthy_after else Health.DEGRADED
             found.append((status, f"a write has waited {waited:.1f} s for the database lock"))
         for kind, streak in (("writes", self.writes), ("reads", self.reads)):
             judged = streak.judge(kind, unhealthy_after)
-            if judged is not None:
+            if judged is not None and not (gone is not None and kind == "writes"):
                 found.append(judged)
         return HealthReport.worst(HealthReport(status, (reason,)) for status, reason in found)
 
@@ -122,6 +136,7 @@ class StoreHealth:
         waited = self.waiting()
         return {
             **report.to_dict(),
+            "gone": self.gone(),
             "write_waiting": None if waited is None else round(waited, 3),
             "write_error": self.writes.error,
             "read_error": self.reads.error,
@@ -187,6 +202,9 @@ class MonitoredStore:
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
         return await self.health.read(self.inner.dead_letters(worker))
+
+    def gone(self) -> str | None:
+        return self.inner.gone()
 
     def statistics(self) -> StoreStatistics:
         return self.inner.statistics()

@@ -1,5 +1,5 @@
-"""Store health: failed writes and reads, lock waits and a full disk show in
-``app.health()``."""
+"""Store health: failed writes and reads, lock waits, a full disk and a deleted file show
+in ``app.health()``; nothing is acknowledged that is not durably in the log."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 import petrock_trio as pt
+from petrock_trio._errors import StoreGone
 from petrock_trio._store_health import MonitoredStore
 from petrock_trio.testing import serving, worker_harness
-from tests.support import Note, make_app
+from tests.support import Add, Note, make_app
 from tests.test_faults import COMMANDS, echo_worker
 
 HEALTHY = pt.HealthReport(pt.Health.HEALTHY)
@@ -190,6 +192,75 @@ async def test_real_lock_held_by_another_connection(tmp_path: Path) -> None:
     assert pt.Health.DEGRADED in statuses
     assert all(r.startswith("store: a write has waited ") for r in reasons), reasons
     assert after == HEALTHY
+
+
+class TestDeletedFile:
+    """No acknowledgement after the file is gone; unhealthy; logged once."""
+
+    async def test_deleted_file_refuses_every_append(self, tmp_path: Path) -> None:
+        db = tmp_path / "app.db"
+        app, _, _ = make_app(str(db))
+        acknowledged: list[pt.Message] = []
+        refused: list[StoreGone] = []
+        with capture_logs() as logs:
+            async with serving(app):
+                await app.execute(Add("before"))
+                db.unlink()
+                for i in range(20):
+                    try:
+                        acknowledged.append(await app.execute(Add(f"after {i}")))
+                    except StoreGone as exc:
+                        refused.append(exc)
+                report = app.health()
+                store_health = app.inspect()["store_health"]
+        assert acknowledged == []
+        assert len(refused) == 20
+        reason = f"store: database file {str(db)!r} was deleted"
+        assert report == unhealthy(reason)
+        assert store_health["status"] == "unhealthy"
+        assert store_health["gone"] == reason.removeprefix("store: ")
+        gone = [e for e in logs if e["event"] == "petrock.store_gone"]
+        assert len(gone) == 1
+        assert gone[0]["log_level"] == "error"
+
+    async def test_noticed_without_a_write(self, tmp_path: Path) -> None:
+        db = tmp_path / "app.db"
+        app, _, _ = make_app(str(db))
+        with capture_logs() as logs:
+            async with serving(app):
+                await app.execute(Add("before"))
+                db.unlink()
+                noticed = trio.current_time()
+                for _ in range(100):  # 5 s at most
+                    if app.health().status is pt.Health.UNHEALTHY:
+                        break
+                    await trio.sleep(0.05)
+                noticed = trio.current_time() - noticed
+                with pytest.raises(StoreGone):
+                    await app.execute(Add("after"))
+        assert noticed < 2.0
+        assert [e["log_level"] for e in logs if e["event"] == "petrock.store_gone"] == ["error"]
+
+    async def test_replaced_file(self, tmp_path: Path) -> None:
+        db = tmp_path / "app.db"
+        other = tmp_path / "other.db"
+        sqlite3.connect(other).close()
+        app, _, _ = make_app(str(db))
+        async with serving(app):
+            await app.execute(Add("before"))
+            other.replace(db)
+            with pytest.raises(StoreGone, match="replaced"):
+                await app.execute(Add("after"))
+            assert app.health() == unhealthy(
+                f"store: database file {str(db)!r} was replaced by another file"
+            )
+
+    async def test_memory_database_has_no_file_to_lose(self) -> None:
+        app, _, _ = make_app(":memory:")
+        async with serving(app):
+            await app.execute(Add("a"))
+            assert app.health() == HEALTHY
+            assert app.inspect()["store_health"]["gone"] is None
 
 
 @contextlib.contextmanager

@@ -147,4 +147,9 @@ class Store(Protocol):
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]: ...
 
+    def gone(self) -> str | None:
+        """Why the database is gone for good (its file deleted or replaced), once the
+        store has noticed; None while it is there. Writes then raise ``StoreGone``."""
+        ...
+
     def statistics(self) -> StoreStatistics: ...

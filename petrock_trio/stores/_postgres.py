@@ -294,6 +294,10 @@ class PostgresStore:
         columns = (get_text, get_int, get_text, get_text, get_int, get_float, get_float)
         return [DeadLetterRecord(*row) for row in read_rows(res, columns)]
 
+    def gone(self) -> str | None:
+        # Nothing file-based to lose: a lost connection raises StoreError on the call.
+        return None
+
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
             reads=self._reads,

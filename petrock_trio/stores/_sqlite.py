@@ -5,6 +5,9 @@ from a worker thread behind a one-slot limiter, so the Trio thread never waits o
 disk. ``":memory:"`` keeps one connection and runs every call inline on the Trio
 thread: with no thread hop, MockClock's autojump sees the true state of the program
 and timing tests are exact.
+
+A file database notices its file deleted or replaced (``_sqlitefile``): from then on
+every write raises ``StoreGone``, and no commit is acknowledged.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import Final, TypeVar
 import attrs
 import trio
 
-from .._errors import LeaseLost, StoreError
+from .._errors import LeaseLost, StoreError, StoreGone
 from .._message import Row
 from . import _sqlitesql as sql
 from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, StoreStatistics
+from ._sqlitefile import FileGuard
 from ._sqlitewatch import watch_commits
 
 __all__ = ["SQLiteStore"]
@@ -35,7 +39,8 @@ class SQLiteStore:
 
     Several processes may share the file: ``watch`` notices their appends through
     ``PRAGMA data_version`` (a read of shared memory, no query on the table) every
-    ``watch_interval`` seconds.
+    ``watch_interval`` seconds. While it watches, it also looks every
+    ``file_check_interval`` seconds whether its file is still at its path.
     """
 
     def __init__(
@@ -45,18 +50,21 @@ class SQLiteStore:
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         watch_interval: float = 0.05,
+        file_check_interval: float = 1.0,
     ) -> None:
         self.url = path
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.watch_interval = watch_interval
+        self.file_check_interval = file_check_interval
         # ":memory:" or a shared in-memory URI ("file:NAME?mode=memory&cache=shared"):
         # nothing to wait for on disk, so no thread hop.
         self.uri = path.startswith("file:")
         self.inline = path == ":memory:" or (self.uri and "mode=memory" in path)
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._file: FileGuard | None = None
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
         self._reads = 0
@@ -92,7 +100,24 @@ class SQLiteStore:
             # before anything is written, and a place where other tasks run.
             await trio.lowlevel.checkpoint()
             return _wrap(fn, conn)
-        return await trio.to_thread.run_sync(_wrap, fn, conn, limiter=self._write_limiter)
+        try:
+            return await trio.to_thread.run_sync(
+                self._guarded, fn, conn, limiter=self._write_limiter
+            )
+        except StoreGone:
+            if self._file is not None:
+                self._file.noticed()
+            raise
+
+    def _guarded(self, fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+        """``fn`` on the writer's thread, refused unless the file is still at its path
+        before and after: a commit into a deleted file must not be acknowledged."""
+        if self._file is not None:
+            self._file.check()
+        result = _wrap(fn, conn)
+        if self._file is not None:
+            self._file.check()
+        return result
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._reader
@@ -118,6 +143,7 @@ class SQLiteStore:
             self._writer = self._reader = setup()
         else:
             self._writer = await trio.to_thread.run_sync(setup)
+            self._file = await trio.to_thread.run_sync(FileGuard.of, self._writer)
             self._reader = await trio.to_thread.run_sync(self._connect)
         return await self.head()
 
@@ -238,7 +264,10 @@ class SQLiteStore:
             await trio.sleep_forever()
         conn = await trio.to_thread.run_sync(self._connect)
         try:
-            await watch_commits(conn, self.path, self.watch_interval, publish)
+            async with trio.open_nursery() as nursery:
+                if self._file is not None:
+                    nursery.start_soon(self._file.watch, self.file_check_interval)
+                await watch_commits(conn, self.path, self.watch_interval, publish)
         finally:
             conn.close()
 
@@ -311,6 +340,9 @@ class SQLiteStore:
             return [DeadLetterRecord(*r) for r in conn.execute(query, args).fetchall()]
 
         return await self._read(run)
+
+    def gone(self) -> str | None:
+        return None if self._file is None else self._file.gone
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(

@@ -150,5 +150,8 @@ class FaultyStore:
     async def lease_records(self) -> list[LeaseRecord]:
         return await self.inner.lease_records()
 
+    def gone(self) -> str | None:
+        return self.inner.gone()
+
     def statistics(self) -> StoreStatistics:
         return self.inner.statistics()
