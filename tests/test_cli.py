@@ -8,6 +8,7 @@ import queue
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
+
+import petrock_trio as pt
 
 EXE = shutil.which("petrock-trio") or str(Path(sys.executable).parent / "petrock-trio")
 
@@ -186,7 +190,11 @@ class Running:
 
 
 def start_shop(
-    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, live: bool = True
+    tmp_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    live: bool = True,
+    pattern: str = r"127\.0\.0\.1",
 ) -> tuple[Running, str]:
     (tmp_path / "shop.py").write_text(SHOP)
     server = Running(
@@ -200,7 +208,7 @@ def start_shop(
         cwd=tmp_path,
         env=env,
     )
-    url = server.wait_for(r"HTTP API and dashboard at (http://127\.0\.0\.1:\d+)/").group(1)
+    url = server.wait_for(rf"HTTP API and dashboard at (http://{pattern}:\d+)/").group(1)
     if live:
         server.wait_for(r"^serving shop\.db")
     return server, url
@@ -474,3 +482,216 @@ def test_demo_serves_and_recovers_from_a_flaky_summariser(tmp_path: Path) -> Non
     finally:
         demo.kill()
     assert any("6/6" in line for line in demo.seen)
+
+
+# --- who may drive a served app, and failures the command line reports in one line -----
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The command line's own error: stderr with no traceback, ending in one Error line."""
+    assert "Traceback (most recent call last)" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines, result
+    assert lines[-1].startswith("Error: "), result.stderr
+    return lines
+
+
+class TestExposure:
+    """Beyond loopback `serve` wants a token, or --insecure-no-token."""
+
+    @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
+    def test_no_token_beyond_loopback_is_refused(self, tmp_path: Path, host: str) -> None:
+        (tmp_path / "shop.py").write_text(SHOP)
+        result = run("serve", "shop:create_app", "--host", host, "--port", "0", cwd=tmp_path)
+        assert result.returncode == 2
+        (line,) = error_lines(result)
+        assert "--token" in line
+        assert "--insecure-no-token" in line
+        assert not (tmp_path / "unused.db").exists()
+
+    def test_insecure_no_token_serves_and_warns(self, tmp_path: Path) -> None:
+        (tmp_path / "shop.py").write_text(SHOP)
+        server = Running(
+            "serve",
+            "shop:create_app",
+            "--database",
+            "shop.db",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--insecure-no-token",
+            cwd=tmp_path,
+        )
+        try:
+            port = server.wait_for(r"HTTP API and dashboard at http://0\.0\.0\.0:(\d+)/").group(1)
+            server.wait_for(r"^serving shop\.db")
+            assert order(f"http://127.0.0.1:{port}", "open", token=None) == 1
+            assert server.stop() == 0
+        finally:
+            server.kill()
+        assert "petrock.http.insecure" in server.stderr.read_text()
+
+    def test_a_token_beyond_loopback_serves_and_warns_that_reads_are_open(
+        self, tmp_path: Path
+    ) -> None:
+        server, _ = start_shop(
+            tmp_path, "--host", "0.0.0.0", "--token", TOKEN, pattern=r"0\.0\.0\.0"
+        )
+        try:
+            assert server.stop() == 0
+        finally:
+            server.kill()
+        assert "petrock.http.exposed" in server.stderr.read_text()
+
+
+class TestAllowedHosts:
+    """--allowed-host, or PETROCK_TRIO_ALLOWED_HOSTS, adds names to loopback's."""
+
+    @pytest.mark.parametrize(
+        ("extra", "env"),
+        [
+            pytest.param(
+                ("--allowed-host", "a.example", "--allowed-host", "b.example"), {}, id="flags"
+            ),
+            pytest.param((), {"PETROCK_TRIO_ALLOWED_HOSTS": "a.example, b.example"}, id="env"),
+        ],
+    )
+    def test_names_are_allowed(
+        self, tmp_path: Path, extra: tuple[str, ...], env: dict[str, str]
+    ) -> None:
+        server, url = start_shop(tmp_path, *extra, env=env)
+        try:
+            for host in ("a.example", "b.example:8000", "localhost"):
+                assert httpx.get(f"{url}/health", headers={"Host": host}).status_code == 200
+            refused = httpx.get(f"{url}/health", headers={"Host": "evil.example"})
+            assert refused.status_code == 403
+            assert refused.json()["error"]["type"] == "HostNotAllowed"
+            assert server.stop() == 0
+        finally:
+            server.kill()
+
+    def test_a_bad_name_is_a_usage_error(self, tmp_path: Path) -> None:
+        (tmp_path / "shop.py").write_text(SHOP)
+        result = run("serve", "shop:create_app", "--allowed-host", "http://x", cwd=tmp_path)
+        assert result.returncode == 2
+        assert "allowed-host" in result.stderr
+
+
+BAD_ROWS = [
+    (1e20, "other/far-future", b'{"a": 1}'),
+    ("yesterday", "other/words", b'{"a": 2}'),
+    (1700000000.0, "other/not-json", b"not json {"),
+]
+
+
+def database_with_bad_rows(path: Path) -> None:
+    """A SQLite log holding one good message, then rows another program wrote."""
+
+    async def create() -> None:
+        async with pt.open_log(str(path)) as log:
+            await log.store.head()
+
+    trio.run(create)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO messages (timestamp, name, payload) VALUES (?, ?, ?)",
+            (1700000000.0, "shop/order", b'{"item":"good"}'),
+        )
+        conn.executemany(
+            "INSERT INTO messages (timestamp, name, payload) VALUES (?, ?, ?)", BAD_ROWS
+        )
+    conn.close()
+
+
+class TestLogTailOfAnotherProgramsRows:
+    def test_rows_are_printed_marked_undecodable(self, tmp_path: Path) -> None:
+        database_with_bad_rows(tmp_path / "bad.db")
+        result = run("log", "tail", "--database", "bad.db", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == 4
+        assert "undecodable" not in lines[0]
+        assert '"item":"good"' in lines[0]
+        for line, (_, name, _) in zip(lines[1:], BAD_ROWS, strict=True):
+            assert name in line
+            assert "undecodable" in line
+        assert "yesterday" in lines[2]
+
+        as_json = run("log", "tail", "--database", "bad.db", "--json", cwd=tmp_path)
+        assert as_json.returncode == 0, as_json.stderr
+        rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+        assert [r["name"] for r in rows] == ["shop/order", *(name for _, name, _ in BAD_ROWS)]
+        assert "undecodable" not in rows[0]
+        assert [r["timestamp"] for r in rows[1:3]] == [None, None]
+        assert all(r["undecodable"] for r in rows[1:])
+        assert rows[3]["payload"] == "not json {"
+
+
+class TestStoreErrors:
+    """A database that cannot be opened or written: one line and exit 3, no traceback."""
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            pytest.param(["log", "tail", "--database", "garbage.db"], id="log-tail"),
+            pytest.param(["inspect", "--database", "garbage.db"], id="inspect"),
+            pytest.param(["dead-letters", "list", "--database", "garbage.db"], id="dead-letters"),
+            pytest.param(["serve", "shop:create_app", "--database", "garbage.db"], id="serve"),
+            pytest.param(["demo", "--database", "garbage.db"], id="demo"),
+        ],
+    )
+    def test_a_database_that_is_not_one(self, tmp_path: Path, args: list[str]) -> None:
+        (tmp_path / "shop.py").write_text(SHOP)
+        (tmp_path / "garbage.db").write_bytes(b"this is not a database\x00" * 300)
+        result = run(*args, cwd=tmp_path)
+        assert result.returncode == 3, result.stderr
+        line = error_lines(result)[-1]
+        assert "garbage.db" in line or "database" in line
+
+    def test_a_disk_full_at_the_final_flush(self, tmp_path: Path) -> None:
+        (tmp_path / "shop.py").write_text(SHOP)
+        (tmp_path / "fullshop.py").write_text(FULL_SHOP)
+        server = Running("serve", "fullshop:create_app", "--port", "0", cwd=tmp_path)
+        try:
+            url = server.wait_for(r"HTTP API and dashboard at (http://127\.0\.0\.1:\d+)/").group(1)
+            server.wait_for(r"^serving")
+            order(url, "pear", token=None)
+            (tmp_path / "disk-full").touch()
+            code = server.stop()
+        finally:
+            server.kill()
+        assert code == 3
+        stderr = server.stderr.read_text()
+        assert "Traceback (most recent call last)" not in stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: ")
+        assert "No space left on device" in last or "disk is full" in last
+
+
+FULL_SHOP = """
+from pathlib import Path
+
+import petrock_trio as pt
+from petrock_trio.stores import open_store
+from petrock_trio.testing import FaultyStore
+import shop
+
+
+class DiskFull(FaultyStore):
+    async def commit_many(self, commits):
+        if Path("disk-full").exists():
+            raise pt.StoreError("SQLite: database or disk is full")
+        return await self.inner.commit_many(commits)
+
+    async def aclose(self):
+        await self.inner.aclose()
+        if Path("disk-full").exists():
+            raise OSError(28, "No space left on device")
+
+
+def create_app():
+    app = shop.create_app()
+    app.store = DiskFull(open_store("full.db"))
+    return app
+"""
