@@ -39,7 +39,9 @@ async def call(
     deadline: float,
     limit: float,
     what: str,
-    worker: str,
+    run: RunState,
+    command_type: str,
+    message_id: int | None = None,
 ) -> BaseException | None:
     """``await fn(*args)`` cut off at ``deadline``; the error it raised, if any
     (:class:`HandlerTimeout` naming ``what`` and ``limit`` when it was cut off).
@@ -48,11 +50,16 @@ async def call(
     ``SystemExit``, a custom one) is a failure of this call, returned like any other:
     it must not end the process, nor do so again at every restart. Cancellation from
     outside (a hard stop, a lost lease) propagates.
+
+    Meanwhile ``run.running`` says what runs (``command_type``, ``message_id``), for
+    the event-loop watchdog.
     """
     scope = trio.CancelScope(deadline=deadline)
     try:
         with scope:
-            await fn(*args)
+            coro = fn(*args)
+            run.running = (command_type, message_id, what, coro)
+            await coro
     except BaseException as exc:
         if _cancelled(exc):
             if isinstance(exc, BaseExceptionGroup):
@@ -62,8 +69,10 @@ async def call(
                 raise cancelled from None
             raise
         return exc
+    finally:
+        run.running = None
     if scope.cancelled_caught:
-        return HandlerTimeout(worker, limit, what)
+        return HandlerTimeout(run.name, limit, what)
     return None
 
 
@@ -81,7 +90,9 @@ async def handle(
         deadline=started + limit,
         limit=limit,
         what=f"{what} {message.name!r}",
-        worker=run.name,
+        run=run,
+        command_type=message.name,
+        message_id=message.id,
     )
 
 

@@ -50,10 +50,10 @@ class HealthThresholds:
     """When a worker stops being healthy.
 
     Degraded: ``errors_per_minute`` at or above ``degraded_errors_per_minute``, a dead
-    letter within ``dead_letter_window`` seconds, an open circuit on a service it uses,
-    a message retrying, or lag above ``degraded_lag``. Unhealthy: its task crashed, or
-    ``errors_per_minute`` at or above ``unhealthy_errors_per_minute``, or lag above
-    ``unhealthy_lag``.
+    letter or a block of the event loop within ``dead_letter_window`` seconds, an open
+    circuit on a service it uses, a message retrying, or lag above ``degraded_lag``.
+    Unhealthy: its task crashed, or ``errors_per_minute`` at or above
+    ``unhealthy_errors_per_minute``, or lag above ``unhealthy_lag``.
     """
 
     degraded_errors_per_minute: float = 1.0
@@ -73,6 +73,8 @@ class Signals:
     unavailable: tuple[str, ...] = ()  # declared services whose circuit is open
     lag: int = 0
     retrying: tuple[int, int] | None = None  # (message id, attempt)
+    # (seconds since, reason) of its last block of the event loop (see _loopwatch)
+    blocked: tuple[float, str] | None = None
 
 
 def judge(signals: Signals, thresholds: HealthThresholds) -> HealthReport:
@@ -90,6 +92,7 @@ def judge(signals: Signals, thresholds: HealthThresholds) -> HealthReport:
     age = signals.dead_letter_age
     if age is not None and age < t.dead_letter_window:
         degraded.append(f"dead-lettered a message {age:.0f} s ago")
+    degraded.extend(_blocked(signals, t))
     degraded.extend(f"external service {name!r} unavailable" for name in signals.unavailable)
     if signals.lag > t.unhealthy_lag:
         unhealthy.append(f"lag {signals.lag}")
@@ -103,3 +106,11 @@ def judge(signals: Signals, thresholds: HealthThresholds) -> HealthReport:
     if degraded:
         return HealthReport(Health.DEGRADED, tuple(degraded))
     return HealthReport(Health.HEALTHY)
+
+
+def _blocked(signals: Signals, t: HealthThresholds) -> list[str]:
+    """A block of the event loop counts as long as a dead letter does."""
+    if signals.blocked is None or signals.blocked[0] >= t.dead_letter_window:
+        return []
+    since, reason = signals.blocked
+    return [f"{reason}, {since:.0f} s ago"]

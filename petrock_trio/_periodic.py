@@ -60,7 +60,8 @@ async def periodic_once(run: RunState, periodic: Periodic, number: int) -> None:
         deadline=started + limit,
         limit=limit,
         what="periodic work",
-        worker=run.name,
+        run=run,
+        command_type="periodic",
     )
     timed_out = isinstance(error, HandlerTimeout)
     if error is None and ctx.emitted:

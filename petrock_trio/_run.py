@@ -81,6 +81,7 @@ class WorkerRun(RunState):
             return judge(Signals(crashed=self.crashed), self.decl.thresholds)
         now = trio.current_time()
         last = self.recorder.last_dead_letter_at
+        blocked = self.blocked
         signals = Signals(
             crashed=self.crashed,
             errors_per_minute=self.recorder.rates(now)[1],
@@ -88,6 +89,7 @@ class WorkerRun(RunState):
             unavailable=tuple(s.name for s in self.decl.services if not s.available),
             lag=max(0, self.rt.log.head.value - self.position),
             retrying=self.retrying,
+            blocked=None if blocked is None else (now - blocked[0], blocked[1]),
         )
         return judge(signals, self.decl.thresholds)
 

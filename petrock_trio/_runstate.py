@@ -51,6 +51,21 @@ class RunState:
         self.retrying: tuple[int, int] | None = None
         self.periodic_runs = 0
         self.wait_scopes: set[trio.CancelScope] = set()
+        # What its handler or periodic work runs now: (command name or "periodic",
+        # message id, what, the coroutine), set by _attempt.call around the call. The
+        # event-loop watchdog reads it from its thread (see executing).
+        self.running: tuple[str, int | None, str, Awaitable[None]] | None = None
+        # Its last block of the event loop: (Trio time it was reported, reason).
+        self.blocked: tuple[float, str] | None = None
+
+    def executing(self) -> tuple[str, int | None, str] | None:
+        """(command name or "periodic", message id, what) if this run's handler or
+        periodic work is executing on the Trio thread at this instant, not just
+        awaiting. Safe to call from another thread: it only reads."""
+        running = self.running
+        if running is None or not getattr(running[3], "cr_running", False):
+            return None
+        return running[0], running[1], running[2]
 
     async def interruptible(self, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await wait(*args)`` unless graceful shutdown starts, then raise Stop."""
