@@ -11,11 +11,13 @@ import structlog
 import trio
 
 from ._app import App
-from ._errors import PetrockError
+from ._errors import ConfigurationError, PetrockError
 from ._leases import LeaseKeeper
 from ._log import MessageLog
+from ._loopwatch import Block, Culprit, LoopWatch
 from ._positions import PositionFlusher
 from ._pump import LogPump
+from ._runstate import RunState
 from ._runtime import Run, Runtime
 from .stores import open_store
 
@@ -28,6 +30,7 @@ async def serve(
     app: App,
     *,
     handle_signals: bool = True,
+    loop_block_threshold: float | None = 1.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``app`` until cancelled, ``app.stop()``, or SIGINT/SIGTERM.
@@ -42,15 +45,44 @@ async def serve(
     running handlers are cancelled (their messages are handled again next time), and
     positions are still committed.
 
+    A watchdog thread reports code that keeps the event loop from running for more
+    than ``loop_block_threshold`` seconds of real time (``None``: no watchdog): it
+    logs ``petrock.loop_blocked`` naming the handler or task, and the worker whose
+    handler blocked is degraded for its health's ``dead_letter_window``.
+
     Error handling: handler and periodic errors never reach here; a failing store
     raises :class:`StoreError` out of ``serve``.
     """
+    if loop_block_threshold is not None and not loop_block_threshold > 0:
+        raise ConfigurationError("loop_block_threshold must be positive (or None)")
+    runs: dict[str, Run] = {}
+    watch = None
+    if loop_block_threshold is not None:
+        watch = LoopWatch(
+            loop_block_threshold,
+            culprit=partial(_culprit, runs),
+            on_block=partial(_mark_blocked, runs),
+        )
+        watch.start()
+    try:
+        await _serve(app, runs, handle_signals=handle_signals, task_status=task_status)
+    finally:
+        if watch is not None:
+            watch.stop()
+
+
+async def _serve(
+    app: App,
+    runs: dict[str, Run],
+    *,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[None],
+) -> None:
     store = app.store or open_store(app.database, synchronous=app.synchronous)
     log = MessageLog(store, app.registry, app.clock)
     await log.open()
     try:
         rt = await _runtime(app, log)
-        runs: dict[str, Run] = {}
         if rt.leases is None:
             for name in app.workers:
                 runs[name] = app.open_run(name, rt)
@@ -94,6 +126,24 @@ async def serve(
         app.attach(None)
         await store.aclose()
     _log.info("petrock.stopped", database=redact(app.database), head=log.head.value)
+
+
+def _culprit(runs: dict[str, Run]) -> Culprit | None:
+    """The worker whose handler or periodic work executes now (the watchdog's thread
+    calls this while the event loop is blocked)."""
+    for run in list(runs.values()):
+        if isinstance(run, RunState):
+            executing = run.executing()
+            if executing is not None:
+                return Culprit(run.name, *executing)
+    return None
+
+
+def _mark_blocked(runs: dict[str, Run], block: Block) -> None:
+    """Degrade the worker that blocked the event loop (on the Trio thread)."""
+    run = runs.get(block.culprit.worker) if block.culprit is not None else None
+    if isinstance(run, RunState):
+        run.blocked = (trio.current_time(), block.reason)
 
 
 async def _runtime(app: App, log: MessageLog) -> Runtime:
