@@ -177,7 +177,7 @@ class LoopWatch:
 
     def _report(self, block: Block) -> None:
         try:
-            fields: dict[str, object] = {
+            fields = {
                 "blocked_for": round(block.blocked_for, 3),
                 "threshold": self.threshold,
                 "reason": block.reason,
