@@ -38,6 +38,9 @@ SCENARIOS = ("disk-full", "lock-held", "file-deleted", "corrupt-rows", "pg-stopp
 POST_EVERY = 0.05  # seconds between commands
 HEALTH_EVERY = 0.1
 REQUEST_TIMEOUT = 2.0
+# App options of every trial (the short version in the test run lowers the store's
+# health thresholds so that short faults show).
+APP_OPTIONS: dict[str, float] = {}
 
 
 @pt.command("faults/order")
@@ -98,7 +101,7 @@ class Stream:
 
 @contextlib.asynccontextmanager
 async def streaming(database: str) -> AsyncIterator[tuple[pt.App, Stream]]:
-    app = pt.App(database=database, hooks=[])
+    app = pt.App(database=database, hooks=[], **APP_OPTIONS)
     app.register_command(Order)
     async with trio.open_nursery() as nursery:
         await nursery.start(pt.serve, app)
@@ -183,8 +186,10 @@ async def lock_held(seconds: float) -> Row:
         async def stop() -> None:
             holder.execute("ROLLBACK")
 
-        await _trial(row, database, seconds, start, stop)
-        holder.close()
+        try:
+            await _trial(row, database, seconds, start, stop)
+        finally:
+            holder.close()
     return row
 
 
@@ -326,7 +331,9 @@ TRIALS = {
 }
 
 
-async def run(names: list[str], seconds: float) -> list[Row]:
+async def run(names: list[str], seconds: float, **app_options: float) -> list[Row]:
+    APP_OPTIONS.clear()
+    APP_OPTIONS.update(app_options)
     return [await TRIALS[name](seconds) for name in names]
 
 
