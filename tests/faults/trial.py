@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -40,7 +41,7 @@ HEALTH_EVERY = 0.1
 REQUEST_TIMEOUT = 2.0
 # App options of every trial (the short version in the test run lowers the store's
 # health thresholds so that short faults show).
-APP_OPTIONS: dict[str, float] = {}
+APP_OPTIONS: dict[str, Any] = {}
 
 
 @pt.command("faults/order")
