@@ -7,29 +7,33 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import re
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Final
 
 import orjson
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ._app import App
 from ._errors import (
     DecodeError,
     NotRunning,
+    OutcomeUnknown,
     PayloadTooLarge,
     PetrockError,
+    StoreError,
     UnknownCommand,
     ValidationError,
 )
 from ._health import Health
+from ._http_guard import AllowedHosts
 from ._http_metrics import AppCollector
-from ._message import Row
+from ._http_rows import Listing
 
 __all__ = ["EXCEPTION_HANDLERS", "MAX_MESSAGES", "Api"]
 
@@ -37,6 +41,11 @@ MAX_MESSAGES: Final = 500
 """The most messages one ``GET /messages`` returns, whatever ``limit`` asks for."""
 
 _DEFAULT_MESSAGES: Final = 50
+_READ_BATCH: Final = 50  # rows read from the store at a time while a page fills
+_INT64: Final = (1 << 63) - 1
+_INTEGER: Final = re.compile(r"-?[0-9]+")
+
+_log = structlog.get_logger("petrock_trio.http")
 
 # The page is inline-only: the policy makes the browser refuse anything fetched from
 # elsewhere, so the dashboard cannot quietly start depending on a CDN.
@@ -78,6 +87,8 @@ _STATUS: Final[tuple[tuple[type[PetrockError], int], ...]] = (
     (ValidationError, 422),
     (PayloadTooLarge, 413),
     (NotRunning, 503),
+    (OutcomeUnknown, 500),  # the commit may have landed: retrying could append it twice
+    (StoreError, 503),
 )
 
 
@@ -97,6 +108,18 @@ async def _on_http_exception(_: Request, exc: Exception) -> Response:
     return _error(exc.status_code, kind, exc.detail, exc.headers)
 
 
+async def _on_disconnect(request: Request, _: Exception) -> Response:
+    # The client went away while sending its request: nobody reads this answer.
+    _log.debug("petrock.http.disconnected", method=request.method, path=request.url.path)
+    return _error(400, "ClientDisconnect", "the client disconnected")
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> Response:
+    # Starlette logs nothing itself; the server logs the traceback after this answer.
+    message = f"unexpected {type(exc).__name__}; the server's log has the details"
+    return _error(500, "InternalError", message)
+
+
 # What http_app hands to Starlette, which copies it into each application.
 EXCEPTION_HANDLERS: Final[
     Mapping[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]
@@ -104,20 +127,37 @@ EXCEPTION_HANDLERS: Final[
     _Refused: _on_refused,
     PetrockError: _on_petrock_error,
     HTTPException: _on_http_exception,
+    ClientDisconnect: _on_disconnect,
+    Exception: _on_unexpected,
 }
 
 
 def _int_param(request: Request, name: str, minimum: int) -> int | None:
+    """A query parameter between ``minimum`` and the largest 64-bit integer, or None."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _Refused(400, "BadRequest", f"{name} must be an integer, not {raw!r}") from None
+    if not _INTEGER.fullmatch(raw):
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."  # noqa: PLR2004 - enough to see
+        raise _Refused(400, "BadRequest", f"{name} must be an integer, not {shown!r}")
+    # Compared as text first: no huge number is ever built from a query string.
+    if len(raw.lstrip("-")) > len(str(_INT64)) or int(raw) > _INT64:
+        if raw.startswith("-"):
+            raise _Refused(400, "BadRequest", f"{name} must be at least {minimum}")
+        raise _Refused(400, "BadRequest", f"{name} must be at most {_INT64}")
+    value = int(raw)
     if value < minimum:
         raise _Refused(400, "BadRequest", f"{name} must be at least {minimum}")
     return value
+
+
+def _flag_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "").lower()
+    if raw in {"", "0", "false", "no"}:
+        return False
+    if raw in {"1", "true", "yes"}:
+        return True
+    raise _Refused(400, "BadRequest", f"{name} must be true or false, not {raw[:40]!r}")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -154,9 +194,19 @@ def _dashboard_html() -> str:
 class Api:
     """The endpoints of one app; :func:`~petrock_trio._http.http_app` routes to them."""
 
-    def __init__(self, app: App, token: str | None, body_limit: int) -> None:
+    def __init__(
+        self,
+        app: App,
+        token: str | None,
+        body_limit: int,
+        *,
+        hosts: AllowedHosts,
+        page_bytes: int,
+    ) -> None:
         self.app = app
         self.body_limit = body_limit
+        self.hosts = hosts
+        self.page_bytes = page_bytes
         self._expected = f"Bearer {token}".encode() if token is not None else None
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(AppCollector(app))
@@ -165,10 +215,12 @@ class Api:
     def guard(self, request: Request) -> None:
         """Refuse changes from other sites' pages, and without the token when one is set."""
         # A page elsewhere can make a browser POST here without reading the answer;
-        # browsers always name the page's origin on such requests.
+        # browsers always name the page's origin on such requests. The origin is
+        # checked against the allowed names, not against Host: under DNS rebinding
+        # both name the attacker's site.
         origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-            raise _Refused(403, "Forbidden", f"cross-origin request from {origin} refused")
+        if origin is not None and not self.hosts.allows_origin(origin, request.headers.get("host")):
+            raise _Refused(403, "Forbidden", f"cross-origin request from {origin[:200]} refused")
         if self._expected is None:
             return
         given = request.headers.get("authorization", "").encode()
@@ -218,13 +270,32 @@ class Api:
         return Response(text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def messages(self, request: Request) -> Response:
+        """A page of messages: after ``after`` in id order, or the newest without it.
+
+        At most ``limit`` messages and ``max_bytes`` bytes (both capped by the server);
+        payloads cut to a preview unless ``full=true``. ``next_after`` continues.
+        """
         after = _int_param(request, "after", 0)
         asked = _int_param(request, "limit", 1)
+        max_bytes = _int_param(request, "max_bytes", 1)
+        whole = _flag_param(request, "full")
         limit = _DEFAULT_MESSAGES if asked is None else min(asked, MAX_MESSAGES)
+        budget = self.page_bytes if max_bytes is None else min(max_bytes, self.page_bytes)
         log = self.app.log
         head = log.head.value
-        rows = await log.store.read_after(max(0, head - limit) if after is None else after, limit)
-        return _JSON({"head": head, "messages": [_message(row) for row in rows]})
+        page = Listing(budget, whole_payloads=whole, newest=after is None)
+        cursor = max(0, head - limit) if after is None else after
+        # Read a few rows at a time: a page of large payloads stops long before 500.
+        while limit > 0 and not page.full:
+            rows = await log.store.read_after(cursor, min(limit, _READ_BATCH))
+            for row in rows:
+                if not page.add(row):
+                    break
+            if len(rows) < min(limit, _READ_BATCH):
+                break
+            cursor = rows[-1].id
+            limit -= len(rows)
+        return Response(page.render(head), media_type="application/json")
 
     async def dead_letters(self, request: Request) -> Response:
         letters = await self.app.dead_letters(request.query_params.get("worker") or None)
@@ -258,20 +329,3 @@ class Api:
             self._page,
             headers={"Content-Security-Policy": _DASHBOARD_POLICY, "Cache-Control": "no-store"},
         )
-
-
-def _message(row: Row) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "timestamp": datetime.fromtimestamp(row.timestamp, UTC).isoformat(),
-        "name": row.name,
-        "payload": _payload(row.payload),
-    }
-
-
-def _payload(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # Not written by this engine; show it rather than fail the whole page.
-        return raw.decode("utf-8", errors="replace")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -50,14 +51,20 @@ class Poke:
     n: int
 
 
+@pt.command("dash-test/big")
+@attrs.frozen
+class Big:
+    text: str
+
+
 @attrs.define
 class Switch:
     broken: bool = True
 
 
-def build() -> tuple[pt.App, Switch]:
+def build(database: str = ":memory:", **options: Any) -> tuple[pt.App, Switch]:
     """`counter` handles every Count; `fragile` dead-letters Pokes while switched broken."""
-    app = pt.App()
+    app = pt.App(database, **options)
     switch = Switch()
     app.register_command(Count)
     app.register_command(Poke)
@@ -112,6 +119,23 @@ class TestPage:
         for endpoint in ("/inspect", "/dead-letters", "/messages"):
             assert endpoint in html
 
+    async def test_it_asks_for_small_pages(self) -> None:
+        app, _ = build(max_payload_bytes=1 << 20)
+        app.register_command(Big)
+        async with served(app) as url, httpx.AsyncClient(base_url=url) as client:
+            html = (await client.get("/")).text
+            match = re.search(r'const MESSAGES = "(/messages\?[^"]+)"', html)
+            assert match is not None
+            await app.log.append(*(Count(i) for i in range(3)))
+            await app.log.append(*(Big("x" * 100 * 1024) for _ in range(50)))
+            response = await client.get(match.group(1))
+        assert response.status_code == 200
+        assert len(response.content) <= 66 * 1024
+        messages = response.json()["messages"]
+        assert messages
+        assert all(m["truncated"] for m in messages)
+        assert messages[-1]["id"] == 53
+
 
 # --- in a browser --------------------------------------------------------------------
 
@@ -121,7 +145,7 @@ needs_browser = pytest.mark.skipif(
 )
 
 
-def open_browser(profile: Path) -> Chrome:
+def open_browser(profile: Path, *flags: str) -> Chrome:
     from selenium import webdriver  # noqa: PLC0415 - only when a browser is there
     from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
 
@@ -129,7 +153,7 @@ def open_browser(profile: Path) -> Chrome:
     assert CHROMEDRIVER is not None
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+    for flag in (*FLAGS, f"--user-data-dir={profile}", *flags):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -234,6 +258,89 @@ async def test_live_dashboard_in_chromium(tmp_path: Path) -> None:
                     if entry["level"] == "SEVERE" and "/redrive" not in entry["message"]
                 ]
                 assert errors == []
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(driver.quit)
+
+
+def insert_rows_of_another_program(path: Path) -> None:
+    """Rows no worker routes, with a timestamp that is not a time or a payload not JSON."""
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO messages (timestamp, name, payload) VALUES (?, ?, ?)",
+            [
+                (1e20, "other/far-future", b"{}"),
+                ("yesterday", "other/words", b"{}"),
+                (1700000000.0, "other/not-json", b"not json {"),
+            ],
+        )
+    conn.close()
+
+
+@needs_browser
+async def test_dashboard_keeps_refreshing_over_rows_it_cannot_decode(tmp_path: Path) -> None:
+    pytest.importorskip("selenium", reason="selenium is in the dev extra")
+    database = tmp_path / "bad.db"
+    async with pt.open_log(str(database)) as log:
+        await log.store.head()
+    insert_rows_of_another_program(database)
+    app, _ = build(str(database))
+    async with served(app) as url, httpx.AsyncClient(base_url=url) as client:
+        driver = await trio.to_thread.run_sync(open_browser, tmp_path / "profile")
+        page = Page(driver)
+        try:
+            with trio.fail_after(90):
+                await page.call(driver.get, f"{url}/")
+                for message_id, reason in ((1, "timestamp"), (2, "yesterday"), (3, "JSON")):
+                    text = await page.wait_for(
+                        f'tr[data-message-id="{message_id}"]', lambda t: t is not None
+                    )
+                    assert text is not None
+                    assert "undecodable" in text
+                    assert reason in text
+                # Still refreshing: a new command shows up without a reload.
+                response = await client.post("/commands/dash-test/count", json={"n": 1})
+                assert response.status_code == 201
+                await page.wait_for('tr[data-worker="counter"] td.processed', lambda t: t == "1")
+                await page.wait_for(
+                    'tr[data-message-id="4"]', lambda t: t is not None and "dash-test/count" in t
+                )
+                assert not await page.text("#status")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(driver.quit)
+
+
+@needs_browser
+async def test_a_rebound_name_drives_nothing_in_chromium(tmp_path: Path) -> None:
+    """DNS rebinding: the browser resolves evil.test to 127.0.0.1, as its owner arranged."""
+    pytest.importorskip("selenium", reason="selenium is in the dev extra")
+    app, _ = build()
+    async with served(app) as url:
+        port = url.rsplit(":", 1)[1]
+        rules = "--host-resolver-rules=MAP evil.test 127.0.0.1"
+        driver = await trio.to_thread.run_sync(open_browser, tmp_path / "profile", rules)
+        page = Page(driver)
+        try:
+            with trio.fail_after(90):
+                await page.call(driver.get, f"http://evil.test:{port}/")
+                body = await page.text("body")
+                assert body is not None
+                assert "HostNotAllowed" in body
+                script = """
+                    const done = arguments[arguments.length - 1];
+                    const post = fetch("/commands/dash-test/count", {
+                        method: "POST", body: JSON.stringify({n: 1}),
+                        headers: {"Content-Type": "application/json"},
+                    });
+                    Promise.all([post, fetch("/messages")])
+                        .then((answers) => done(answers.map((a) => a.status)))
+                        .catch((error) => done(String(error)));
+                """
+                statuses = await page.call(driver.execute_async_script, script)
+                assert statuses == [403, 403]
+                await app.caught_up()
+                assert app.log.head.value == 0
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(driver.quit)

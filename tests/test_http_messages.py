@@ -21,6 +21,8 @@ import trio
 from structlog.testing import capture_logs
 
 import petrock_trio as pt
+import petrock_trio.stores
+import petrock_trio.testing
 from petrock_trio.testing import serving
 from tests.support import Note, make_app
 
@@ -176,7 +178,7 @@ class TestBudget:
         async with api(app) as client:
             ids = await fill(app)
             while True:
-                params = {"after": after, "limit": 500, "full": "true"}
+                params: dict[str, str | int] = {"after": after, "limit": 500, "full": "true"}
                 response = await client.get("/messages", params=params)
                 assert response.status_code == 200
                 assert len(response.content) <= MIB + 4 * KIB
@@ -254,3 +256,27 @@ async def test_an_unexpected_error_is_answered_in_json(monkeypatch: pytest.Monke
         monkeypatch.setattr(app, "inspect", broken)
         response = await client.get("/inspect")
     assert error_of(response) == (500, "InternalError")
+
+
+async def test_a_failing_store_is_503_json() -> None:
+    store = pt.testing.FaultyStore(pt.stores.open_store(":memory:"))
+    app, _, _ = make_app(store=store)
+    async with api(app) as client:
+        store.fail_reads(1)
+        response = await client.get("/messages", params={"after": 0})
+        assert error_of(response) == (503, "StoreError")
+        assert (await client.get("/messages", params={"after": 0})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"token": ""}, id="empty-token"),
+        pytest.param({"allowed_hosts": "app.example"}, id="hosts-as-one-string"),
+        pytest.param({"max_page_bytes": 0}, id="no-page-budget"),
+    ],
+)
+def test_bad_configuration_is_refused(options: dict[str, Any]) -> None:
+    app, _, _ = make_app()
+    with pytest.raises(pt.ConfigurationError):
+        pt.http_app(app, **options)
