@@ -17,15 +17,25 @@ import click
 import trio
 
 from ._app import App
-from ._cli_read import dead_letters, inspect_command, log_group
+from ._cli_read import (
+    EXIT_CODES,
+    CannotListen,
+    NotOnLoopback,
+    dead_letters,
+    inspect_command,
+    log_group,
+    run_trio,
+)
 from ._console import console, start_serving
+from ._errors import ConfigurationError
 from ._http import serve_http
+from ._http_guard import AllowedHosts, is_loopback
 from ._logging import configure_logging
 
 __all__ = ["console", "main", "start_serving"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.option(
     "--log-level",
     default="warning",
@@ -70,10 +80,18 @@ def _load_app(target: str) -> App:
     return found
 
 
-async def _serve_with_http(app: App, host: str, port: int, token: str | None) -> None:
+async def _serve_with_http(
+    app: App, host: str, port: int, *, token: str | None, hosts: tuple[str, ...], insecure: bool
+) -> None:
     out = console()
+    serving = partial(
+        serve_http, app, host, port, token=token, allowed_hosts=hosts, allow_no_token=insecure
+    )
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(partial(serve_http, app, host, port, token=token))
+        try:
+            url = await nursery.start(serving)
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {host}:{port}: {exc}") from None
         out.print(f"HTTP API and dashboard at {url}/")
         if await start_serving(nursery, app, out, then=nursery.cancel_scope.cancel):
             out.print(f"serving {app.database}; Ctrl-C or SIGTERM stops gracefully")
@@ -98,7 +116,19 @@ def _port_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-@main.command("serve")
+def _host_names(
+    _: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``--allowed-host`` entries, checked; commas separate several (as in the variable)."""
+    names = tuple(n.strip() for value in values for n in value.split(",") if n.strip())
+    try:
+        AllowedHosts(names)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+    return names
+
+
+@main.command("serve", epilog=EXIT_CODES)
 @click.argument("target", metavar="MODULE:APP")
 @click.option(
     "--database",
@@ -112,8 +142,31 @@ def _port_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="Bearer token required to submit commands and re-drive dead letters "
     "(also read from PETROCK_TRIO_TOKEN). Reads stay open.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    callback=_host_names,
+    envvar="PETROCK_TRIO_ALLOWED_HOSTS",
+    help="A name requests may be addressed to (their Host header) besides localhost, "
+    "127.0.0.1 and [::1]: NAME or NAME:PORT, or * for any; repeatable (or "
+    "PETROCK_TRIO_ALLOWED_HOSTS, comma-separated). Other names are refused (DNS rebinding).",
+)
+@click.option(
+    "--insecure-no-token",
+    is_flag=True,
+    help="Serve a non-loopback --host without a token: anyone who can reach it can "
+    "submit commands.",
+)
 def serve_command(
-    target: str, database: str | None, host: str, port: int, token: str | None
+    *,
+    target: str,
+    database: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    allowed_hosts: tuple[str, ...],
+    insecure_no_token: bool,
 ) -> None:
     """Serve an app with its HTTP API and dashboard until SIGINT or SIGTERM.
 
@@ -121,19 +174,37 @@ def serve_command(
     (e.g. myproject.app:app or myproject.app:create_app); modules in the current
     directory can be imported. Start-up shows replay progress; the first signal stops
     gracefully, a second one at once.
+
+    Beyond loopback (--host 0.0.0.0, or any other address) it needs --token, or
+    --insecure-no-token; reads stay open either way, and a warning says so.
     """
+    if token == "":
+        raise click.BadParameter("must not be empty", param_hint="--token")
+    if not is_loopback(host) and token is None and not insecure_no_token:
+        raise NotOnLoopback(
+            f"refusing to serve on {host or 'every interface'} without a token: anyone who "
+            "can reach it could submit commands; give --token (or PETROCK_TRIO_TOKEN), or "
+            "--insecure-no-token to serve it open anyway"
+        )
     app = _load_app(target)
     if database is not None:
         if app.store is not None:
             raise click.UsageError(f"{target} brings its own store; --database cannot replace it")
         app.database = database
-    try:
-        trio.run(_serve_with_http, app, host, port, token)
-    except KeyboardInterrupt:  # before the app's own signal handling was in place
-        sys.exit(130)
+    run_trio(
+        partial(
+            _serve_with_http,
+            app,
+            host,
+            port,
+            token=token,
+            hosts=allowed_hosts,
+            insecure=insecure_no_token,
+        )
+    )
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.option(
     "--database",
     default="petrock-demo.db",
@@ -169,11 +240,10 @@ def demo(
     """
     from ._demo import run_demo  # noqa: PLC0415 - the demo's dependencies load only for it
 
+    if serve_http_too and not is_loopback(host):
+        raise NotOnLoopback(f"the demo serves loopback only (it has no token), not {host}")
     http = (host, port) if serve_http_too else None
-    try:
-        ok = trio.run(partial(run_demo, str(database), timeout, http=http, flaky=5.0 * flaky))
-    except KeyboardInterrupt:  # before the app's own signal handling was in place
-        sys.exit(130)
+    ok = run_trio(partial(run_demo, str(database), timeout, http=http, flaky=5.0 * flaky))
     sys.exit(0 if ok else 1)
 
 

@@ -6,10 +6,11 @@ They are attached to the ``petrock-trio`` group in ``_cli``.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import sys
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 import click
@@ -20,10 +21,96 @@ from rich.table import Table
 
 from ._app import DeadLetter
 from ._console import console
+from ._errors import StoreError
+from ._http_rows import describe, payload_text
 from ._message import Row
 from ._open import open_log
 
-__all__ = ["dead_letters", "inspect_command", "log_group"]
+__all__ = [
+    "EXIT_CODES",
+    "CannotListen",
+    "NotOnLoopback",
+    "dead_letters",
+    "inspect_command",
+    "log_group",
+    "run_trio",
+]
+
+EXIT_CODES: Final = """\b
+Exit codes:
+  0    done
+  1    the operation failed: an error answer from the app, an app that cannot
+       be reached, a re-drive that failed again, a demo that did not finish
+  2    bad usage: unknown options, bad values, serving beyond loopback
+       without a token
+  3    the database failed: it cannot be opened, read or written (not a
+       database, read-only, disk full)
+  4    the HTTP API cannot listen on the address (serve)
+  130  interrupted before serving started
+"""
+
+
+class _OneLine(click.ClickException):
+    """``Error: ...`` on stderr, in one line, and the exit code of the subclass."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()) or "failed")
+
+
+class NotOnLoopback(_OneLine):
+    """Serving beyond loopback without what that needs (a token)."""
+
+    exit_code = 2
+
+
+class StoreFailed(_OneLine):
+    """The database cannot be opened, read or written."""
+
+    exit_code = 3
+
+
+class CannotListen(_OneLine):
+    """The HTTP API cannot listen on its address."""
+
+    exit_code = 4
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _as_refusal(exc: BaseException) -> click.ClickException | None:
+    """The one-line error for a failure of the database (or the system under it)."""
+    if isinstance(exc, click.ClickException):
+        return exc
+    if isinstance(exc, StoreError | sqlite3.Error):
+        return StoreFailed(f"database error: {exc}")
+    if isinstance(exc, OSError):
+        return StoreFailed(str(exc) or type(exc).__name__)
+    return None
+
+
+def run_trio(fn: Callable[..., Any], *args: Any) -> Any:
+    """``trio.run(fn, *args)``; a store error ends the command in one line, exit 3.
+
+    Store errors (:class:`StoreError` and its subclasses, ``sqlite3`` errors,
+    ``OSError``), alone or grouped by nurseries, become ``Error: ...`` with no
+    traceback; anything else is a bug and keeps its traceback.
+    """
+    try:
+        return trio.run(fn, *args)
+    except KeyboardInterrupt:  # before the app's own signal handling was in place
+        sys.exit(130)
+    except BaseException as exc:
+        refusals = [_as_refusal(leaf) for leaf in _leaves(exc)]
+        if not refusals or any(r is None for r in refusals):
+            raise
+        first = refusals[0]
+        assert first is not None
+        raise first from None
+
 
 _URL_HELP = "Base URL of a running app's HTTP API, e.g. http://127.0.0.1:8000."
 _DATABASE_HELP = "SQLite file of an app, read directly (the app may be running or not)."
@@ -145,7 +232,7 @@ def inspect_command(url: str | None, database: Path | None, as_json: bool) -> No
         report["dead_letters"] = _call("GET", url, "/dead-letters")["dead_letters"]
         tables = _live_tables(report, report["dead_letters"])
     else:
-        report = trio.run(_offline_report, str(database))
+        report = run_trio(_offline_report, str(database))
         tables = _offline_tables(report)
     if as_json:
         _echo_json(report)
@@ -176,7 +263,7 @@ def dead_letters_list(
         query = "?" + str(httpx.QueryParams({"worker": worker})) if worker else ""
         letters = _call("GET", url, "/dead-letters" + query)["dead_letters"]
     else:
-        letters = trio.run(_offline_report, str(database), worker)["dead_letters"]
+        letters = run_trio(_offline_report, str(database), worker)["dead_letters"]
     if as_json:
         _echo_json(letters)
     else:
@@ -219,26 +306,16 @@ def log_group() -> None:
     """Read an app's message log."""
 
 
-def _row_json(row: Row) -> dict[str, Any]:
-    try:
-        payload: Any = orjson.loads(row.payload)
-    except orjson.JSONDecodeError:
-        payload = row.payload.decode("utf-8", errors="replace")
-    return {
-        "id": row.id,
-        "timestamp": datetime.fromtimestamp(row.timestamp, UTC).isoformat(),
-        "name": row.name,
-        "payload": payload,
-    }
-
-
 def _print_row(row: Row, *, as_json: bool) -> None:
-    data = _row_json(row)
+    # Rows another program wrote may not decode: shown, marked, and the tail goes on.
+    data = describe(row)
     if as_json:
         click.echo(orjson.dumps(data).decode())
-    else:
-        payload = row.payload.decode("utf-8", errors="replace")
-        click.echo(f"{row.id:>8}  {data['timestamp']}  {row.name}  {payload}")
+        return
+    line = f"{row.id:>8}  {data['timestamp'] or '?'}  {data['name']}  {payload_text(row.payload)}"
+    if "undecodable" in data:
+        line += f"  [undecodable: {data['undecodable']}]"
+    click.echo(line)
 
 
 async def _tail(database: str, lines: int, follow: bool, as_json: bool, interval: float) -> None:
@@ -282,5 +359,10 @@ async def _tail(database: str, lines: int, follow: bool, as_json: bool, interval
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def log_tail(database: Path, lines: int, follow: bool, interval: float, as_json: bool) -> None:
-    """Print the last messages of a database: id, time (UTC), command name and payload."""
-    trio.run(_tail, str(database), lines, follow, as_json, interval)
+    """Print the last messages of a database: id, time (UTC), command name and payload.
+
+    A row that does not decode (written by another program: a timestamp that is not a
+    time, a payload that is not JSON) is printed with ``[undecodable: reason]``
+    (``"undecodable"`` in JSON), and the tail goes on.
+    """
+    run_trio(_tail, str(database), lines, follow, as_json, interval)

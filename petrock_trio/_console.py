@@ -42,11 +42,14 @@ async def start_serving(
     status = _Live()
 
     async def run() -> None:
+        failed = True
         try:
             await serve(app, task_status=status)
+            failed = False
         finally:
             status.settled.set()
-            if not status.live:
+            # A failure (a database that cannot be opened) speaks for itself.
+            if not status.live and not failed:
                 out.print("stopped during start-up")
             if then is not None:
                 then()

@@ -8,6 +8,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -695,3 +696,15 @@ def create_app():
     app.store = DiskFull(open_store("full.db"))
     return app
 """
+
+
+def test_a_port_in_use_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    (tmp_path / "shop.py").write_text(SHOP)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "shop:create_app", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 4
+    (line,) = error_lines(result)
+    assert f"cannot listen on 127.0.0.1:{port}" in line
