@@ -29,6 +29,7 @@ from ._errors import PetrockError as PetrockError
 from ._errors import Retry as Retry
 from ._errors import ServiceUnavailable as ServiceUnavailable
 from ._errors import StoreError as StoreError
+from ._errors import StoreGone as StoreGone
 from ._errors import UnknownCommand as UnknownCommand
 from ._errors import ValidationError as ValidationError
 from ._events import DeadLettered as DeadLettered
@@ -102,6 +103,7 @@ __all__ = [
     "ServiceStatistics",
     "ServiceUnavailable",
     "StoreError",
+    "StoreGone",
     "StructlogHook",
     "SystemClock",
     "TrioWallClock",

@@ -20,7 +20,6 @@ import trio.testing
 from structlog.testing import capture_logs
 
 import petrock_trio as pt
-from petrock_trio._errors import StoreGone
 from petrock_trio._store_health import MonitoredStore
 from petrock_trio.testing import serving, worker_harness
 from tests.support import Add, Note, make_app
@@ -201,7 +200,7 @@ class TestDeletedFile:
         db = tmp_path / "app.db"
         app, _, _ = make_app(str(db))
         acknowledged: list[pt.Message] = []
-        refused: list[StoreGone] = []
+        refused: list[pt.StoreGone] = []
         with capture_logs() as logs:
             async with serving(app):
                 await app.execute(Add("before"))
@@ -209,7 +208,7 @@ class TestDeletedFile:
                 for i in range(20):
                     try:
                         acknowledged.append(await app.execute(Add(f"after {i}")))
-                    except StoreGone as exc:
+                    except pt.StoreGone as exc:
                         refused.append(exc)
                 report = app.health()
                 store_health = app.inspect()["store_health"]
@@ -236,7 +235,7 @@ class TestDeletedFile:
                         break
                     await trio.sleep(0.05)
                 noticed = trio.current_time() - noticed
-                with pytest.raises(StoreGone):
+                with pytest.raises(pt.StoreGone):
                     await app.execute(Add("after"))
         assert noticed < 2.0
         assert [e["log_level"] for e in logs if e["event"] == "petrock.store_gone"] == ["error"]
@@ -249,7 +248,7 @@ class TestDeletedFile:
         async with serving(app):
             await app.execute(Add("before"))
             other.replace(db)
-            with pytest.raises(StoreGone, match="replaced"):
+            with pytest.raises(pt.StoreGone, match="replaced"):
                 await app.execute(Add("after"))
             assert app.health() == unhealthy(
                 f"store: database file {str(db)!r} was replaced by another file"
