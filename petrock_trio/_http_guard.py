@@ -212,16 +212,19 @@ def check_exposure(host: str, token: str | None, *, allow_no_token: bool) -> str
 
 def warn_exposure(event: str, url: str) -> None:
     if event == "petrock.http.exposed":
-        risk = (
-            "reads (inspect, messages with their payloads, metrics, dead letters) are open "
-            "to anyone who can reach this address; only changes need the token"
+        _log.warning(
+            "petrock.http.exposed",
+            url=url,
+            risk="reads (inspect, messages with their payloads, metrics, dead letters) are "
+            "open to anyone who can reach this address; only changes need the token",
         )
     else:
-        risk = (
-            "NO TOKEN: anyone who can reach this address can submit commands and re-drive "
-            "dead letters, and read everything"
+        _log.warning(
+            "petrock.http.insecure",
+            url=url,
+            risk="NO TOKEN: anyone who can reach this address can submit commands and "
+            "re-drive dead letters, and read everything",
         )
-    _log.warning(event, url=url, risk=risk)
 
 
 def bound_hosts(host: str) -> list[str]:
