@@ -340,9 +340,12 @@ async def run(names: list[str], seconds: float, **app_options: float) -> list[Ro
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=list(SCENARIOS))
+    parser.add_argument("scenarios", nargs="*", help=f"some of {', '.join(SCENARIOS)} (all)")
     parser.add_argument("--seconds", type=float, default=40.0, help="how long each fault lasts")
     args = parser.parse_args()
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     pt.configure_logging(level="critical")
     rows = trio.run(run, args.scenarios or list(SCENARIOS), args.seconds)
     for row in rows:
