@@ -576,7 +576,8 @@ class TestAllowedHosts:
         (tmp_path / "shop.py").write_text(SHOP)
         result = run("serve", "shop:create_app", "--allowed-host", "http://x", cwd=tmp_path)
         assert result.returncode == 2
-        assert "allowed-host" in result.stderr
+        assert "--allowed-host" in result.stderr
+        assert "not a host name" in result.stderr
 
 
 BAD_ROWS = [
