@@ -103,7 +103,7 @@ class LoopWatch:
         """Stop the thread; it is gone when this returns (at most a sample later)."""
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.interval + 1.0)
+            self._thread.join(timeout=1.0)
 
     # --- the watchdog's thread ---------------------------------------------------------
 
