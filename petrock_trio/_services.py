@@ -91,7 +91,6 @@ class ExternalService:
         self._failed = 0
         self._rejected = 0
         self._opened = 0
-        self._generation = 0
 
     def __repr__(self) -> str:
         return (
@@ -138,9 +137,6 @@ class ExternalService:
         self._calls += 1
         if probe:
             self._probing = True
-        # Which opening of the circuit this call belongs to: a call that started before
-        # the circuit opened must not close it (a stale success) while a probe decides.
-        generation = self._generation
         try:
             if self.timeout is None:
                 result = await fn(*args, **kwargs)
@@ -153,7 +149,7 @@ class ExternalService:
         finally:
             if probe:
                 self._probing = False
-        self._record_success(probe=probe, generation=generation)
+        self._record_success(probe=probe)
         return result
 
     def _record_failure(self, exc: BaseException, *, probe: bool) -> None:
@@ -162,7 +158,6 @@ class ExternalService:
         if probe or (self._opened_at is None and self._consecutive >= self.failure_threshold):
             # Every opening counts, a failed half-open probe's included.
             self._opened += 1
-            self._generation += 1
             _log.warning(
                 "petrock.circuit_opened",
                 service=self.name,
@@ -177,10 +172,10 @@ class ExternalService:
             # Workers that declare this service wait for it instead of spending attempts.
             _mark(exc, self)
 
-    def _record_success(self, *, probe: bool, generation: int) -> None:
-        stale = generation != self._generation or self._probing
-        if self._opened_at is not None and not probe and stale:
-            return  # a call from before the circuit opened succeeded late: the probe decides
+    def _record_success(self, *, probe: bool) -> None:
+        if self._opened_at is not None and not probe:
+            # A call from before the circuit opened succeeded late: only a probe closes it.
+            return
         if self._opened_at is not None:
             _log.info("petrock.circuit_closed", service=self.name)
         self._consecutive = 0
