@@ -25,6 +25,7 @@ from ._errors import StoreError
 from ._http_rows import describe, payload_text
 from ._message import Row
 from ._open import open_log
+from ._retry import leaves
 
 __all__ = [
     "EXIT_CODES",
@@ -75,12 +76,6 @@ class CannotListen(_OneLine):
     exit_code = 4
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _as_refusal(exc: BaseException) -> click.ClickException | None:
     """The one-line error for a failure of the database (or the system under it)."""
     if isinstance(exc, click.ClickException):
@@ -104,7 +99,7 @@ def run_trio(fn: Callable[..., Any], *args: Any) -> Any:
     except KeyboardInterrupt:  # before the app's own signal handling was in place
         sys.exit(130)
     except BaseException as exc:
-        refusals = [_as_refusal(leaf) for leaf in _leaves(exc)]
+        refusals = [_as_refusal(leaf) for leaf in leaves(exc)]
         if not refusals or any(r is None for r in refusals):
             raise
         first = refusals[0]

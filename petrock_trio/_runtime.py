@@ -14,7 +14,6 @@ import structlog
 import trio
 from trio_util import AsyncValue
 
-from ._clock import WallClock
 from ._commands import CommandRegistry, command_name, validate
 from ._errors import LeaseLost, NotRunning
 from ._events import Event, Hook, StructlogHook
@@ -163,7 +162,3 @@ class Runtime:
     def clock(self) -> float:
         """The app's wall-clock time (data only)."""
         return self.log.clock()
-
-    @property
-    def wall_clock(self) -> WallClock:
-        return self.log.clock
