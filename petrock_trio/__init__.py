@@ -18,6 +18,7 @@ from ._context import PeriodicContext as PeriodicContext
 from ._errors import CommandError as CommandError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DecodeError as DecodeError
+from ._errors import ForeignDatabase as ForeignDatabase
 from ._errors import HandlerError as HandlerError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import LeaseLost as LeaseLost
@@ -75,6 +76,7 @@ __all__ = [
     "Event",
     "ExternalService",
     "Feature",
+    "ForeignDatabase",
     "HandlerCompleted",
     "HandlerContext",
     "HandlerError",

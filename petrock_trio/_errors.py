@@ -16,7 +16,8 @@ The hierarchy::
      ├── StoreError                     the database failed; wraps the driver's error
      │    ├── OutcomeUnknown                   a commit may or may not have landed
      │    ├── LeaseLost                        another process took over a worker
-     │    └── StoreGone                        the database file was deleted or replaced
+     │    ├── StoreGone                        the database file was deleted or replaced
+     │    └── ForeignDatabase                  the database holds no petrock_trio log
      ├── NotRunning (RuntimeError)      the app is not serving (not started, or stopping)
      └── ConfigurationError (ValueError)   a worker, command or app is set up wrongly
 
@@ -30,6 +31,7 @@ __all__ = [
     "CommandError",
     "ConfigurationError",
     "DecodeError",
+    "ForeignDatabase",
     "HandlerError",
     "HandlerTimeout",
     "LeaseLost",
@@ -158,6 +160,22 @@ class StoreGone(StoreError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"{reason}; nothing more is written to it")
         self.reason = reason
+
+
+class ForeignDatabase(StoreError):
+    """A database opened read-only holds no petrock_trio log: its tables are missing.
+
+    Opening read-only never creates them (that would change another program's
+    database), so the opening stops here. ``missing`` names the tables not found.
+    """
+
+    def __init__(self, database: str, missing: tuple[str, ...]) -> None:
+        super().__init__(
+            f"{database} is not a petrock_trio database (no {', '.join(missing)} "
+            f"table{'s' if len(missing) > 1 else ''}); nothing was changed"
+        )
+        self.database = database
+        self.missing = missing
 
 
 class NotRunning(PetrockError, RuntimeError):

@@ -21,16 +21,22 @@ async def open_log(
     commands: Iterable[type[Any]] = (),
     clock: WallClock = SystemClock,
     synchronous: str = "FULL",
+    read_only: bool = False,
 ) -> AsyncIterator[MessageLog]:
     """A :class:`MessageLog` on ``database`` with no app serving it.
 
     Appends made here are picked up by apps serving the same database when they next
-    start (or, on PostgreSQL, at once).
+    start (or, on PostgreSQL, at once). ``read_only`` reads an existing log and
+    changes nothing, whoever else has it open: no schema is created (a database
+    without the log's tables raises :class:`ForeignDatabase`), no SQLite journal
+    mode is set, and appends raise :class:`StoreError`.
     """
     registry = CommandRegistry()
     for cls in commands:
         registry.register(cls)
-    log = MessageLog(open_store(database, synchronous=synchronous), registry, clock)
+    log = MessageLog(
+        open_store(database, synchronous=synchronous, read_only=read_only), registry, clock
+    )
     await log.open()
     try:
         yield log

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 
 from .._message import Row
 
 __all__ = [
+    "LOG_TABLES",
     "Commit",
     "DeadLetterRecord",
     "LeaseRecord",
@@ -18,10 +19,17 @@ __all__ = [
     "StoreStatistics",
 ]
 
+# What makes a database a petrock_trio log: a read-only opening refuses one without them.
+LOG_TABLES: Final = ("messages", "positions", "dead_letters", "retries", "leases")
+
 
 @attrs.frozen
 class DeadLetterRecord:
-    """A message a worker gave up on, as stored."""
+    """A message a worker gave up on, as stored.
+
+    ``traceback`` is the last failure's, formatted; ``None`` for a dead letter written
+    before the stores kept tracebacks, or by code that gives none.
+    """
 
     worker: str
     message_id: int
@@ -30,6 +38,7 @@ class DeadLetterRecord:
     attempts: int
     first_failed_at: float
     last_failed_at: float
+    traceback: str | None = None
 
 
 @attrs.frozen
