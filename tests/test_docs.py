@@ -1,23 +1,34 @@
 """The documentation stays true: its code runs, and the names it gives exist.
 
-Every fenced ``python`` block of README.md, docs/*.md and the feature READMEs is tested,
-according to the words after ``python`` on the fence line:
+Every fenced ``python`` block of README.md, docs/*.md and the feature READMEs runs, on
+Sybil: Sybil lexes the pages into examples, and the evaluators below run them. The
+words after ``python`` on the fence line say how:
 
-- nothing: a complete program. It runs in a fresh ``__main__`` namespace, in a
+- nothing: a complete program. It runs as ``__main__`` in a fresh namespace and a fresh
   temporary working directory, and must finish without raising.
-- ``continuation``: runs after the blocks before it in the same file, in their
-  namespace (the guide builds on its complete example).
-- ``fragment``: a piece of a program (``trio.run(serve, app)``, which never returns);
-  it is only compiled, top-level ``await`` allowed.
+- ``continuation``: runs after the blocks before it in the same page, in their
+  namespace and directory (the guide builds on its complete example). Run alone, it
+  runs its program and the continuations before it first.
 - ``test_<name>.py``: a complete pytest file; it is written under that name and run with
-  pytest in a subprocess.
+  pytest (trio mode, warnings as errors) in a subprocess.
+- ``from=<file>``: a quotation of a file of the repository (the before and after of the
+  migration guide). Its lines must be that file's lines, in the same order, each run of
+  them consecutive there; a line ``...`` stands for lines left out. It runs in a copy of
+  that module's namespace, so it uses the module's imports and names.
 
-Any other word is an error, so that a typo cannot turn a block into an untested one.
+Any other word is an error, so that a typo cannot turn a block into an untested one,
+and nothing is only compiled: a block with top-level ``await`` runs under ``trio.run``
+with an autojumping MockClock (virtual time, exact and instant), and
+``trio.run(pt.serve, app)``, which serves until a signal, serves until the app has
+caught up with its log and then stops it. A hidden block, in an HTML comment
+``<!-- invisible-code-block: python [words] ... -->``, runs by the same rules: it sets up
+what a short visible block needs, or checks what it did.
 
-The guides are also checked for the names they use: log event names (``petrock.…``),
+The pages are also checked for the names they use: log event names (``petrock.…``),
 fields read from ``metrics()`` / ``statistics()``, ``petrock-trio`` command lines and
-file paths must exist. The troubleshooting guide is checked strictly: every
-backticked name in it must be something the code defines.
+file paths must exist, and every relative link and anchor must resolve. The
+troubleshooting guide is checked strictly: every backticked name in it must be
+something the code defines.
 """
 
 from __future__ import annotations
@@ -25,22 +36,30 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import functools
+import importlib
 import importlib.util
 import inspect
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import textwrap
 import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import attrs
 import click
 import pytest
 import trio
+import trio.testing
+from sybil import Document, Example, Region
+from sybil.parsers.abstract.lexers import LexerCollection
+from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, RawFencedCodeBlockLexer
 
 import features.items
 import features.items.summarizer
@@ -66,7 +85,19 @@ CHECKED = [
 STRICT = ROOT / "docs" / "troubleshooting.md"
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
+# A fence's info string: the language, then the words that say how the block runs.
+_INFO = re.compile(r"[ \t]*(?P<language>[^\s]*)(?P<words>[^\n]*)$\n", re.MULTILINE)
 _TEST_FILE = re.compile(r"test_\w+\.py")
+_ELISION = re.compile(r"\.\.\.(\s*#.*)?")
+PYTHON = {"python", "py"}
+
+
+class BlockError(Exception):
+    """A block that cannot run as written: unknown words, no program to continue."""
+
+
+class ExcerptError(AssertionError):
+    """A ``from=`` block that is not (or no longer) a quotation of its file."""
 
 
 # --- code blocks --------------------------------------------------------------------------
@@ -74,180 +105,400 @@ _TEST_FILE = re.compile(r"test_\w+\.py")
 
 @attrs.frozen
 class Block:
-    """One fenced code block: where it is, its info words and its code."""
+    """One Python block of a page: where it is, the words of its fence and its code."""
 
     path: Path
     line: int  # line number of the block's first code line
-    language: str
-    markers: tuple[str, ...]
+    words: tuple[str, ...]
     code: str
+    hidden: bool = False  # an invisible-code-block comment
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        return f"{_relative(self.path)}:{self.line}"
 
     @property
     def kind(self) -> str:
-        if not self.markers:
+        if not self.words:
             return "program"
-        if self.markers in {("continuation",), ("fragment",)}:
-            return self.markers[0]
-        if len(self.markers) == 1 and _TEST_FILE.fullmatch(self.markers[0]):
+        if self.words == ("continuation",):
+            return "continuation"
+        if len(self.words) == 1 and _TEST_FILE.fullmatch(self.words[0]):
             return "pytest"
+        if len(self.words) == 1 and self.words[0].startswith("from="):
+            return "excerpt"
         return "unknown"
 
-
-def code_blocks(path: Path, text: str | None = None) -> list[Block]:
-    """The fenced code blocks of a Markdown file (CommonMark fences, indented up to 3)."""
-    lines = (path.read_text() if text is None else text).splitlines()
-    blocks: list[Block] = []
-    index = 0
-    while index < len(lines):
-        opening = _FENCE.match(lines[index])
-        index += 1
-        if opening is None:
-            continue
-        fence, indent = opening["fence"], len(opening["indent"])
-        words = opening["info"].split()
-        body: list[str] = []
-        start = index + 1
-        while index < len(lines):
-            line = lines[index]
-            index += 1
-            stripped = line.strip()
-            if stripped.startswith(fence[0] * len(fence)) and not stripped.strip(fence[0]):
-                break
-            # CommonMark: up to the fence's own indentation is removed from each line.
-            body.append(line[min(indent, len(line) - len(line.lstrip(" "))) :])
-        language = words[0] if words else ""
-        blocks.append(Block(path, start, language, tuple(words[1:]), "\n".join(body) + "\n"))
-    return blocks
+    @property
+    def quoted(self) -> Path:
+        """The file an excerpt quotes."""
+        return ROOT / self.words[0].removeprefix("from=")
 
 
-def python_blocks(paths: Iterable[Path]) -> list[Block]:
-    return [b for p in paths for b in code_blocks(p) if b.language in {"python", "py"}]
+def _relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def chains(blocks: Sequence[Block]) -> list[list[Block]]:
-    """Programs with their continuations, in file order."""
-    result: list[list[Block]] = []
-    for block in blocks:
-        if block.kind == "program":
-            result.append([block])
-        elif block.kind == "continuation":
-            if not result or result[-1][0].path != block.path:
-                raise AssertionError(f"{block.where}: a continuation needs a program before it")
-            result[-1].append(block)
-    return result
+def fenced_blocks(document: Document) -> Iterator[tuple[str, tuple[str, ...], int, str]]:
+    """Every fenced block: its language, its other info words, its first line, its code."""
+    for region in RawFencedCodeBlockLexer(info_pattern=_INFO)(document):
+        source = region.lexemes["source"]
+        line = document.text.count("\n", 0, region.start + source.offset) + 1
+        words = tuple(region.lexemes["words"].split())
+        yield region.lexemes["language"], words, line, str(source)
 
 
-def run_chain(chain: Sequence[Block]) -> None:
-    """Run a program and its continuations as ``__main__``, as ``python file.py`` would."""
-    module = types.ModuleType("__main__")
-    module.__file__ = str(chain[0].path)
+class BlockParser:
+    """Sybil parser: a region for each Python block, fenced or in a hidden comment."""
+
+    def __init__(self) -> None:
+        self.hidden = DirectiveInHTMLCommentLexer(
+            directive=r"invisible-code-block", arguments=r".+"
+        )
+
+    def __call__(self, document: Document) -> Iterator[Region]:
+        fenced = RawFencedCodeBlockLexer(info_pattern=_INFO)
+        for region in LexerCollection([fenced, self.hidden])(document):
+            lexemes = region.lexemes
+            hidden = "directive" in lexemes
+            info = lexemes["arguments"] if hidden else lexemes["language"] + lexemes["words"]
+            language, *words = info.split() or [""]
+            if language not in PYTHON:
+                continue
+            source = lexemes["source"]
+            line = document.text.count("\n", 0, region.start + source.offset) + 1
+            region.parsed = Block(Path(document.path), line, tuple(words), str(source), hidden)
+            region.evaluator = evaluate_block
+            yield region
+
+
+class Page(Document):
+    """A Markdown page and what its blocks share while they run.
+
+    The namespace of the program that runs (its ``__main__`` module), the indices of the
+    blocks of that program that ran, and its working directory.
+    """
+
+    def __init__(self, text: str, path: str) -> None:
+        super().__init__(text, path)
+        self.main: types.ModuleType | None = None
+        self.ran: list[int] = []
+        self.workdir: Path | None = None
+        self.workdirs: Callable[[], Path] = lambda: Path(tempfile.mkdtemp(prefix="docs-"))
+
+    @classmethod
+    def read(cls, path: Path, text: str | None = None) -> Page:
+        page = cls(path.read_text() if text is None else text, str(path))
+        for region in BlockParser()(page):
+            page.add(region)
+        return page
+
+    @functools.cached_property
+    def examples_list(self) -> list[Example]:
+        return list(self.examples())
+
+    def block(self, index: int) -> Block:
+        parsed: Block = self.examples_list[index].parsed
+        return parsed
+
+    def program_of(self, index: int) -> int:
+        """The index of the program a continuation continues."""
+        for earlier in range(index - 1, -1, -1):
+            if self.block(earlier).kind == "program":
+                return earlier
+        raise BlockError(f"{self.block(index).where}: a continuation needs a program before it")
+
+
+def run_block(page: Page, index: int) -> None:
+    """Run block ``index`` of ``page``; a continuation after its program and the blocks between."""
+    block = page.block(index)
+    if block.kind == "continuation":
+        start = page.program_of(index)
+        chain = [i for i in range(start, index) if page.block(i).kind in {"program", block.kind}]
+        if page.ran != chain:  # run alone, or after a failure: run what it builds on first
+            page.ran = []
+            for earlier in chain:
+                try:
+                    page.examples_list[earlier].evaluate()
+                except Exception as exc:
+                    where = page.block(earlier).where
+                    raise BlockError(f"{where}, which {block.where} continues, failed") from exc
+                page.ran.append(earlier)
+    elif block.kind == "program":
+        page.ran = []
+    page.examples_list[index].evaluate()
+    if block.kind in {"program", "continuation"}:
+        page.ran.append(index)
+
+
+def evaluate_block(example: Example) -> None:
+    """Sybil evaluator of every Python block, by the words of its fence."""
+    page = example.document
+    block: Block = example.parsed
+    assert isinstance(page, Page)
+    if block.kind == "program":
+        page.main = types.ModuleType("__main__")
+        page.main.__file__ = str(block.path)
+        page.namespace = page.main.__dict__
+        page.workdir = page.workdirs()
+        execute(block, page.main.__dict__, main=page.main, workdir=page.workdir)
+    elif block.kind == "continuation":
+        if page.main is None or page.workdir is None:
+            raise BlockError(f"{block.where}: a continuation needs a program before it")
+        execute(block, page.main.__dict__, main=page.main, workdir=page.workdir)
+    elif block.kind == "excerpt":
+        run_excerpt(block, page.workdirs())
+    elif block.kind == "pytest":
+        run_test_file(block, page.workdirs())
+    else:
+        hint = (
+            ": nothing is only compiled any more; give the block what it needs "
+            "(a program, a continuation, a hidden setup block) or quote it with from=<file>"
+            if "fragment" in block.words
+            else ""
+        )
+        raise BlockError(
+            f"{block.where}: unknown words {' '.join(block.words)!r} after python "
+            f"(known: none, continuation, test_<name>.py, from=<file>){hint}"
+        )
+
+
+def execute(
+    block: Block, namespace: dict[str, Any], *, main: types.ModuleType | None, workdir: Path
+) -> None:
+    """Run a block's code in ``namespace``: under Trio if it awaits at top level."""
+    # Leading blank lines keep tracebacks pointing at the Markdown file's lines.
+    source = "\n" * (block.line - 1) + block.code
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    code = compile(source, str(block.path), "exec", flags=flags, dont_inherit=True)
+    with _as_main(main), contextlib.chdir(workdir), _serve_returns():
+        if code.co_flags & inspect.CO_COROUTINE:
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            trio.run(_await_block, code, namespace, clock=clock)
+        else:
+            exec(code, namespace)
+
+
+async def _await_block(code: types.CodeType, namespace: dict[str, Any]) -> None:
+    await eval(code, namespace)
+
+
+@contextlib.contextmanager
+def _as_main(main: types.ModuleType | None) -> Iterator[None]:
+    """Make ``main`` the ``__main__`` module, as ``python file.py`` would."""
+    if main is None:
+        yield
+        return
     saved = sys.modules["__main__"]
     # attrs and cattrs resolve string annotations through sys.modules[cls.__module__].
-    sys.modules["__main__"] = module
+    sys.modules["__main__"] = main
     try:
-        for block in chain:
-            # Leading blank lines keep tracebacks pointing at the Markdown file's lines.
-            source = "\n" * (block.line - 1) + block.code
-            exec(compile(source, str(block.path), "exec", dont_inherit=True), module.__dict__)
+        yield
     finally:
         sys.modules["__main__"] = saved
 
 
-def compile_fragment(block: Block) -> None:
-    source = "\n" * (block.line - 1) + block.code
-    compile(
-        source, str(block.path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+@contextlib.contextmanager
+def _serve_returns() -> Iterator[None]:
+    """``trio.run(pt.serve, app)`` serves until the app caught up, then stops it.
+
+    In a page it stands for a program that serves until SIGINT or SIGTERM; here it
+    starts, replays, handles what is in the log and shuts down gracefully.
+    """
+    real_run = trio.run
+
+    def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if fn is pt.serve:
+            return real_run(_serve_until_caught_up, *args, **kwargs)
+        return real_run(fn, *args, **kwargs)
+
+    with mock.patch.object(trio, "run", run):
+        yield
+
+
+async def _serve_until_caught_up(app: pt.App, *args: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pt.serve, app, *args)
+        await app.caught_up()
+        app.stop()
+
+
+def run_excerpt(block: Block, workdir: Path) -> None:
+    """Check that an excerpt quotes its file, then run it in that module's namespace."""
+    if not block.quoted.is_file():
+        raise ExcerptError(f"{block.where}: no file {_relative(block.quoted)}")
+    problem = excerpt_problem(block.code, block.quoted.read_text())
+    if problem:
+        raise ExcerptError(f"{block.where}: not as in {_relative(block.quoted)}: {problem}")
+    name = ".".join(block.quoted.relative_to(ROOT).with_suffix("").parts)
+    namespace = dict(vars(importlib.import_module(name)))
+    execute(block, namespace, main=None, workdir=workdir)
+
+
+def excerpt_problem(excerpt: str, text: str) -> str:
+    """Why ``excerpt`` does not quote ``text`` ("" when it does).
+
+    Lines are compared stripped and blank lines are ignored. A line ``...`` (with a
+    comment or not) leaves lines out; the lines between two of them must be consecutive
+    lines of the text, after the lines matched before.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    runs: list[list[str]] = [[]]
+    for line in (s.strip() for s in excerpt.splitlines()):
+        if _ELISION.fullmatch(line):
+            runs.append([])
+        elif line:
+            runs[-1].append(line)
+    position = 0
+    for run in filter(None, runs):
+        starts = [i for i in range(position, len(lines)) if lines[i] == run[0]]
+        if not starts:
+            return f"{run[0]!r} is not there (after the lines quoted before it)"
+        longest, start = max((_common(lines[i:], run), i) for i in starts)
+        if longest < len(run) and run[longest] not in lines:
+            return f"{run[longest]!r} is not in the file"
+        if longest < len(run):
+            return f"{run[longest]!r} does not follow {run[longest - 1]!r} there"
+        position = start + len(run)
+    return ""
+
+
+def _common(lines: Sequence[str], run: Sequence[str]) -> int:
+    """How many lines of ``run`` the start of ``lines`` matches."""
+    count = 0
+    for line, wanted in zip(lines, run, strict=False):
+        if line != wanted:
+            break
+        count += 1
+    return count
+
+
+def run_test_file(block: Block, workdir: Path) -> None:
+    (workdir / block.words[0]).write_text(block.code)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "error",
+            "-o",
+            "trio_mode=true",
+            block.words[0],
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+    assert result.returncode == 0, f"{block.where}\n{result.stdout}{result.stderr}"
+    assert " passed" in result.stdout
 
 
-ALL_BLOCKS = python_blocks(DOCUMENTS)
-CHAINS = chains(ALL_BLOCKS)
+PAGES = [Page.read(path) for path in DOCUMENTS]
+BLOCKS = [(page, index) for page in PAGES for index in range(len(page.examples_list))]
+
+
+def _block_id(entry: tuple[Page, int]) -> str:
+    page, index = entry
+    return page.block(index).where
 
 
 class TestCodeBlocks:
-    """Every Python block of the docs runs (or, marked as a fragment, compiles)."""
+    """Every Python block of the docs runs."""
 
     def test_documents_have_blocks(self) -> None:
-        assert {b.path for b in ALL_BLOCKS} >= {ROOT / "README.md", ROOT / "docs" / "workers.md"}
+        paths = {Path(page.path) for page, _ in BLOCKS}
+        assert paths >= {ROOT / "README.md", ROOT / "docs" / "workers.md"}
 
-    @pytest.mark.parametrize("block", ALL_BLOCKS, ids=[b.where for b in ALL_BLOCKS])
-    def test_marker_is_known(self, block: Block) -> None:
-        assert block.kind != "unknown", f"{block.where}: unknown marker {block.markers}"
-
-    @pytest.mark.parametrize("chain", CHAINS, ids=[c[0].where for c in CHAINS])
-    def test_program_runs(
-        self, chain: list[Block], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.chdir(tmp_path)
-        run_chain(chain)
-
-    @pytest.mark.parametrize(
-        "block",
-        [b for b in ALL_BLOCKS if b.kind == "fragment"],
-        ids=[b.where for b in ALL_BLOCKS if b.kind == "fragment"],
-    )
-    def test_fragment_compiles(self, block: Block) -> None:
-        compile_fragment(block)
-
-    @pytest.mark.parametrize(
-        "block",
-        [b for b in ALL_BLOCKS if b.kind == "pytest"],
-        ids=[b.where for b in ALL_BLOCKS if b.kind == "pytest"],
-    )
-    def test_test_file_passes(self, block: Block, tmp_path: Path) -> None:
-        (tmp_path / block.markers[0]).write_text(block.code)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-W",
-                "error",
-                "-o",
-                "trio_mode=true",
-                block.markers[0],
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+    @pytest.mark.parametrize("path", DOCUMENTS, ids=[_relative(p) for p in DOCUMENTS])
+    def test_every_python_fence_is_a_block(self, path: Path) -> None:
+        """Counted without Sybil: no Python block is left out of the run."""
+        fences = re.findall(
+            r"^ {0,3}(?:```|~~~)[ \t]*(?:python|py)\b", path.read_text(), re.MULTILINE
         )
-        assert result.returncode == 0, f"{block.where}\n{result.stdout}{result.stderr}"
-        assert " passed" in result.stdout
+        page = next(p for p in PAGES if Path(p.path) == path)
+        visible = [b for b in map(page.block, range(len(page.examples_list))) if not b.hidden]
+        assert len(visible) == len(fences)
+
+    @pytest.mark.parametrize("entry", BLOCKS, ids=[_block_id(b) for b in BLOCKS])
+    def test_block_runs(
+        self, entry: tuple[Page, int], tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        page, index = entry
+        page.workdirs = lambda: tmp_path_factory.mktemp("docs")
+        run_block(page, index)
 
 
 class TestTheChecker:
     """A broken example fails: the runner is not quietly lenient."""
 
-    def parse(self, text: str) -> list[Block]:
-        blocks = code_blocks(ROOT / "docs" / "x.md", textwrap.dedent(text))
-        return [b for b in blocks if b.language in {"python", "py"}]
+    def page(self, text: str, tmp_path: Path) -> Page:
+        page = Page.read(ROOT / "docs" / "x.md", textwrap.dedent(text))
+        page.workdirs = lambda: Path(tempfile.mkdtemp(dir=tmp_path))
+        return page
 
-    def test_error_in_a_program_fails(self) -> None:
-        (block,) = self.parse(
+    def run_all(self, page: Page) -> None:
+        for index in range(len(page.examples_list)):
+            run_block(page, index)
+
+    def test_error_in_a_program_fails(self, tmp_path: Path) -> None:
+        page = self.page(
             """
             ```python
             import petrock_trio as pt
             pt.PatternWorker("w").on_commnd("a/b")
             ```
-            """
+            """,
+            tmp_path,
         )
         with pytest.raises(AttributeError, match="on_commnd") as info:
-            run_chain([block])
+            run_block(page, 0)
         # The traceback names the Markdown file and the line of the mistake.
         frame = info.traceback[-1]
         assert (Path(str(frame.path)).name, frame.lineno + 1) == ("x.md", 4)
 
-    def test_continuation_sees_earlier_names_only(self) -> None:
-        blocks = self.parse(
+    def test_program_runs_as_main_in_a_directory_of_its_own(self, tmp_path: Path) -> None:
+        page = self.page(
+            """
+            ```python
+            from __future__ import annotations
+            import os, attrs, cattrs
+            @attrs.frozen
+            class Point:
+                x: int
+                near: Point | None = None
+            assert __name__ == "__main__"
+            point = cattrs.structure({"x": 1, "near": {"x": 2}}, Point)
+            here = os.getcwd()
+            open("written.txt", "w").close()
+            ```
+
+            ```python
+            import os
+            there = os.getcwd()
+            ```
+            """,
+            tmp_path,
+        )
+        run_block(page, 0)
+        assert page.main is not None
+        first = page.main.__dict__
+        run_block(page, 1)
+        second = page.main.__dict__
+        assert first["point"].near.x == 2  # the annotation resolved in this __main__
+        assert "point" not in second  # a program starts afresh
+        here, there = Path(first["here"]), Path(second["there"])
+        assert here.parent == there.parent == tmp_path
+        assert here != there
+        assert (here / "written.txt").exists()
+
+    def test_continuation_sees_earlier_names_only(self, tmp_path: Path) -> None:
+        page = self.page(
             """
             ```python
             x = 1
@@ -260,32 +511,191 @@ class TestTheChecker:
             ```python
             print(x)
             ```
-            """
+            """,
+            tmp_path,
         )
-        first, second = chains(blocks)
-        run_chain(first)
+        run_block(page, 0)
+        run_block(page, 1)
         with pytest.raises(NameError):
-            run_chain(second)
+            run_block(page, 2)
 
-    def test_markers(self) -> None:
-        blocks = self.parse(
+    def test_continuation_alone_runs_its_program_first(self, tmp_path: Path) -> None:
+        page = self.page(
             """
-            ~~~python fragment
-            await app.redrive("w", 1)
+            ```python
+            log = ["program"]
+            ```
+
+            ```python continuation
+            log.append("first")
+            ```
+
+            ```python test_nothing.py
+            def test_nothing(): pass
+            ```
+
+            ```python continuation
+            log.append("second")
+            ```
+            """,
+            tmp_path,
+        )
+        run_block(page, 3)
+        assert page.main is not None
+        assert page.main.__dict__["log"] == ["program", "first", "second"]
+
+    def test_failure_of_the_program_fails_its_continuation(self, tmp_path: Path) -> None:
+        page = self.page(
+            """
+            ```python
+            raise RuntimeError("broken")
+            ```
+
+            ```python continuation
+            pass
+            ```
+            """,
+            tmp_path,
+        )
+        with pytest.raises(BlockError, match=r"x.md:3, which docs/x.md:7 continues, failed"):
+            run_block(page, 1)
+
+    def test_words(self, tmp_path: Path) -> None:
+        page = self.page(
+            """
+            ~~~python continuation
+            pass
             ~~~
             ```py test_x.py
+            ```
+            ```python fragment
+            trio.run(serve, app)
             ```
             ```python notest
             ```
             ```sh
             ls
             ```
-            """
+            """,
+            tmp_path,
         )
-        assert [b.kind for b in blocks] == ["fragment", "pytest", "unknown"]
-        compile_fragment(blocks[0])
-        with pytest.raises(SyntaxError):
-            compile_fragment(attrs.evolve(blocks[0], code="def (\n"))
+        kinds = [page.block(i).kind for i in range(len(page.examples_list))]
+        assert kinds == ["continuation", "pytest", "unknown", "unknown"]
+        with pytest.raises(BlockError, match="needs a program before it"):
+            run_block(page, 0)
+        with pytest.raises(BlockError, match=r"'fragment'.*nothing is only compiled"):
+            run_block(page, 2)
+        with pytest.raises(BlockError, match="unknown words 'notest'"):
+            run_block(page, 3)
+
+    def test_top_level_await_runs_in_virtual_time(self, tmp_path: Path) -> None:
+        page = self.page(
+            """
+            ```python
+            import trio
+            start = trio.current_time()
+            await trio.sleep(3600)
+            waited = trio.current_time() - start
+            ```
+            """,
+            tmp_path,
+        )
+        run_block(page, 0)
+        assert page.main is not None
+        assert page.main.__dict__["waited"] == 3600
+
+    def test_serving_until_a_signal_stops_once_caught_up(self, tmp_path: Path) -> None:
+        page = self.page(
+            """
+            ```python
+            import attrs, trio
+            import petrock_trio as pt
+
+            @pt.command("a/b")
+            @attrs.frozen
+            class B:
+                n: int
+
+            worker = pt.PatternWorker("w", state=[])
+
+            @worker.on_command("a/b")
+            async def on_b(ctx, cmd, state):
+                state.append(cmd.n)
+
+            async def fill() -> None:
+                async with pt.open_log("app.db") as log:
+                    await log.append(B(1), B(2))
+            ```
+
+            <!-- invisible-code-block: python continuation
+            trio.run(fill)
+            -->
+
+            ```python continuation
+            app = pt.App(database="app.db", hooks=[])
+            app.register_command(B)
+            app.register_worker(worker)
+            trio.run(pt.serve, app)
+            ```
+
+            <!-- invisible-code-block: python continuation
+            assert worker.state == [1, 2] and not app.running
+            -->
+            """,
+            tmp_path,
+        )
+        assert [page.block(i).hidden for i in range(4)] == [False, True, False, True]
+        self.run_all(page)
+
+    def test_excerpt_quotes_its_file(self, tmp_path: Path) -> None:
+        source = "features/items/workers/summary_worker.py"
+        page = self.page(
+            f"""
+            ```python from={source}
+            @attrs.define
+            class SummaryState:
+                contents: dict[str, str] = attrs.Factory(dict)
+                ...
+            ```
+
+            ```python from={source}
+            @attrs.define
+            class SummaryState:
+                contents: dict[str, str] = attrs.Factory(dict)
+                submitted: set[str] = attrs.Factory(set)
+            ```
+
+            ```python from={source}
+            @attrs.define
+            class SummaryState:
+                pending: dict[str, PendingSummary] = attrs.Factory(dict)
+            ```
+
+            ```python from=examples/missing.py
+            pass
+            ```
+            """,
+            tmp_path,
+        )
+        run_block(page, 0)
+        with pytest.raises(ExcerptError, match=r"'submitted: set.*' is not in the file"):
+            run_block(page, 1)
+        with pytest.raises(ExcerptError, match=r"'pending: .*' does not follow 'class Summ"):
+            run_block(page, 2)
+        with pytest.raises(ExcerptError, match=r"no file examples/missing.py"):
+            run_block(page, 3)
+
+    def test_excerpt_runs_in_its_module(self, tmp_path: Path) -> None:
+        page = self.page(
+            """
+            ```python from=features/items/workers/summary_worker.py
+            worker.on_command("items/create", on_create)
+            ```
+            """,
+            tmp_path,
+        )
+        with pytest.raises(NameError, match="'worker'"):
+            run_block(page, 0)
 
     def test_links(self) -> None:
         guide = ROOT / "docs" / "workers.md"
@@ -293,7 +703,38 @@ class TestTheChecker:
         assert check_link(guide, "troubleshooting.md#lag-keeps-growing") == ""
         assert check_link(guide, "#retry") == "no heading #retry"
         assert check_link(guide, "tuning.md") == "no such file"
+        assert check_link(guide, "../examples/batch_job.py") == ""
         assert check_link(guide, "https://trio.readthedocs.io") == ""
+
+    def test_links_and_anchors_are_read_as_github_does(self, tmp_path: Path) -> None:
+        page = tmp_path / "page.md"
+        page.write_text(
+            textwrap.dedent(
+                """
+                # Setup
+                ## Setup
+                ## `serve(app)`, step 2
+                <a id="custom"></a>
+                See [one](#setup-1), [two](other.md "title"), ![plot](plot.png),
+                `[not a link](nowhere.md)`.
+
+                [ref]: #serve-app-step-2
+
+                ```python
+                data = values[0](1)
+                ```
+                """
+            )
+        )
+        assert anchors(page) == {"setup", "setup-1", "serveapp-step-2", "custom"}
+        assert [t for _, t in links(page)] == [
+            "#setup-1",
+            "other.md",
+            "plot.png",
+            "#serve-app-step-2",
+        ]
+        assert check_link(page, "#custom") == ""
+        assert check_link(page, "#serve-app-step-2") == "no heading #serve-app-step-2"
 
 
 # --- names ----------------------------------------------------------------------------------
@@ -532,26 +973,20 @@ _SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 
 def inline_code(path: Path) -> list[tuple[int, str]]:
     """Backticked spans outside code blocks, with their line numbers."""
-    spans: list[tuple[int, str]] = []
-    in_block = False
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if _FENCE.match(line):
-            in_block = not in_block
-            continue
-        if not in_block:
-            spans += [(number, m.group(1)) for m in _SPAN.finditer(line)]
-    return spans
+    return [
+        (number, m.group(1)) for number, line in prose_lines(path) for m in _SPAN.finditer(line)
+    ]
 
 
 def command_lines(path: Path) -> list[tuple[int, str]]:
     """``petrock-trio`` lines of sh blocks, and backticked ones."""
     found = [(n, s) for n, s in inline_code(path) if s.startswith("petrock-trio")]
-    for block in code_blocks(path):
-        if block.language in {"sh", "console", "bash"}:
-            for offset, line in enumerate(block.code.splitlines()):
+    for language, _, first, code in fenced_blocks(Document(path.read_text(), str(path))):
+        if language in {"sh", "console", "bash"}:
+            for offset, line in enumerate(code.splitlines()):
                 command = line.removeprefix("$ ").strip()
                 if command.startswith("petrock-trio"):
-                    found.append((block.line + offset, command))
+                    found.append((first + offset, command))
     return found
 
 
@@ -662,19 +1097,50 @@ class Names:
         )
 
 
-_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(\S+)")
+_HTML_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
+
+
+def prose_lines(path: Path) -> list[tuple[int, str]]:
+    """The lines outside code blocks and hidden blocks, with their numbers."""
+    lines: list[tuple[int, str]] = []
+    in_block = in_comment = False
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if in_comment:
+            in_comment = "-->" not in line
+        elif _FENCE.match(line):
+            in_block = not in_block
+        elif not in_block and line.lstrip().startswith("<!--") and "-->" not in line:
+            in_comment = True
+        elif not in_block:
+            lines.append((number, line))
+    return lines
+
+
+def links(path: Path) -> list[tuple[int, str]]:
+    """Link targets outside code: inline links, images and reference definitions."""
+    found: list[tuple[int, str]] = []
+    for number, line in prose_lines(path):
+        prose = _SPAN.sub("", line)  # a link written in code font is not a link
+        found += [(number, target) for target in _LINK.findall(prose)]
+        found += [(number, target) for target in _REFERENCE.findall(prose)]
+    return found
 
 
 def anchors(path: Path) -> set[str]:
-    """GitHub's anchors for a Markdown file's headings."""
+    """GitHub's anchors for a Markdown file's headings (and its HTML anchors)."""
     found: set[str] = set()
-    in_block = False
-    for line in path.read_text().splitlines():
-        if _FENCE.match(line):
-            in_block = not in_block
-        elif not in_block and line.startswith("#"):
+    seen: dict[str, int] = {}
+    for _, line in prose_lines(path):
+        found.update(_HTML_ANCHOR.findall(line))
+        if re.match(r"#{1,6} ", line):
             title = line.lstrip("#").strip().lower()
-            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+            slug = re.sub(r"[^\w\- ]", "", title).replace(" ", "-")
+            # A repeated heading gets -1, -2, ... after its slug.
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            found.add(f"{slug}-{count}" if count else slug)
     return found
 
 
@@ -728,14 +1194,27 @@ class TestNames:
         ]
         assert not problems, "\n".join(problems)
 
-    @pytest.mark.parametrize("path", CHECKED, ids=[str(p.relative_to(ROOT)) for p in CHECKED])
+    @pytest.mark.parametrize("path", DOCUMENTS, ids=[_relative(p) for p in DOCUMENTS])
     def test_links_resolve(self, path: Path) -> None:
         problems = [
-            f"{path.relative_to(ROOT)}: link {target!r}: {problem}"
-            for target in _LINK.findall(path.read_text())
+            f"{path.relative_to(ROOT)}:{number}: link {target!r}: {problem}"
+            for number, target in links(path)
             if (problem := check_link(path, target))
         ]
         assert not problems, "\n".join(problems)
+
+    def test_migration_figures_are_measured(self) -> None:
+        """The lines of code the migration guide gives are what benchmarks/loc.py counts."""
+        spec = importlib.util.spec_from_file_location("loc", ROOT / "benchmarks" / "loc.py")
+        assert spec is not None
+        assert spec.loader is not None
+        loc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loc)
+        text = (ROOT / "docs" / "migration.md").read_text()
+        figures = re.search(r"it is (\d+) lines before\s+and (\d+) after", text)
+        assert figures is not None, "the guide no longer gives the lines before and after"
+        measured = (loc.code_lines(loc.LEGACY), loc.code_lines(loc.PATTERN))
+        assert (int(figures[1]), int(figures[2])) == measured
 
     def test_troubleshooting_diagnoses_with_real_names(self) -> None:
         """Each problem of the troubleshooting guide names a metric or log event and a fix."""
