@@ -50,7 +50,11 @@ class Feature(Protocol):
 
 @attrs.frozen
 class DeadLetter:
-    """A message a worker gave up on; :meth:`App.redrive` hands it to the worker again."""
+    """A message a worker gave up on; :meth:`App.redrive` hands it to the worker again.
+
+    ``error`` is the last failure's repr and ``traceback`` its formatted traceback
+    (``None`` for a dead letter written before tracebacks were kept).
+    """
 
     worker: str
     message_id: int
@@ -59,6 +63,7 @@ class DeadLetter:
     attempts: int
     first_failed_at: datetime
     last_failed_at: datetime
+    traceback: str | None = None
 
     @classmethod
     def from_record(cls, r: DeadLetterRecord) -> DeadLetter:
@@ -70,6 +75,7 @@ class DeadLetter:
             r.attempts,
             datetime.fromtimestamp(r.first_failed_at, UTC),
             datetime.fromtimestamp(r.last_failed_at, UTC),
+            r.traceback,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,11 +235,25 @@ class App:
             "hooks": self.hooks,
         }
 
-    def open_run(self, name: str, rt: Runtime) -> Run:
-        """A fresh run of worker ``name`` on ``rt``, from what the store holds."""
+    def run_names(self) -> dict[str, tuple[str, int]]:
+        """What ``serve`` runs (and leases): a run per worker, one per partition of a
+        partitioned worker; by stored name, its (worker, partition)."""
+        names: dict[str, tuple[str, int]] = {}
+        for name, worker in self.workers.items():
+            if isinstance(worker, PatternWorker):
+                for index, stored in enumerate(worker.partition_names()):
+                    names[stored] = (name, index)
+            else:
+                names[name] = (name, 0)
+        return names
+
+    def open_run(self, stored: str, rt: Runtime) -> Run:
+        """A fresh run of ``stored`` (a worker, or a partition of one; see
+        :meth:`run_names`) on ``rt``, from what the store holds."""
+        name, partition = self.run_names()[stored]
         worker = self.workers[name]
         if isinstance(worker, PatternWorker):
-            return WorkerRun(worker, rt)
+            return WorkerRun(worker, rt, partition)
         return worker.prepare(rt)
 
     def uses_leases(self) -> bool:
@@ -356,6 +376,8 @@ class App:
                 "health": worker.health().to_dict(),
                 "metrics": metrics.to_dict(),
             }
+            if isinstance(worker, PatternWorker) and worker.partitions > 1:
+                workers[name]["partitions"] = self._partitions(worker)
         return {
             "database": self.database,
             "running": self.running,
@@ -375,6 +397,31 @@ class App:
             "workers": workers,
             "health": self.health().to_dict(),
         }
+
+    def _partitions(self, worker: PatternWorker[Any]) -> list[dict[str, Any]]:
+        """Each partition: those served here in full, the others with their holder."""
+        rt = self._rt
+        here = {p["partition"]: p for p in worker.partition_details()}
+        holders = rt.leases.holders() if rt is not None and rt.leases is not None else {}
+        head = rt.log.head.value if rt is not None else 0
+        positions = rt.flusher.saved if rt is not None else {}
+        shown = []
+        for index, stored in enumerate(worker.partition_names()):
+            if index in here:
+                shown.append(here[index])
+                continue
+            position = positions.get(stored, 0)
+            shown.append(
+                {
+                    "partition": index,
+                    "name": stored,
+                    "position": position,
+                    "lag": max(0, head - position),
+                    "holder": holders.get(stored),
+                    "health": None,
+                }
+            )
+        return shown
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetter]:
         """Messages the workers gave up on, oldest failure first."""

@@ -17,6 +17,7 @@ import trio
 from ._context import HandlerContext
 from ._errors import HandlerTimeout, LeaseLost, OutcomeUnknown, StoreError
 from ._events import HandlerCompleted
+from ._logging import WORKING
 from ._message import Message
 from ._runstate import RunState
 
@@ -52,14 +53,23 @@ async def call(
     outside (a hard stop, a lost lease) propagates.
 
     Meanwhile ``run.running`` says what runs (``command_type``, ``message_id``), for
-    the event-loop watchdog.
+    the event-loop watchdog, and ``WORKING`` the same for log lines. A timeout's
+    ``__cause__`` is the cancellation that cut the handler off: its traceback shows
+    where the handler was waiting.
     """
     scope = trio.CancelScope(deadline=deadline)
+    cut_off: BaseException | None = None
+    working = WORKING.set((run.name, command_type, message_id))
     try:
         with scope:
             coro = fn(*args)
             run.running = (command_type, message_id, what, coro)
-            await coro
+            try:
+                await coro
+            except BaseException as exc:
+                if _cancelled(exc):
+                    cut_off = exc
+                raise
     except BaseException as exc:
         if _cancelled(exc):
             if isinstance(exc, BaseExceptionGroup):
@@ -71,8 +81,11 @@ async def call(
         return exc
     finally:
         run.running = None
+        WORKING.reset(working)
     if scope.cancelled_caught:
-        return HandlerTimeout(run.name, limit, what)
+        timeout = HandlerTimeout(run.name, limit, what)
+        timeout.__cause__ = cut_off
+        return timeout
     return None
 
 
@@ -104,8 +117,10 @@ async def attempt(
     worker batches positions and the handler emitted nothing."""
     rt = run.rt
     if rt.leases is not None:
-        await rt.leases.ensure(run.name)
-    ctx = HandlerContext(rt, run.name, message, is_replay=False, attempt=number)
+        await rt.leases.ensure(run.key)
+    ctx = HandlerContext(
+        rt, run.name, message, is_replay=False, attempt=number, partition=run.partition
+    )
     error = await handle(run, ctx, started=started, what="handler for")
     if error is not None:
         return error
@@ -123,19 +138,19 @@ async def _commit(
     run: RunState, message_id: int, ctx: HandlerContext, *, redrive: bool
 ) -> BaseException | None:
     """Commit a successful run; the error if the commit failed (then it is retried)."""
-    rt, name = run.rt, run.name
+    rt, name, key = run.rt, run.name, run.key
     try:
         if redrive:
             await rt.commit_validated(
-                name, ctx.to_validate, encoded=ctx.emitted, resolved=[(name, message_id)]
+                key, ctx.to_validate, encoded=ctx.emitted, resolved=[(name, message_id)]
             )
             rt.dead_letter_ids.get(name, set()).discard(message_id)
             return None
         if ctx.emitted or not run.decl.batch_positions:
             await rt.commit_validated(
-                name, ctx.to_validate, encoded=ctx.emitted, positions={name: message_id}
+                key, ctx.to_validate, encoded=ctx.emitted, positions={key: message_id}
             )
-            rt.flusher.committed(name, message_id)
+            rt.flusher.committed(key, message_id)
         else:
             await trio.lowlevel.checkpoint()  # nothing to write: still a checkpoint
     except LeaseLost:
@@ -144,7 +159,7 @@ async def _commit(
         # The commit carried this message's position: if that landed, so did the
         # emits, and handling the message again would emit them twice.
         try:
-            landed = (await rt.log.store.positions()).get(name, 0) >= message_id
+            landed = (await rt.log.store.positions()).get(key, 0) >= message_id
         except StoreError:
             landed = False
         return None if landed and not redrive else exc

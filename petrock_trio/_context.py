@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import structlog
-
+from ._logging import EngineLogger, get_logger
 from ._message import Message
 
 __all__ = ["Emitter", "HandlerContext", "PeriodicContext"]
@@ -43,15 +42,25 @@ class HandlerContext:
         "emitted",
         "is_replay",
         "message",
+        "partition",
         "to_validate",
         "worker_name",
     )
 
     def __init__(
-        self, rt: Emitter, worker_name: str, message: Message, *, is_replay: bool, attempt: int
+        self,
+        rt: Emitter,
+        worker_name: str,
+        message: Message,
+        *,
+        is_replay: bool,
+        attempt: int,
+        partition: int = 0,
     ) -> None:
         self._rt = rt
         self.worker_name = worker_name
+        # Which partition of the worker handles the message (0 when unpartitioned).
+        self.partition = partition
         self.message = message
         self.is_replay = is_replay
         self.attempt = attempt
@@ -59,7 +68,7 @@ class HandlerContext:
         # Emitted commands with a validate method: checked again when they commit,
         # one at a time with execute, against the state they will be appended to.
         self.to_validate: list[object] = []
-        self._log: structlog.typing.FilteringBoundLogger | None = None
+        self._log: EngineLogger | None = None
 
     def __repr__(self) -> str:
         mode = "replay" if self.is_replay else f"live attempt={self.attempt}"
@@ -75,7 +84,7 @@ class HandlerContext:
     @property
     def log(self) -> Any:
         if self._log is None:
-            self._log = structlog.get_logger("petrock_trio.worker").bind(
+            self._log = get_logger("petrock_trio.worker").bind(
                 worker_name=self.worker_name,
                 command_type=self.message.name,
                 message_id=self.message.id,
@@ -104,12 +113,14 @@ class HandlerContext:
 class PeriodicContext:
     """What periodic work receives: emit, a bound logger, the run number and the time."""
 
-    __slots__ = ("_log", "_rt", "emitted", "run", "to_validate", "worker_name")
+    __slots__ = ("_log", "_rt", "emitted", "partition", "run", "to_validate", "worker_name")
 
-    def __init__(self, rt: Emitter, worker_name: str, run: int) -> None:
+    def __init__(self, rt: Emitter, worker_name: str, run: int, *, partition: int = 0) -> None:
         self._rt = rt
         self.worker_name = worker_name
         self.run = run
+        # Periodic work runs once per partition, with that partition's state.
+        self.partition = partition
         self.emitted: list[tuple[str, bytes]] = []
         self.to_validate: list[object] = []
         self._log: Any = None
@@ -120,7 +131,7 @@ class PeriodicContext:
     @property
     def log(self) -> Any:
         if self._log is None:
-            self._log = structlog.get_logger("petrock_trio.worker").bind(
+            self._log = get_logger("petrock_trio.worker").bind(
                 worker_name=self.worker_name, command_type="periodic", run=self.run
             )
         return self._log

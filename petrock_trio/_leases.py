@@ -7,6 +7,15 @@ at a graceful shutdown, or (PostgreSQL) its holder's connection is gone: a proce
 killed outright loses its leases at the next attempt of the others, a frozen or
 cut-off one when they expire.
 
+A partitioned worker has a lease per partition, and its partitions are spread over
+the processes: each process holds at most its fair share, ``ceil(partitions /
+members)``, where the members are the processes with a live lease (each holds a
+membership lease of its own, so that one that holds nothing yet is counted). A
+process above its share hands the extra partitions over (stops them and releases
+their leases); one below it takes free ones. When a member dies, its partitions go to
+the others within ``ttl``: as its leases become free, and as its membership lease
+expires, which raises everyone's share.
+
 Safety does not rest on time. Every commit a worker makes names the epoch of its
 lease, and the store refuses it (:class:`LeaseLost`) once another process has taken
 the lease over: a resumed old holder cannot write. Time only decides when a holder
@@ -17,29 +26,36 @@ of its last successful renewal, so before the store lets anyone else in.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import random
 import secrets
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
-import structlog
 import trio
 from trio_util import AsyncValue
 
 from ._clock import WallClock
 from ._errors import LeaseLost, PetrockError
-from .stores import Store
+from ._logging import get_logger
+from .stores import LeaseRecord, Store
 
 __all__ = ["LeaseKeeper"]
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 
 class LeaseKeeper:
     """Holds this process's leases; cancels a worker's activity when its lease is lost."""
 
     def __init__(
-        self, store: Store, clock: WallClock, wanted: Iterable[str], *, ttl: float
+        self,
+        store: Store,
+        clock: WallClock,
+        wanted: Iterable[str] | Mapping[str, tuple[str, int]],
+        *,
+        ttl: float,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -48,7 +64,17 @@ class LeaseKeeper:
         # Unique per run: a restarted process never mistakes its predecessor's lease
         # for its own.
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.wanted = frozenset(wanted)
+        # Partitioned workers: worker -> its partitions' lease names, by partition.
+        self.groups: dict[str, list[str]] = {}
+        if isinstance(wanted, Mapping):
+            for name, (worker, _) in wanted.items():
+                self.groups.setdefault(worker, []).append(name)
+            self.groups = {w: names for w, names in self.groups.items() if len(names) > 1}
+        self.member = f"petrock:member:{self.holder}" if self.groups else None
+        self.wanted = frozenset(wanted) | ({self.member} if self.member else set())
+        # Every lease of the log as last read (partitioned workers only): who holds what.
+        self.records: list[LeaseRecord] = []
+        self.handoffs = 0
         self.held: dict[str, int] = {}
         self.failures = 0
         self.takeovers = 0
@@ -92,12 +118,18 @@ class LeaseKeeper:
             await trio.sleep_until(started + self.interval)
 
     async def _round(self, started: float) -> None:
-        held = dict(self.held)
         try:
+            wanted: set[str] | frozenset[str] = self.wanted - self.held.keys()
+            if self.groups:
+                self.records = await self.store.lease_records()
+                wanted, extra = self._shares(wanted, self.clock())
+                if extra:
+                    await self._hand_off(extra)
+            held = dict(self.held)
             now_held = await self.store.leases(
                 self.holder,
                 held,
-                sorted(self.wanted - held.keys()),
+                sorted(wanted),
                 ttl=self.ttl,
                 now=self.clock(),
             )
@@ -113,6 +145,41 @@ class LeaseKeeper:
             self.takeovers += len(gained)
             _log.info("petrock.leases_taken", workers=sorted(gained), holder=self.holder)
             self._changes.value += 1
+
+    def _shares(self, wanted: set[str] | frozenset[str], now: float) -> tuple[set[str], list[str]]:
+        """(the leases to try to take, the held ones above this process's share)."""
+        records = {r.worker: r for r in self.records}
+        members = {r.holder for r in self.records if r.expires_at > now} | {self.holder}
+        grouped = {name for names in self.groups.values() for name in names}
+        take = {name for name in wanted if name not in grouped}
+        extra: list[str] = []
+        for names in self.groups.values():
+            share = math.ceil(len(names) / len(members))
+            mine = [n for n in names if n in self.held]
+            if len(mine) > share:
+                extra.extend(mine[share:])
+                continue
+            need = share - len(mine)
+            free = [
+                n
+                for n in names
+                if n not in self.held and (n not in records or records[n].expires_at <= now)
+            ]
+            take.update(free[:need])
+            if len(free) < need:
+                # Leases that look held may be free already (a holder whose PostgreSQL
+                # connection is gone): asking costs nothing, and takes only those.
+                others = [n for n in names if n not in self.held and n not in free]
+                take.update(random.sample(others, min(need - len(free), len(others))))
+        return take, extra
+
+    async def _hand_off(self, names: list[str]) -> None:
+        """Stop these partitions here and free their leases for the other members."""
+        epochs = {n: self.held[n] for n in names}
+        self.handoffs += len(names)
+        _log.info("petrock.leases_handed_off", workers=sorted(names), holder=self.holder)
+        self.lose(names)
+        await self.store.release_leases(epochs)
 
     def lose(self, workers: Iterable[str]) -> None:
         """Forget these leases and stop whatever their workers are doing."""
@@ -174,9 +241,17 @@ class LeaseKeeper:
     def statistics(self) -> dict[str, object]:
         return {
             "holder": self.holder,
-            "held": dict(sorted(self.held.items())),
-            "standby": sorted(self.wanted - self.held.keys()),
+            "held": {w: e for w, e in sorted(self.held.items()) if w != self.member},
+            "standby": sorted(self.wanted - self.held.keys() - {self.member}),
             "takeovers": self.takeovers,
             "losses": self.losses,
             "failures": self.failures,
+            "handoffs": self.handoffs,
         }
+
+    def holders(self) -> dict[str, str]:
+        """Who holds each live lease, as last read (partitioned workers only)."""
+        now = self.clock()
+        found = {r.worker: r.holder for r in self.records if r.expires_at > now}
+        found.update(dict.fromkeys(self.held, self.holder))
+        return found

@@ -27,12 +27,13 @@ from collections.abc import Callable
 from types import FrameType
 
 import attrs
-import structlog
 import trio
+
+from ._logging import get_logger
 
 __all__ = ["Block", "Culprit", "LoopWatch"]
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 THREAD_NAME = "petrock-loopwatch"
 _STACK_FRAMES = 8  # innermost frames of the Trio thread kept in a report
@@ -48,6 +49,7 @@ class Culprit:
     command_type: str  # the command's name, or "periodic"
     message_id: int | None
     what: str  # "handler for 'orders/place'", "replay of 'orders/place'", "periodic work"
+    partition: int = 0
 
 
 @attrs.frozen

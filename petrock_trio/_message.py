@@ -42,10 +42,10 @@ class Page:
 
     Pages are shared by every subscriber that routes something in them, so they are
     never mutated after construction except for the decode cache: a payload is decoded
-    at most once, and only when some subscriber routes it.
+    at most once, and only when some subscriber routes it (likewise ``memo``).
     """
 
-    __slots__ = ("_decoded", "after", "by_name", "last", "rows")
+    __slots__ = ("_decoded", "after", "by_name", "last", "memo", "rows")
 
     def __init__(self, after: int, last: int, rows: list[Row]) -> None:
         self.after = after
@@ -56,6 +56,8 @@ class Page:
             by_name.setdefault(row.name, []).append(index)
         self.by_name = by_name
         self._decoded: dict[int, Message | Exception] = {}
+        # What subscribers compute once per row for all of them (partition key hashes).
+        self.memo: dict[object, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Page ({self.after}, {self.last}] {len(self.rows)} rows {len(self.by_name)} names>"

@@ -49,8 +49,8 @@ async def periodic_loop(run: RunState, periodic: Periodic) -> None:
 async def periodic_once(run: RunState, periodic: Periodic, number: int) -> None:
     rt = run.rt
     if rt.leases is not None:
-        await rt.leases.ensure(run.name)
-    ctx = PeriodicContext(rt, run.name, number)
+        await rt.leases.ensure(run.key)
+    ctx = PeriodicContext(rt, run.name, number, partition=run.partition)
     started = trio.current_time()
     limit = run.decl.periodic_limit()
     error = await call(
@@ -66,7 +66,7 @@ async def periodic_once(run: RunState, periodic: Periodic, number: int) -> None:
     timed_out = isinstance(error, HandlerTimeout)
     if error is None and ctx.emitted:
         try:
-            await rt.commit_validated(run.name, ctx.to_validate, encoded=ctx.emitted)
+            await rt.commit_validated(run.key, ctx.to_validate, encoded=ctx.emitted)
         except LeaseLost:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed commit fails the run

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-import structlog
 import trio
 
 from ._attempt import handle
 from ._context import HandlerContext
 from ._errors import NotRunning
 from ._events import Replayed, WorkerCrashed
+from ._group import WorkerStatistics
 from ._health import HealthReport, Signals, judge
+from ._logging import get_logger
 from ._message import Page
 from ._metrics import WorkerMetrics
 from ._periodic import periodic_loop, periodic_once
@@ -26,12 +27,12 @@ from ._redrive import RedriveRequest, redrive_loop
 from ._retry import Backoff
 from ._runstate import RunState
 from ._runtime import Runtime, Stop
-from ._settle import settle
-from ._worker import PatternWorker, WorkerStatistics
+from ._settle import dead_letter, settle
+from ._worker import PatternWorker
 
 __all__ = ["WorkerRun"]
 
-_log = structlog.get_logger("petrock_trio.worker")
+_log = get_logger("petrock_trio.worker")
 
 T = TypeVar("T")
 
@@ -42,15 +43,15 @@ _CRASH_BACKOFF = Backoff(initial=1.0, max_delay=60.0)
 class WorkerRun(RunState):
     """One serving of a :class:`PatternWorker`: its loops, and what it shows."""
 
-    def __init__(self, decl: PatternWorker[Any], rt: Runtime) -> None:
-        super().__init__(decl, rt)
+    def __init__(self, decl: PatternWorker[Any], rt: Runtime, partition: int = 0) -> None:
+        super().__init__(decl, rt, partition)
         self._redrives: trio.MemorySendChannel[RedriveRequest] | None = None
         decl.attach(self)
 
     def __repr__(self) -> str:
         retrying = f" retrying={self.retrying[0]}" if self.retrying else ""
         return (
-            f"<WorkerRun {self.name!r} position={self.position} saved={self.saved} "
+            f"<WorkerRun {self.key!r} position={self.position} saved={self.saved} "
             f"live={self.live} in_flight={self.in_flight}{retrying}>"
         )
 
@@ -97,6 +98,21 @@ class WorkerRun(RunState):
         """(replayed up to, replay target): start-up progress."""
         return (self.saved if self.replayed.is_set() else self.replay_position), self.saved
 
+    def describe(self) -> dict[str, Any]:
+        """This partition as inspect shows it."""
+        leases = self.rt.leases
+        position = self.position
+        return {
+            "partition": self.partition,
+            "name": self.key,
+            "position": position,
+            "lag": max(0, self.rt.log.head.value - position),
+            "holder": leases.holder if leases is not None else None,
+            "health": self.health().to_dict(),
+            "in_flight": self.in_flight,
+            "retrying_message": self.retrying[0] if self.retrying else None,
+        }
+
     # --- running ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -129,6 +145,10 @@ class WorkerRun(RunState):
             self.live = False
             self.stopped = True
             self.stop()
+            if self.decl.partitions > 1 and not self.rt.stopping.is_set():
+                # A partition that stops while the app goes on (a lost lease) is no
+                # longer this process's to show; after a shutdown, the last runs stay.
+                self.decl.detach(self)
 
     async def _watch_replay(self) -> None:
         # Replay is also done when the pump moves the feed past the saved position
@@ -180,21 +200,36 @@ class WorkerRun(RunState):
             self.rt.flusher.touch()
 
     async def _handle_page(self, page: Page) -> None:
-        """Handle the routed rows of ``page`` after the feed's position, in id order."""
+        """Handle the routed rows of ``page`` after the feed's position, in id order:
+        this partition's rows only, replayed while the stored positions say they are
+        done, live after."""
         rows = page.rows
-        saved = self.saved
+        coverage = self.coverage
         stopping = self.rt.stopping
         feed = self.feed
+        partitioned = self.decl.partitions > 1
+        replay = self.decl.replay
+        key_hash: int | Exception = 0
         for index in list(page.routed(self.routes, after=feed.position.value)):
             if stopping.is_set():
                 raise Stop
             row = rows[index]
-            if row.id <= saved:
-                await self._replay_one(page, index)
+            if partitioned:
+                key_hash = self.key_hash(page, index)
+                if self.owner(key_hash) != self.partition:
+                    continue
+            if coverage.done(row.id, 0 if isinstance(key_hash, Exception) else key_hash):
+                if replay:
+                    await self._replay_one(page, index)
+                else:
+                    await trio.lowlevel.checkpoint()
                 self.replay_position = row.id
                 continue
             self.replayed.set()
-            await settle(self, page, index)
+            if isinstance(key_hash, Exception):
+                await dead_letter(self, row, key_hash, attempts=1, first_failed_at=self.rt.clock())
+            else:
+                await settle(self, page, index)
             # A message handled live has its position committed (see _attempt); in
             # memory it moves here for batched workers too.
             feed.advance(row.id)
@@ -203,6 +238,7 @@ class WorkerRun(RunState):
         rt = self.rt
         row = page.rows[index]
         if row.id in rt.dead_letter_ids.get(self.name, ()):
+            await trio.lowlevel.checkpoint()
             return  # it never took effect live, so it does not take effect in replay
         try:
             message = page.message(index, rt.registry)
@@ -224,6 +260,17 @@ class WorkerRun(RunState):
         self.periodic_runs += 1
         async with self.lock:
             await periodic_once(self, periodic, self.periodic_runs)
+
+    async def owner_of(self, message_id: int) -> int:
+        """The partition of this worker that handles ``message_id``."""
+        if self.decl.partitions == 1:
+            await trio.lowlevel.checkpoint()
+            return 0
+        rows = await self.rt.log.store.read_after(message_id - 1, 1)
+        if not rows or rows[0].id != message_id:
+            raise LookupError(f"message {message_id} is not in the log")
+        page = Page(message_id - 1, message_id, rows[:1])
+        return self.owner(self.key_hash(page, 0))
 
     async def redrive(self, message_id: int) -> None:
         """Handle a dead-lettered message again, live; returns when it is done."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import attrs
 import trio
 
+from ._message import Page
 from ._metrics import MetricsRecorder
+from ._partition import Coverage, partition_name, stable_hash
 from ._runtime import Runtime, Stop
 from ._worker import PatternWorker
 
@@ -24,21 +27,32 @@ T = TypeVar("T")
 class RunState:
     """A :class:`PatternWorker` being served: everything that changes while it runs."""
 
-    def __init__(self, decl: PatternWorker[Any], rt: Runtime) -> None:
+    def __init__(self, decl: PatternWorker[Any], rt: Runtime, partition: int = 0) -> None:
         self.decl = decl
         self.rt = rt
+        # The worker's name (events, dead letters, idempotency keys), and the name this
+        # run's position, retry state and lease are stored under (see _partition).
         self.name = decl.name
+        self.partition = partition
+        self.key = partition_name(decl.name, partition, decl.partitions)
         self.routes = decl.route_table
         self.state: Any = decl.take_state()
         self.recorder = MetricsRecorder()
         self.recorder.started_at = trio.current_time()
-        saved = rt.saved_positions.get(self.name, 0)
-        # Replayed up to here, live after: what the store says this worker has handled.
-        self.saved = min(saved, rt.log.head.value)
-        start = 0 if decl.replay else self.saved
-        self.feed = rt.pump.feed(self.name, decl.routes, start, decl.page_capacity)
-        rt.flusher.feeds[self.name] = self.feed.position
-        rt.flusher.saved[self.name] = saved
+        head = rt.log.head.value
+        coverage = Coverage.of(decl.name, partition, decl.partitions, rt.saved_positions)
+        self.coverage = attrs.evolve(
+            coverage, low=min(coverage.low, head), high=min(coverage.high, head)
+        )
+        saved = rt.saved_positions.get(self.key, 0)
+        # Replayed up to here, live after: what the store says this partition has
+        # handled (between low and high, Coverage.done decides message by message).
+        self.saved = self.coverage.high
+        start = 0 if decl.replay else self.coverage.low
+        self.feed = rt.pump.feed(self.key, decl.routes, start, decl.page_capacity)
+        rt.flusher.feeds[self.key] = self.feed.position
+        # Positions up to ``low`` are true already (see Coverage): not worth writing.
+        rt.flusher.saved[self.key] = max(saved, self.coverage.low)
         self.report_completed = rt.wants_completed()
         self.lock = trio.Lock()
         self.replayed = trio.Event()
@@ -57,6 +71,28 @@ class RunState:
         self.running: tuple[str, int | None, str, Awaitable[None]] | None = None
         # Its last block of the event loop: (Trio time it was reported, reason).
         self.blocked: tuple[float, str] | None = None
+
+    def key_hash(self, page: Page, index: int) -> int | Exception:
+        """The stable hash of the partition key of row ``index`` (computed once per page
+        for all the worker's partitions), or why it has none: a row that does not
+        decode, or a key function that failed (partition 0 dead-letters those)."""
+        memo_key = (self.name, index)
+        cached = page.memo.get(memo_key)
+        if cached is None:
+            try:
+                message = page.message(index, self.rt.registry)
+                key_fn = self.decl.key_of(message.name)
+                assert key_fn is not None  # checked when the worker was registered
+                cached = stable_hash(key_fn(message.command))
+            except Exception as exc:  # noqa: BLE001 - bad input or a key bug: dead-lettered
+                cached = exc
+            page.memo[memo_key] = cached
+        result: int | Exception = cached
+        return result
+
+    def owner(self, key_hash: int | Exception) -> int:
+        """The partition that handles a row with this key hash."""
+        return 0 if isinstance(key_hash, Exception) else key_hash % self.decl.partitions
 
     def executing(self) -> tuple[str, int | None, str] | None:
         """(command name or "periodic", message id, what) if this run's handler or

@@ -10,18 +10,19 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
-import structlog
 import trio
 from trio_util import AsyncValue
 
 from ._commands import CommandRegistry, command_name, validate
 from ._errors import LeaseLost, NotRunning
-from ._events import Event, Hook, StructlogHook
+from ._events import Event, Hook, StructlogHook, event_fields
 from ._leases import LeaseKeeper
 from ._log import MessageLog
+from ._logging import get_logger
 from ._message import Row
 from ._positions import PositionFlusher
 from ._pump import LogPump
+from ._totals import Totals
 from .stores import RetryRecord
 
 __all__ = ["Run", "Runtime", "Stop"]
@@ -42,7 +43,7 @@ class Run(Protocol):
         ...
 
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 
 class Stop(Exception):
@@ -73,6 +74,8 @@ class Runtime:
     closed: bool = False
     # The state projection's position: everything up to it is applied to app state.
     applied: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
+    # The app's counters since the process started, which every run adds to.
+    totals: Totals = attrs.Factory(Totals)
 
     async def wait_applied(self, message_id: int) -> None:
         """Wait until the state projection has applied ``message_id``.
@@ -124,17 +127,19 @@ class Runtime:
                 validate(cmd, self.state_for(command_name(cmd)))
             return await self.commit(worker, **commit)
 
-    async def reload(self, worker: str) -> None:
-        """Read ``worker``'s position, dead letters and retry state from the store again:
-        before taking over, whatever its previous holder committed counts."""
+    async def reload(self, stored: str, worker: str) -> None:
+        """Read positions, ``worker``'s dead letters and the retry state stored under
+        ``stored`` (the worker's or one partition's name) from the store again: before
+        taking over, whatever its previous holder committed counts."""
         store = self.log.store
         self.log.publish_head(await store.head())
-        self.saved_positions[worker] = (await store.positions()).get(worker, 0)
+        # All of them: a partition's coverage reads the other partitions' positions.
+        self.saved_positions.update(await store.positions())
         self.dead_letter_ids[worker] = {d.message_id for d in await store.dead_letters(worker)}
-        self.retries.pop(worker, None)
+        self.retries.pop(stored, None)
         for record in await store.retries():
-            if record.worker == worker:
-                self.retries[worker] = record
+            if record.worker == stored:
+                self.retries[stored] = record
 
     def wants_completed(self) -> bool:
         """Whether any hook would use a HandlerCompleted event (built per message)."""
@@ -153,7 +158,7 @@ class Runtime:
             try:
                 hook(event)
             except Exception:  # noqa: BLE001 - instrumentation must not break a worker
-                _log.exception("petrock.hook_failed", hook=repr(hook))
+                _log.exception("petrock.hook_failed", hook=repr(hook), **event_fields(event))
 
     @property
     def registry(self) -> CommandRegistry:

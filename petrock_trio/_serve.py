@@ -7,13 +7,13 @@ import threading
 from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
-import structlog
 import trio
 
 from ._app import App
 from ._errors import ConfigurationError, PetrockError
 from ._leases import LeaseKeeper
 from ._log import MessageLog
+from ._logging import get_logger
 from ._loopwatch import Block, Culprit, LoopWatch
 from ._positions import PositionFlusher
 from ._pump import LogPump
@@ -23,7 +23,7 @@ from .stores import open_store
 
 __all__ = ["serve"]
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 
 async def serve(
@@ -84,8 +84,8 @@ async def _serve(
     try:
         rt = await _runtime(app, log)
         if rt.leases is None:
-            for name in app.workers:
-                runs[name] = app.open_run(name, rt)
+            for stored in app.run_names():
+                runs[stored] = app.open_run(stored, rt)
         # From here on the app can be used, by its workers' start-up code too; commands
         # executed meanwhile wait for the state projection like any other.
         app.attach(rt)
@@ -135,15 +135,22 @@ def _culprit(runs: dict[str, Run]) -> Culprit | None:
         if isinstance(run, RunState):
             executing = run.executing()
             if executing is not None:
-                return Culprit(run.name, *executing)
+                return Culprit(run.name, *executing, partition=run.partition)
     return None
 
 
 def _mark_blocked(runs: dict[str, Run], block: Block) -> None:
     """Degrade the worker that blocked the event loop (on the Trio thread)."""
-    run = runs.get(block.culprit.worker) if block.culprit is not None else None
-    if isinstance(run, RunState):
-        run.blocked = (trio.current_time(), block.reason)
+    culprit = block.culprit
+    if culprit is None:
+        return
+    for run in runs.values():
+        if (
+            isinstance(run, RunState)
+            and run.name == culprit.worker
+            and run.partition == culprit.partition
+        ):
+            run.blocked = (trio.current_time(), block.reason)
 
 
 async def _runtime(app: App, log: MessageLog) -> Runtime:
@@ -153,7 +160,9 @@ async def _runtime(app: App, log: MessageLog) -> Runtime:
     for letter in await store.dead_letters():
         letters.setdefault(letter.worker, set()).add(letter.message_id)
     leases = (
-        LeaseKeeper(store, app.clock, app.workers, ttl=app.lease_ttl) if app.uses_leases() else None
+        LeaseKeeper(store, app.clock, app.run_names(), ttl=app.lease_ttl)
+        if app.uses_leases()
+        else None
     )
     flusher = PositionFlusher(log, interval=app.position_flush_interval, leases=leases)
     pump = LogPump(log, page_size=app.page_size, on_page=flusher.touch)
@@ -219,11 +228,11 @@ async def _start_parts(
         async def start_all() -> None:
             async with trio.open_nursery() as starting:
                 starting.start_soon(outer.start, app.projection.bind(rt).run)
-                for name in app.workers:
+                for stored in app.run_names():
                     if rt.leases is None:
-                        starting.start_soon(nursery.start, runs[name].run)
+                        starting.start_soon(nursery.start, runs[stored].run)
                     else:
-                        run_leased = partial(_run_leased, app, rt, rt.leases, name, runs)
+                        run_leased = partial(_run_leased, app, rt, rt.leases, stored, runs)
                         starting.start_soon(nursery.start, run_leased)
             racing.cancel_scope.cancel()
 
@@ -240,19 +249,21 @@ async def _run_leased(
     app: App,
     rt: Runtime,
     leases: LeaseKeeper,
-    name: str,
+    stored: str,
     runs: dict[str, Run],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run worker ``name`` whenever this process holds its lease; stand by otherwise.
+    """Run ``stored`` (a worker, or a partition of one) whenever this process holds its
+    lease; stand by otherwise.
 
     Started once the worker is live here, or as soon as it is known to be another
     process's. Every takeover starts a fresh run from what the store holds: position,
     dead letters, retry state, and state rebuilt by replay.
     """
+    worker, partition = app.run_names()[stored]
     while not rt.stopping.is_set():
-        if name not in leases.held:
+        if stored not in leases.held:
             task_status.started()
             task_status = trio.TASK_STATUS_IGNORED
             async with trio.open_nursery() as waiting:
@@ -262,30 +273,35 @@ async def _run_leased(
                     waiting.cancel_scope.cancel()
 
                 waiting.start_soon(stop_waiting)
-                await leases.wait_held(name)
+                await leases.wait_held(stored)
                 waiting.cancel_scope.cancel()
             if rt.stopping.is_set():
                 return
-        with leases.activity(name) as scope:
+        with leases.activity(stored) as scope:
             try:
-                await rt.reload(name)
+                await rt.reload(stored, worker)
             except PetrockError as exc:
                 # The database failed at the takeover: try again while the lease holds.
-                _log.warning("petrock.takeover_failed", worker_name=name, error_details=repr(exc))
+                _log.warning(
+                    "petrock.takeover_failed",
+                    worker_name=worker,
+                    partition=partition,
+                    error_details=repr(exc),
+                )
                 await trio.sleep(leases.interval)
                 continue
-            runs[name] = run = app.open_run(name, rt)
+            runs[stored] = run = app.open_run(stored, rt)
             try:
                 async with trio.open_nursery() as running:
                     await running.start(run.run)
                     task_status.started()
                     task_status = trio.TASK_STATUS_IGNORED
             finally:
-                del runs[name]
+                del runs[stored]
         if scope.cancelled_caught:
             # Another process took over: what this one had not committed, it handles.
-            rt.flusher.feeds.pop(name, None)
-            _log.warning("petrock.worker_standby", worker_name=name)
+            rt.flusher.feeds.pop(stored, None)
+            _log.warning("petrock.worker_standby", worker_name=worker, partition=partition)
 
 
 async def _watch_signals(app: App, rt: Runtime, engine: trio.CancelScope) -> None:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import copy
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 import attrs
 
 from ._commands import command_name
 from ._context import HandlerContext, PeriodicContext
 from ._errors import ConfigurationError, NotRunning
-from ._health import Health, HealthReport, HealthThresholds
-from ._metrics import MetricsRecorder, WorkerMetrics
+from ._group import RunGroup, RunView, WorkerStatistics
+from ._health import HealthReport, HealthThresholds
+from ._metrics import WorkerMetrics
+from ._partition import KeyFn, check_worker_name, partition_name
 from ._retry import Backoff
 from ._services import ExternalService
 
@@ -45,6 +47,8 @@ class Route:
     handler: Handler
     timeout: float | None
     retry: Backoff | None
+    # Partitioned workers: the message's partition key, from the command.
+    key: KeyFn | None = None
 
 
 @attrs.frozen
@@ -52,41 +56,6 @@ class Periodic:
     work: PeriodicWork
     interval: float
     timeout: float | None
-
-
-@attrs.frozen
-class WorkerStatistics:
-    """What a worker is doing right now."""
-
-    running: bool
-    live: bool
-    position: int
-    in_flight: int
-    retrying_message: int | None
-    retry_attempt: int
-    detaches: int
-    crashes: int
-
-
-class RunView(Protocol):
-    """What the declaration shows of its current run (see ``_run.WorkerRun``)."""
-
-    state: Any
-
-    @property
-    def position(self) -> int: ...
-
-    def metrics(self) -> WorkerMetrics: ...
-
-    def statistics(self) -> WorkerStatistics: ...
-
-    def health(self) -> HealthReport: ...
-
-    def replay_progress(self) -> tuple[int, int]: ...
-
-    async def run_periodic_now(self) -> None: ...
-
-    async def redrive(self, message_id: int) -> None: ...
 
 
 class PatternWorker(Generic[S]):
@@ -127,9 +96,14 @@ class PatternWorker(Generic[S]):
         health: HealthThresholds | None = None,
         page_capacity: int = 16,
         batch_positions: bool = False,
+        partitions: int = 1,
+        key: KeyFn | None = None,
     ) -> None:
         if not name.strip():
             raise ConfigurationError("a worker needs a name")
+        check_worker_name(name)
+        if isinstance(partitions, bool) or partitions < 1:
+            raise ConfigurationError("partitions must be a positive integer")
         if handler_timeout <= 0 or periodic_timeout <= 0:
             raise ConfigurationError("handler_timeout and periodic_timeout must be positive")
         if page_capacity < 1:
@@ -146,12 +120,14 @@ class PatternWorker(Generic[S]):
         self.thresholds = health or HealthThresholds()
         self.page_capacity = page_capacity
         self.batch_positions = batch_positions
+        self.partitions = partitions
+        self.key = key
         self._routes: dict[str, Route] = {}
         self.route_table: Mapping[str, Route] = types.MappingProxyType(self._routes)
         self.periodic: Periodic | None = None
         self._frozen = False
         self._state_taken = False
-        self._current: RunView | None = None
+        self._current = RunGroup(name, partitions)
 
     def __repr__(self) -> str:
         stats = self.statistics()
@@ -172,6 +148,7 @@ class PatternWorker(Generic[S]):
         *,
         timeout: float | None = None,
         retry: Backoff | None = None,
+        key: KeyFn | None = None,
     ) -> Callable[[H], H]: ...
 
     @overload
@@ -182,6 +159,7 @@ class PatternWorker(Generic[S]):
         *,
         timeout: float | None = None,
         retry: Backoff | None = None,
+        key: KeyFn | None = None,
     ) -> H: ...
 
     def on_command(
@@ -191,9 +169,11 @@ class PatternWorker(Generic[S]):
         *,
         timeout: float | None = None,
         retry: Backoff | None = None,
+        key: KeyFn | None = None,
     ) -> H | Callable[[H], H]:
         """Route commands called ``name`` (or of a command class) to ``handler``;
-        without ``handler``, a decorator."""
+        without ``handler``, a decorator. ``key(cmd)`` is the partition key of these
+        commands (instead of the worker's ``key``)."""
         route_name = command_name(name) if isinstance(name, type) else name
         if timeout is not None and timeout <= 0:
             raise ConfigurationError("a handler timeout must be positive")
@@ -204,7 +184,7 @@ class PatternWorker(Generic[S]):
             if route_name in self._routes:
                 raise ConfigurationError(f"worker {self.name!r} already routes {route_name!r}")
             self._check_open("routes")
-            self._routes[route_name] = Route(route_name, fn, timeout, retry)
+            self._routes[route_name] = Route(route_name, fn, timeout, retry, key)
             return fn
 
         return register if handler is None else register(handler)
@@ -232,7 +212,23 @@ class PatternWorker(Generic[S]):
 
     def freeze(self) -> None:
         """No more routes or periodic work (called by ``App.register_worker``)."""
+        if self.partitions > 1:
+            keyless = sorted(n for n, r in self._routes.items() if (r.key or self.key) is None)
+            if keyless:
+                raise ConfigurationError(
+                    f"worker {self.name!r} has {self.partitions} partitions but no key for "
+                    f"{', '.join(map(repr, keyless))}: pass key= to the worker or the route"
+                )
         self._frozen = True
+
+    def partition_names(self) -> list[str]:
+        """The names its partitions' positions and leases are stored under."""
+        n = self.partitions
+        return [partition_name(self.name, i, n) for i in range(n)]
+
+    def key_of(self, name: str) -> KeyFn | None:
+        """The partition key function of route ``name``."""
+        return self._routes[name].key or self.key
 
     @property
     def routes(self) -> frozenset[str]:
@@ -251,8 +247,9 @@ class PatternWorker(Generic[S]):
 
     def take_state(self) -> S:
         """The state a new run starts from: the object the worker was constructed with
-        for its first run, a fresh deep copy of it for every later one."""
-        if self._state_taken:
+        for its first run, a fresh deep copy of it for every later one (and for every
+        partition: partitions share nothing)."""
+        if self._state_taken or self.partitions > 1:
             return copy.deepcopy(self._initial_state)
         self._state_taken = True
         return self._state
@@ -269,39 +266,50 @@ class PatternWorker(Generic[S]):
 
     # --- observation: the current run's ------------------------------------------------
 
-    def attach(self, run: RunView | None) -> None:
-        """Show ``run`` as this worker's current run (called by the run itself)."""
-        self._current = run
-        if run is not None:
+    def attach(self, run: RunView) -> None:
+        """Show ``run`` as (a partition of) this worker's current run (called by the run)."""
+        self._current.attach(run)
+        if self.partitions == 1:
             self._state = run.state
+
+    def detach(self, run: RunView) -> None:
+        self._current.detach(run)
 
     @property
     def state(self) -> S:
-        """The current run's state (between runs, the last run's)."""
-        return self._current.state if self._current is not None else self._state
+        """The current run's state (between runs, the last run's); for a partitioned
+        worker, the states of the partitions served here, by partition."""
+        if self.partitions == 1 and not self._current.runs:
+            return self._state
+        state: S = self._current.state
+        return state
+
+    def partition_states(self) -> dict[int, S]:
+        """The state of each partition served here (``{0: state}`` when unpartitioned)."""
+        if self.partitions == 1:
+            return {0: self.state}
+        return {i: run.state for i, run in sorted(self._current.runs.items())}
 
     @property
     def position(self) -> int:
-        return self._current.position if self._current is not None else 0
+        return self._current.position
 
     def metrics(self) -> WorkerMetrics:
-        if self._current is not None:
-            return self._current.metrics()
-        return MetricsRecorder().snapshot(position=0, head=0)
+        return self._current.metrics()
 
     def statistics(self) -> WorkerStatistics:
-        if self._current is not None:
-            return self._current.statistics()
-        return WorkerStatistics(False, False, 0, 0, None, 0, 0, 0)  # noqa: FBT003
+        return self._current.statistics()
 
     def health(self) -> HealthReport:
-        if self._current is not None:
-            return self._current.health()
-        return HealthReport(Health.HEALTHY)
+        return self._current.health()
 
     def replay_progress(self) -> tuple[int, int]:
         """(replayed up to, the position replay goes to) of the current run."""
-        return self._current.replay_progress() if self._current is not None else (0, 0)
+        return self._current.replay_progress()
+
+    def partition_details(self) -> list[dict[str, Any]]:
+        """Each partition served here: position, lag, health."""
+        return self._current.partitions()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -310,16 +318,15 @@ class PatternWorker(Generic[S]):
             "routes": sorted(self._routes),
             "periodic_interval": self.periodic.interval if self.periodic else None,
             "services": [s.name for s in self.services],
+            "partition_count": self.partitions,
         }
 
     async def run_periodic_now(self) -> None:
         """Run the periodic work once, now, as the engine would (tests, operators)."""
-        if self._current is None or self.periodic is None:
-            raise NotRunning(f"worker {self.name!r} is not running or has no periodic work")
+        if self.periodic is None:
+            raise NotRunning(f"worker {self.name!r} has no periodic work")
         await self._current.run_periodic_now()
 
     async def redrive(self, message_id: int) -> None:
         """Handle a dead-lettered message again, live; returns when it is done."""
-        if self._current is None:
-            raise NotRunning(f"worker {self.name!r} is not running")
         await self._current.redrive(message_id)
