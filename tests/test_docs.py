@@ -16,6 +16,9 @@ words after ``python`` on the fence line say how:
   them consecutive there; a line ``...`` stands for lines left out. It runs in a copy of
   that module's namespace, so it uses the module's imports and names.
 
+A block that starts with ``>>>`` is a session: each statement must print what the
+block shows after it (as a doctest, with ``...`` and any whitespace allowed).
+
 Any other word is an error, so that a typo cannot turn a block into an untested one,
 and nothing is only compiled: a block with top-level ``await`` runs under ``trio.run``
 with an autojumping MockClock (virtual time, exact and instant), and
@@ -36,10 +39,12 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import doctest
 import functools
 import importlib
 import importlib.util
 import inspect
+import io
 import re
 import shlex
 import subprocess
@@ -267,6 +272,10 @@ def execute(
     block: Block, namespace: dict[str, Any], *, main: types.ModuleType | None, workdir: Path
 ) -> None:
     """Run a block's code in ``namespace``: under Trio if it awaits at top level."""
+    if block.code.lstrip().startswith(">>>"):
+        with _as_main(main), contextlib.chdir(workdir), _serve_returns():
+            run_session(block, namespace)
+        return
     # Leading blank lines keep tracebacks pointing at the Markdown file's lines.
     source = "\n" * (block.line - 1) + block.code
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -277,6 +286,18 @@ def execute(
             trio.run(_await_block, code, namespace, clock=clock)
         else:
             exec(code, namespace)
+
+
+def run_session(block: Block, namespace: dict[str, Any]) -> None:
+    """A ``>>>`` session: each statement runs, and prints what the block shows after it."""
+    test = doctest.DocTestParser().get_doctest(
+        block.code, namespace, block.where, str(block.path), block.line - 1
+    )
+    report = io.StringIO()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test, out=report.write, clear_globs=False)
+    if runner.failures:
+        raise AssertionError(f"{block.where}: the session prints otherwise\n{report.getvalue()}")
 
 
 async def _await_block(code: types.CodeType, namespace: dict[str, Any]) -> None:
@@ -587,6 +608,26 @@ class TestTheChecker:
             run_block(page, 2)
         with pytest.raises(BlockError, match="unknown words 'notest'"):
             run_block(page, 3)
+
+    def test_session_prints_what_it_shows(self, tmp_path: Path) -> None:
+        page = self.page(
+            """
+            ```python
+            >>> import petrock_trio as pt
+            >>> pt.Backoff().delays()[:3]
+            [1.0, 2.0, 4.0]
+            ```
+
+            ```python continuation
+            >>> pt.Backoff(max_attempts=2).delays()
+            [2]
+            ```
+            """,
+            tmp_path,
+        )
+        run_block(page, 0)
+        with pytest.raises(AssertionError, match=r"x.md:9: the session prints otherwise"):
+            run_block(page, 1)
 
     def test_top_level_await_runs_in_virtual_time(self, tmp_path: Path) -> None:
         page = self.page(
