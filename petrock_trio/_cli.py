@@ -17,15 +17,10 @@ import click
 import trio
 
 from ._app import App
-from ._cli_read import (
-    EXIT_CODES,
-    CannotListen,
-    NotOnLoopback,
-    dead_letters,
-    inspect_command,
-    log_group,
-    run_trio,
-)
+from ._cli_errors import EXIT_CODES, CannotListen, NotOnLoopback, run_trio
+from ._cli_options import complete_file
+from ._cli_options import database as database_value
+from ._cli_read import dead_letters, inspect_command, log_group
 from ._console import console, start_serving
 from ._errors import ConfigurationError
 from ._http import serve_http
@@ -36,6 +31,7 @@ __all__ = ["console", "main", "start_serving"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(package_name="petrock-trio", prog_name="petrock-trio")
 @click.option(
     "--log-level",
     default="warning",
@@ -132,6 +128,9 @@ def _host_names(
 @click.argument("target", metavar="MODULE:APP")
 @click.option(
     "--database",
+    callback=database_value(exists=False),
+    shell_complete=complete_file,
+    # No environment variable: what an app writes to is said where it is served.
     help="Database (SQLite path or postgresql:// URL) to serve instead of the app's own.",
 )
 @_host_option
@@ -209,10 +208,17 @@ def serve_command(
     "--database",
     default="petrock-demo.db",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="SQLite file; kept between runs, so a second run replays the first.",
+    callback=database_value(exists=False),
+    shell_complete=complete_file,
+    help="SQLite file or postgresql:// URL; kept between runs, so a second run replays the first.",
 )
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for summaries.")
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for summaries.",
+)
 @click.option(
     "--serve",
     "serve_http_too",
@@ -228,7 +234,7 @@ def serve_command(
     "health and recovery.",
 )
 def demo(
-    *, database: Path, timeout: float, serve_http_too: bool, host: str, port: int, flaky: bool
+    *, database: str, timeout: float, serve_http_too: bool, host: str, port: int, flaky: bool
 ) -> None:
     """Run the items example: create items, watch the summary worker, show the results.
 
@@ -243,7 +249,12 @@ def demo(
     if serve_http_too and not is_loopback(host):
         raise NotOnLoopback(f"the demo serves loopback only (it has no token), not {host}")
     http = (host, port) if serve_http_too else None
-    ok = run_trio(partial(run_demo, str(database), timeout, http=http, flaky=5.0 * flaky))
+    try:
+        ok = run_trio(partial(run_demo, database, timeout, http=http, flaky=5.0 * flaky))
+    except CannotListen as exc:
+        # Only the dashboard listens on an address the user chose: name it.
+        reason = exc.message.removeprefix("cannot listen: ")
+        raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
     sys.exit(0 if ok else 1)
 
 
