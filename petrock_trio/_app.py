@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import trio
 
-from ._clock import SystemClock, WallClock
+from ._clock import WallClock, default_clock
 from ._commands import CommandRegistry, command_name, validate
 from ._errors import ConfigurationError, NotRunning, UnknownCommand
 from ._events import Hook, StructlogHook
@@ -105,6 +105,8 @@ class App:
     write waits longer than ``store_degraded_after`` seconds for the database lock;
     unhealthy when failures go on (or a write waits) for more than
     ``store_unhealthy_after`` seconds, or the database file is deleted or replaced.
+    ``clock`` gives wall time (message timestamps, retry due times, lease expiry): by
+    default the system's, or under Trio's MockClock one that moves with it.
     Run it with ``trio.run(petrock_trio.serve, app)`` or ``await nursery.start(serve, app)``.
     """
 
@@ -118,7 +120,7 @@ class App:
         shutdown_grace: float = 10.0,
         position_flush_interval: float = 0.2,
         synchronous: str = "FULL",
-        clock: WallClock = SystemClock,
+        clock: WallClock = default_clock,
         hooks: Iterable[Hook] | None = None,
         store: Store | None = None,
         leases: bool | None = None,

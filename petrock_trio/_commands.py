@@ -10,7 +10,13 @@ import attrs
 import cattrs
 import orjson
 
-from ._errors import ConfigurationError, DecodeError, PayloadTooLarge, UnknownCommand
+from ._errors import (
+    ConfigurationError,
+    DecodeError,
+    PayloadTooLarge,
+    UnknownCommand,
+    ValidationError,
+)
 
 __all__ = ["CommandRegistry", "command", "command_name"]
 
@@ -176,7 +182,18 @@ class CommandRegistry:
 
 
 def validate(cmd: object, state: Any) -> None:
-    """Run a command's optional ``validate(state)``."""
+    """Run a command's optional ``validate(state)``.
+
+    A refusal leaves here naming its command: ``validate`` methods rarely pass
+    ``command_name`` themselves, and whoever catches the error (a caller of
+    ``execute``, the HTTP API, a handler that emits) needs to know which was refused.
+    """
     check = getattr(cmd, "validate", None)
-    if check is not None:
+    if check is None:
+        return
+    try:
         cast("_Validating", cmd).validate(state)
+    except ValidationError as exc:
+        if exc.command_name is None:
+            exc.command_name = command_name(cmd)
+        raise

@@ -99,7 +99,12 @@ async def _on_refused(_: Request, exc: Exception) -> Response:
 
 async def _on_petrock_error(_: Request, exc: Exception) -> Response:
     status = next((s for kind, s in _STATUS if isinstance(exc, kind)), 500)
-    return _error(status, type(exc).__name__, str(exc))
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    # A refused command names itself (CommandError.command_name): a client that
+    # sends commands in bulk learns which one was refused.
+    if (name := getattr(exc, "command_name", None)) is not None:
+        error["command"] = name
+    return _JSON({"error": error}, status)
 
 
 async def _on_http_exception(_: Request, exc: Exception) -> Response:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import trio
+
+from .._errors import ConfigurationError
 
 __all__ = ["FakeCall", "FakeService", "FakeServiceError"]
 
@@ -18,20 +21,33 @@ class FakeServiceError(Exception):
 
 @attrs.frozen
 class FakeCall:
-    at: float  # Trio time of the call
+    """One call of a :class:`FakeService`: when (``at``, Trio time), with what, and how
+    it ended (``outcome``: ``"ok"``, ``"error"``, or ``"hang"`` for a call that never
+    returned)."""
+
+    at: float
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    outcome: str  # "ok", "error" or "hang"
+    outcome: str
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)
 
 
 class FakeService:
     """A stand-in for an external dependency, driven by Trio's clock.
 
-    ``respond(*args, **kwargs)`` computes the answer (sync or async). Failures are
-    scripted: ``fail_next(n)``, ``outage(seconds)`` (down until then, measured on
-    Trio's clock), ``down()`` / ``up()``, ``flaky(rate, seed)``, a fixed ``latency``,
-    or ``hang()`` (calls never return: timeouts must cut them off). Every call is
-    recorded in ``calls``.
+    ``respond(*args, **kwargs)`` computes the answer (sync or async), after a fixed
+    ``latency``. Failures are scripted, and each call is recorded in ``calls``:
+
+    - availability: ``down()`` (every call fails), ``outage(seconds)`` (every call
+      fails for that long, on Trio's clock) and ``hang()`` (calls never return:
+      timeouts must cut them off). The latest of the three wins, so an outage after
+      ``down()`` ends when the outage does; ``up()`` ends any of them.
+    - per call: ``fail_next(n)`` fails the next ``n`` calls, ``flaky(rate, seed)`` a
+      repeatable share of them. ``up()`` clears these too: after it every call answers.
     """
 
     def __init__(
@@ -41,13 +57,14 @@ class FakeService:
         latency: float = 0.0,
         error: Callable[[], Exception] = lambda: FakeServiceError("scripted failure"),
     ) -> None:
+        _require(latency >= 0, f"latency must not be negative, not {latency!r}")
         self.respond = respond or (lambda *_, **__: None)
         self.latency = latency
         self.error = error
         self.calls: list[FakeCall] = []
         self._fail_next = 0
+        # Failing until this Trio time (inf: down until up()); None: no outage.
         self._down_until: float | None = None
-        self._down = False
         self._hang = False
         self._flaky_rate = 0.0
         self._random = random.Random(0)  # noqa: S311 - test fixture, not crypto
@@ -58,41 +75,59 @@ class FakeService:
     # --- scripting --------------------------------------------------------------------
 
     def fail_next(self, count: int = 1) -> None:
+        """Fail the next ``count`` calls (on top of any already scripted)."""
+        _require(count >= 0, f"fail_next needs a count of at least 0, not {count!r}")
         self._fail_next += count
 
     def outage(self, seconds: float) -> None:
-        """Fail every call for the next ``seconds`` of Trio time."""
+        """Fail every call for the next ``seconds`` of Trio time, whatever came before."""
+        _require(seconds >= 0, f"an outage lasts 0 seconds or more, not {seconds!r}")
         self._down_until = trio.current_time() + seconds
-
-    def down(self) -> None:
-        self._down = True
-
-    def up(self) -> None:
-        self._down = False
-        self._down_until = None
         self._hang = False
 
+    def down(self) -> None:
+        """Fail every call until ``up()`` (or a later ``outage`` or ``hang``)."""
+        self._down_until = math.inf
+        self._hang = False
+
+    def up(self) -> None:
+        """Answer every call from now on: ends ``down``, ``outage`` and ``hang``, and
+        drops pending ``fail_next`` failures and the ``flaky`` rate."""
+        self._down_until = None
+        self._hang = False
+        self._fail_next = 0
+        self._flaky_rate = 0.0
+
     def hang(self) -> None:
+        """Make calls never return until ``up()`` (or a later ``down`` or ``outage``)."""
         self._hang = True
+        self._down_until = None
 
     def flaky(self, rate: float, seed: int = 0) -> None:
         """Fail a random ``rate`` of calls (repeatably, from ``seed``)."""
+        _require(0.0 <= rate <= 1.0, f"the flaky rate is between 0 and 1, not {rate!r}")
         self._flaky_rate = rate
         self._random.seed(seed)
 
     @property
     def available(self) -> bool:
-        if self._down or self._hang:
+        """Whether a call now would get through ``down``/``outage``/``hang`` (per-call
+        scripts aside)."""
+        if self._hang:
             return False
+        if self._down_until is None:
+            return True
         try:
             now = trio.current_time()
-        except RuntimeError:
-            return self._down_until is None
-        return self._down_until is None or now >= self._down_until
+        except RuntimeError:  # outside Trio: only an outage without end says no
+            return self._down_until != math.inf
+        return now >= self._down_until
 
     # --- calling ----------------------------------------------------------------------
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Answer with ``respond(*args, **kwargs)`` or fail as scripted; recorded in
+        ``calls`` with the Trio time the call began."""
         now = trio.current_time()
         if self._hang:
             self.calls.append(FakeCall(now, args, kwargs, "hang"))
@@ -113,4 +148,5 @@ class FakeService:
         return result
 
     def outcomes(self) -> list[str]:
+        """The outcome of every call so far, in order."""
         return [c.outcome for c in self.calls]

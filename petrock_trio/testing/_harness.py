@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
 import attrs
 import structlog.testing
 import trio
 import trio.testing
+from trio_util import AsyncValue, wait_any
 
 from .._app import App, DeadLetter, Feature
 from .._clock import TrioWallClock, WallClock
 from .._events import (
+    DeadLettered,
     Event,
     HandlerCompleted,
     HandlerFailed,
@@ -33,13 +36,19 @@ from ._running import memory_database
 
 __all__ = ["HandlerCall", "WorkerHarness", "worker_harness"]
 
+# How long send, append and settle wait (Trio seconds; virtual under a MockClock)
+# before saying what the worker is stuck on, instead of hanging the test.
+SETTLE_TIMEOUT: Final = 3600.0
+
 
 @attrs.frozen
 class HandlerCall:
-    """One run of a handler: ``outcome`` is ok, error, timeout, retry (asked or waiting
-    for a service) or replay."""
+    """One run of a handler: when it started (``at``, Trio time), which message and
+    attempt, and its ``outcome``: ``"ok"``, ``"error"``, ``"timeout"``, ``"retry"``
+    (it raised ``pt.Retry``, or a declared service was unavailable) or ``"replay"``;
+    ``error`` is what it raised."""
 
-    at: float  # Trio time the run started
+    at: float
     command_type: str
     message_id: int
     attempt: int
@@ -66,6 +75,10 @@ class WorkerHarness:
         self.events: list[Event] = []
         self.logs: list[Any] = []
         self._emitted: list[tuple[str, bytes]] = []
+        # Messages whose next attempt is scheduled, and a count of this worker's
+        # events: what a wait with settle=False watches besides the positions.
+        self._retrying: set[int] = set()
+        self._reports: Any = AsyncValue(0)
 
     def __repr__(self) -> str:
         return (
@@ -79,9 +92,11 @@ class WorkerHarness:
         if getattr(event, "worker", None) != self.worker.name:
             return
         self.events.append(event)
+        self._reports.value += 1
         now = trio.current_time()
         match event:
             case HandlerCompleted():
+                self._retrying.discard(event.message.id)
                 self.calls.append(
                     HandlerCall(
                         now - event.duration,
@@ -93,6 +108,8 @@ class WorkerHarness:
                 )
                 self._emitted.extend(event.emitted)
             case HandlerFailed():
+                if event.delay is not None:
+                    self._retrying.add(event.message_id)
                 outcome = (
                     "retry"
                     if event.retry_requested or event.service_unavailable
@@ -126,34 +143,105 @@ class WorkerHarness:
                 self._emitted.extend(event.emitted)
             case PeriodicFailed():
                 self.periodic_runs.append((now - event.duration, event.error))
+            case DeadLettered():
+                self._retrying.discard(event.message_id)
             case _:
                 pass
 
     # --- driving ----------------------------------------------------------------------
 
-    async def send(self, *commands: object) -> list[Message]:
-        """Execute ``commands`` (validated, like the app would) and wait until handled."""
+    async def send(self, *commands: object, settle: bool = True) -> list[Message]:
+        """Execute ``commands`` one by one, validated as the app would, then wait for
+        the worker (see :meth:`settle`; ``settle=False``: see :meth:`append`)."""
         messages = [await self.app.execute(cmd) for cmd in commands]
-        await self.app.caught_up()
+        await self._wait(messages[-1].id if messages else 0, settle=settle)
         return messages
 
-    async def append(self, *commands: object) -> list[Message]:
-        """Append ``commands`` without validation (replaying history, bad sequences)."""
+    async def append(self, *commands: object, settle: bool = True) -> list[Message]:
+        """Append ``commands`` without validation (replaying history, bad sequences),
+        then wait for the worker.
+
+        By default until it has settled everything (:meth:`settle`: retries waited
+        out). With ``settle=False`` only until it has handled these messages (or
+        dead-lettered, or passed ones it does not route) or waits to retry one of
+        them, with what can run at that instant run: the retry is scheduled, its
+        failed attempt in :attr:`calls`. Then :meth:`settle` waits for the rest.
+        """
         messages = await self.app.log.append(*commands)
-        await self.app.caught_up()
+        await self._wait(messages[-1].id if messages else 0, settle=settle)
         return messages
 
-    async def append_raw(self, name: str, payload: bytes) -> int:
-        """Append a row as stored bytes, e.g. one that does not decode; return its id."""
+    async def append_raw(self, name: str, payload: bytes, *, settle: bool = True) -> int:
+        """Append a row as stored bytes, e.g. one that does not decode; return its id.
+        Waits as :meth:`append` does."""
         (row,) = await self.app.log.commit(self.app.log.new_commit(encoded=[(name, payload)]))
-        await self.app.caught_up()
+        await self._wait(row.id, settle=settle)
         return row.id
 
-    async def settle(self) -> None:
+    async def settle(self, *, timeout: float = SETTLE_TIMEOUT) -> None:  # noqa: ASYNC109
         """Let everything that can run now run (periodic work due at this instant
-        included), then wait until the worker has handled everything appended so far."""
-        await trio.testing.wait_all_tasks_blocked()
-        await self.app.caught_up()
+        included), then wait until the worker has settled everything appended so
+        far: each message handled or dead-lettered, retries and waits for services
+        waited out, commands emitted meanwhile included.
+
+        Raises ``trio.TooSlowError``, naming the message the worker is stuck on, if
+        that takes more than ``timeout`` seconds of Trio time (virtual time under a
+        MockClock: a service that never comes back fails the test in milliseconds).
+        """
+        with trio.move_on_after(timeout) as scope:
+            await trio.testing.wait_all_tasks_blocked()
+            await self.app.caught_up()
+        if scope.cancelled_caught:
+            raise trio.TooSlowError(self._stuck(timeout))
+
+    async def _wait(self, last: int, *, settle: bool) -> None:
+        if settle:
+            await self.settle()
+            return
+        with trio.move_on_after(SETTLE_TIMEOUT) as scope:
+            await self._tried(last)
+            await trio.testing.wait_all_tasks_blocked()
+        if scope.cancelled_caught:
+            raise trio.TooSlowError(self._stuck(SETTLE_TIMEOUT))
+
+    async def _tried(self, last: int) -> None:
+        """Until every position of the worker is at ``last`` or beyond, or the worker
+        waits to retry a message up to ``last``."""
+        while True:
+            positions = self._positions()
+            if all(p.value >= last for p in positions) or any(m <= last for m in self._retrying):
+                return
+            # wait_value checks at once: nothing changes unseen between here and there.
+            changes = [partial(p.wait_value, lambda v, seen=p.value: v != seen) for p in positions]
+            reports = self._reports.value
+            changes.append(partial(self._reports.wait_value, lambda n, seen=reports: n != seen))
+            await wait_any(*changes)
+
+    def _positions(self) -> list[Any]:
+        """The worker's positions in memory (one per partition), as the app serves it."""
+        names = getattr(self.worker, "partition_names", lambda: [self.worker.name])()
+        rt = self.app._rt  # noqa: SLF001 - the kit reads the serving's positions
+        assert rt is not None, "the harness's app is not serving"
+        return [rt.flusher.feeds[name] for name in names if name in rt.flusher.feeds]
+
+    def _stuck(self, timeout: float) -> str:
+        """What the worker has not finished, for a wait that ran out of time."""
+        rt = self.app._rt  # noqa: SLF001
+        head = rt.log.head.value if rt is not None else 0
+        position = min((p.value for p in self._positions()), default=0) if rt else 0
+        message = min(self._retrying, default=position + 1)
+        tries = [c for c in self.calls if c.message_id == message]
+        detail = (
+            f"{len(tries)} attempt(s), the last {tries[-1].outcome}: {tries[-1].error!r}"
+            if tries
+            else "no attempt yet"
+        )
+        return (
+            f"worker {self.worker.name!r} has not settled message {message} ({detail}) "
+            f"within {timeout:g} s of Trio time; its position is {position}, the head "
+            f"{head}. A service that never comes back? Raise it with up(), or wait "
+            "longer with settle(timeout=...)."
+        )
 
     async def advance(self, seconds: float) -> None:
         """Let ``seconds`` of (virtual) time pass with the worker running, and what is
@@ -162,7 +250,8 @@ class WorkerHarness:
         await trio.testing.wait_all_tasks_blocked()
 
     async def run_periodic(self) -> None:
-        """Run the worker's periodic work once, now, as the engine runs it."""
+        """Run the worker's periodic work once, now, as the engine runs it, and wait
+        until what it emitted is settled."""
         await self.worker.run_periodic_now()
         await self.app.caught_up()
 
@@ -275,12 +364,14 @@ async def worker_harness(
 ) -> AsyncIterator[WorkerHarness]:
     """Serve ``worker`` on a fresh app and yield a :class:`WorkerHarness` for it.
 
-    ``commands`` are registered (or a ``feature`` registers them and its state; if it
-    also registers ``worker`` that is fine). ``database`` defaults to an in-memory
-    SQLite database that survives :meth:`restart`-style re-serving inside the block;
-    pass a file path for a real log. ``faults=True`` puts a :class:`FaultyStore` in
-    front of the store (``harness.store``). Wall time defaults to
-    :class:`TrioWallClock` so ages and timestamps follow virtual time.
+    ``commands`` are registered, and a ``feature`` registers its commands and state;
+    of the workers it registers only ``worker`` is served (its other workers would
+    handle the same commands, emit their own and take their share of time).
+    ``database`` defaults to an in-memory SQLite database that survives
+    :meth:`~WorkerHarness.restart` inside the block; pass a file path for a real log.
+    ``faults=True`` puts a :class:`FaultyStore` in front of the store
+    (``harness.store``). Wall time defaults to :class:`TrioWallClock` so ages and
+    timestamps follow Trio's clock, virtual or not. Other keywords go to ``App``.
     """
     with contextlib.ExitStack() as stack:
         url = database or stack.enter_context(memory_database())
@@ -291,6 +382,8 @@ async def worker_harness(
             app.register_command(cls)
         if feature is not None:
             feature.register(app)
+            for name in [n for n, w in app.workers.items() if w is not worker]:
+                del app.workers[name]
         if worker.name not in app.workers:
             app.register_worker(worker)
         harness = WorkerHarness(app, worker, store)
