@@ -85,6 +85,9 @@ CHECKED = [
     ROOT / "docs" / "workers.md",
     ROOT / "docs" / "migration.md",
     ROOT / "docs" / "troubleshooting.md",
+    ROOT / "docs" / "reliability.md",
+    ROOT / "docs" / "scaling.md",
+    ROOT / "docs" / "testing.md",
     ROOT / "features" / "items" / "workers" / "README.md",
 ]
 STRICT = ROOT / "docs" / "troubleshooting.md"
@@ -1243,6 +1246,20 @@ class TestNames:
             if (problem := check_link(path, target))
         ]
         assert not problems, "\n".join(problems)
+
+    def test_architecture_names_real_modules(self) -> None:
+        """Every module and file the architecture page names is in the package."""
+        package = ROOT / "petrock_trio"
+        page = ROOT / "docs" / "architecture.md"
+        missing = [
+            f"{_relative(page)}:{number}: `{word}`"
+            for number, span in inline_code(page)
+            for word in re.findall(r"[\w/.-]+\.(?:py|html)|[\w-]+/$", span)
+            # Named from the package (`_pump.py`, `stores/_sqlite.py`), within the
+            # stores (`_sqlitesql.py` after `stores/_sqlite.py`), or from the root.
+            if not any(p.exists() for p in (package / word, package / "stores" / word, ROOT / word))
+        ]
+        assert not missing, "no such file in the package:\n" + "\n".join(missing)
 
     def test_migration_figures_are_measured(self) -> None:
         """The lines of code the migration guide gives are what benchmarks/loc.py counts."""
