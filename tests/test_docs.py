@@ -349,6 +349,8 @@ async def _serve_until_caught_up(app: pt.App, *args: Any) -> None:
 
 def run_excerpt(block: Block, workdir: Path) -> None:
     """Check that an excerpt quotes its file, then run it in that module's namespace."""
+    if block.quoted.suffix != ".py" or not block.quoted.resolve().is_relative_to(ROOT):
+        raise BlockError(f"{block.where}: from= names a Python module of the repository")
     if not block.quoted.is_file():
         raise ExcerptError(f"{block.where}: no file {_relative(block.quoted)}")
     problem = excerpt_problem(block.code, block.quoted.read_text())
@@ -718,6 +720,10 @@ class TestTheChecker:
             ```python from=examples/missing.py
             pass
             ```
+
+            ```python from=README.md
+            pass
+            ```
             """,
             tmp_path,
         )
@@ -728,6 +734,8 @@ class TestTheChecker:
             run_block(page, 2)
         with pytest.raises(ExcerptError, match=r"no file examples/missing.py"):
             run_block(page, 3)
+        with pytest.raises(BlockError, match=r"from= names a Python module"):
+            run_block(page, 4)
 
     def test_excerpt_runs_in_its_module(self, tmp_path: Path) -> None:
         page = self.page(
