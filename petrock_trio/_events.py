@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import attrs
 import structlog
 
+from ._logging import get_logger
 from ._message import Message
 
 __all__ = [
@@ -138,7 +139,7 @@ class StructlogHook:
     """Writes every event as a structured log line (``petrock.<what>`` event names)."""
 
     def __init__(self, logger: Any = None) -> None:
-        self._log = logger or structlog.get_logger("petrock_trio.worker")
+        self._log = logger or get_logger("petrock_trio.worker")
 
     def __repr__(self) -> str:
         return "<StructlogHook>"

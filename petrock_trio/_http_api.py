@@ -13,7 +13,6 @@ from importlib import resources
 from typing import Any, Final
 
 import orjson
-import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -34,6 +33,7 @@ from ._health import Health
 from ._http_guard import AllowedHosts
 from ._http_metrics import AppCollector
 from ._http_rows import Listing
+from ._logging import get_logger
 
 __all__ = ["EXCEPTION_HANDLERS", "MAX_MESSAGES", "Api"]
 
@@ -45,7 +45,7 @@ _READ_BATCH: Final = 50  # rows read from the store at a time while a page fills
 _INT64: Final = (1 << 63) - 1
 _INTEGER: Final = re.compile(r"-?[0-9]+")
 
-_log = structlog.get_logger("petrock_trio.http")
+_log = get_logger("petrock_trio.http")
 
 # The page is inline-only: the policy makes the browser refuse anything fetched from
 # elsewhere, so the dashboard cannot quietly start depending on a CDN.

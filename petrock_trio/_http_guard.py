@@ -19,10 +19,10 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import orjson
-import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._errors import ConfigurationError
+from ._logging import get_logger
 
 __all__ = [
     "LOOPBACK_HOSTS",
@@ -37,7 +37,7 @@ __all__ = [
 LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]")
 """Names always allowed in ``Host``, on any port."""
 
-_log = structlog.get_logger("petrock_trio.http")
+_log = get_logger("petrock_trio.http")
 
 _NAME: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
 _PORT: Final = re.compile(r"[0-9]{1,5}")

@@ -10,16 +10,16 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import attrs
-import structlog
 import trio
 
 from ._health import HealthReport, HealthThresholds, Signals, judge
+from ._logging import get_logger
 from ._metrics import MetricsRecorder, WorkerMetrics
 from ._runtime import Runtime
 
 __all__ = ["LegacyRunner", "OldStyle", "WorkerInfo"]
 
-_log = structlog.get_logger("petrock_trio.worker")
+_log = get_logger("petrock_trio.worker")
 
 
 @attrs.frozen

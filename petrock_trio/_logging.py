@@ -10,7 +10,7 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["EngineLogger", "configure_logging", "get_logger"]
 
 
 def _dumps(data: Any, **_: Any) -> str:
@@ -56,3 +56,86 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+# --- the engine's loggers -----------------------------------------------------------
+#
+# A library that embeds in other programs must not write to their output unasked, and
+# structlog's defaults print every event to stdout. The engine's loggers therefore
+# drop events while structlog is unconfigured, and are plain structlog loggers once
+# anything configures it: configure_logging, the command line, the application's own
+# structlog.configure, or the testing kit's structlog.testing.capture_logs. A bridge
+# to the standard library's logging with a NullHandler would be quiet too, but it
+# would route every event through logging's handlers, leave capture_logs and an
+# application's structlog processors blind to them unless each wired the bridge up,
+# and cost more per line; one check of structlog.is_configured() costs next to nothing.
+
+_LEVEL_METHODS = ("debug", "info", "warning", "warn", "error", "exception", "critical", "fatal")
+_SYNC_METHODS = frozenset({*_LEVEL_METHODS, "msg", "log"})
+_ASYNC_METHODS = frozenset(f"a{name}" for name in _SYNC_METHODS)
+# Per wrapper class: the least level it writes (filtering wrappers know theirs).
+_least_levels: dict[type[Any], int] = {}
+
+
+def _drop(*_: Any, **__: Any) -> None:
+    return None
+
+
+async def _adrop(*_: Any, **__: Any) -> None:
+    return None
+
+
+def get_logger(name: str, **context: Any) -> EngineLogger:
+    """The engine's logger ``name``: structlog's, silent while structlog is unconfigured."""
+    return EngineLogger(name, context)
+
+
+class EngineLogger:
+    """A structlog logger that drops events while structlog is unconfigured.
+
+    It is resolved at each call, so it follows configuration made after it was
+    created; ``bind``, ``new``, ``unbind`` and ``try_unbind`` keep it lazy and quiet.
+    """
+
+    __slots__ = ("_context", "_name")
+
+    def __init__(self, name: str, context: dict[str, Any] | None = None) -> None:
+        self._name = name
+        self._context: dict[str, Any] = dict(context or {})
+
+    def __repr__(self) -> str:
+        return f"<EngineLogger {self._name!r} context={self._context!r}>"
+
+    def bind(self, **new_values: Any) -> EngineLogger:
+        return EngineLogger(self._name, {**self._context, **new_values})
+
+    def new(self, **new_values: Any) -> EngineLogger:
+        return EngineLogger(self._name, new_values)
+
+    def unbind(self, *keys: str) -> EngineLogger:
+        missing = [key for key in keys if key not in self._context]
+        if missing:
+            raise KeyError(missing[0])  # as structlog's own unbind does
+        return self.try_unbind(*keys)
+
+    def try_unbind(self, *keys: str) -> EngineLogger:
+        return EngineLogger(self._name, {k: v for k, v in self._context.items() if k not in keys})
+
+    def is_enabled_for(self, level: int) -> bool:
+        """Whether a line at ``level`` would be written: the hot path asks before building one."""
+        if not structlog.is_configured():
+            return False
+        wrapper = structlog.get_config()["wrapper_class"]
+        least = _least_levels.get(wrapper)
+        if least is None:
+            check = getattr(structlog.get_logger(self._name).bind(), "get_effective_level", None)
+            least = _least_levels[wrapper] = int(check()) if check is not None else logging.NOTSET
+        return level >= least
+
+    def __getattr__(self, name: str) -> Any:
+        if not structlog.is_configured():
+            if name in _SYNC_METHODS:
+                return _drop
+            if name in _ASYNC_METHODS:
+                return _adrop
+        return getattr(structlog.get_logger(self._name, **self._context), name)

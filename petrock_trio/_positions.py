@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import structlog
 import trio
 from trio_util import AsyncValue
 
 from ._errors import LeaseLost, PetrockError
 from ._leases import LeaseKeeper
 from ._log import MessageLog
+from ._logging import get_logger
 
 __all__ = ["PositionFlusher"]
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 
 class PositionFlusher:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 import trio
 from trio_util import AsyncValue
 
+from ._logging import get_logger
 from ._message import Message
 from ._pump import Feed, LogPump
 from ._runtime import Runtime
@@ -17,7 +17,7 @@ __all__ = ["Applier", "Projection"]
 
 Applier = Callable[[Any, Any, Message], None]
 
-_log = structlog.get_logger("petrock_trio.projection")
+_log = get_logger("petrock_trio.projection")
 
 
 class Projection:

@@ -6,17 +6,17 @@ from collections import deque
 from collections.abc import Callable, Collection
 
 import attrs
-import structlog
 import trio
 from trio_util import AsyncValue
 
 from ._errors import StoreError
 from ._log import MessageLog
+from ._logging import get_logger
 from ._message import Page
 
 __all__ = ["Feed", "LogPump", "PumpStatistics"]
 
-_log = structlog.get_logger("petrock_trio.pump")
+_log = get_logger("petrock_trio.pump")
 
 
 @attrs.frozen

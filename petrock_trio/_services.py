@@ -8,17 +8,17 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import attrs
-import structlog
 import trio
 
 from ._errors import ConfigurationError, ServiceUnavailable
+from ._logging import get_logger
 
 __all__ = ["Circuit", "ExternalService", "ServiceStatistics"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_log = structlog.get_logger("petrock_trio.service")
+_log = get_logger("petrock_trio.service")
 
 # Exceptions cannot be weakly referenced, so a failure is tagged with its service.
 _MARK = "_petrock_service"

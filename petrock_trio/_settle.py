@@ -8,12 +8,12 @@ fails is written again without running the handler again.
 
 from __future__ import annotations
 
-import structlog
 import trio
 
 from ._attempt import attempt
 from ._errors import HandlerTimeout, LeaseLost, PetrockError, ServiceUnavailable
 from ._events import DeadLettered, HandlerFailed
+from ._logging import get_logger
 from ._message import Message, Page, Row
 from ._retry import Backoff, Decision, GiveUp, RetryAt, WaitForService, decide
 from ._runstate import RunState
@@ -21,7 +21,7 @@ from .stores import DeadLetterRecord, RetryRecord
 
 __all__ = ["dead_letter", "settle"]
 
-_log = structlog.get_logger("petrock_trio.worker")
+_log = get_logger("petrock_trio.worker")
 
 # Writing a dead letter again after the store failed: the handler is not run again.
 _REWRITE = Backoff(initial=1.0, max_delay=30.0)

@@ -29,17 +29,17 @@ from typing import Final
 
 import psycopg
 import psycopg.errors
-import structlog
 import trio
 from psycopg import pq
 
 from .._errors import LeaseLost, OutcomeUnknown, StoreError
+from .._logging import get_logger
 from ._pgbinary import Statement
 from ._pgsql import LEASE_LOST
 
 __all__ = ["Connection"]
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 # libpq 17 added a non-blocking cancel request; older ones block, so they run in a thread.
 _ASYNC_CANCEL: Final = pq.version() >= 170000  # noqa: PLR2004 - libpq's version number

@@ -22,12 +22,12 @@ from typing import Final
 # psycopg first: without it this module must fail to import with psycopg's name, so
 # that open_store can say which extra to install.
 import psycopg
-import structlog
 import trio
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._errors import ConfigurationError, StoreError
+from .._logging import get_logger
 from .._message import Row
 from . import _pgsql as sql
 from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, StoreStatistics
@@ -56,7 +56,7 @@ __all__ = ["PostgresStore"]
 # The schema under its old name: the benchmarks build their tables from it.
 _SCHEMA: Final = sql.SCHEMA
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 
 class PostgresStore:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import structlog
 import trio
 
 from .._errors import StoreGone
+from .._logging import get_logger
 
 __all__ = ["FileGuard"]
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 
 class FileGuard:

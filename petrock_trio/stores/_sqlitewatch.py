@@ -13,14 +13,14 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import structlog
 import trio
 
+from .._logging import get_logger
 from ._sqlitesql import HEAD
 
 __all__ = ["wal_changes", "watch_commits"]
 
-_log = structlog.get_logger("petrock_trio")
+_log = get_logger("petrock_trio")
 
 # The slowest a follower polls for other processes' appends where inotify is missing.
 _MAX_POLL_INTERVAL: Final = 1.0
