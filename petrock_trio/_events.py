@@ -4,7 +4,8 @@ The engine reports what workers do as events; hooks turn them into logs, test
 recordings or anything else. ``StructlogHook`` is installed on every app and writes
 the structured log lines, each with ``worker_name``, ``command_type``,
 ``message_id`` (where there is one), ``execution_time`` (ms) and, on failure,
-``error_details``.
+``error_details`` and the exception itself as ``exc_info``, so that the log
+renderer shows its traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "Replayed",
     "StructlogHook",
     "WorkerCrashed",
+    "event_fields",
 ]
 
 
@@ -64,11 +66,15 @@ class HandlerFailed:
 
 @attrs.frozen
 class DeadLettered:
+    """A message was given up on. ``duration`` is its last attempt's, ``None`` when no
+    handler ran (its payload did not decode)."""
+
     worker: str
     message_id: int
     command_type: str
     attempts: int
     error: BaseException
+    duration: float | None = None
 
 
 @attrs.frozen
@@ -135,6 +141,24 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def event_fields(event: Event) -> dict[str, Any]:
+    """``worker_name`` and, where the event has them, ``command_type`` and ``message_id``:
+    the fields that say which work a line about ``event`` is about."""
+    fields: dict[str, Any] = {"worker_name": event.worker}
+    match event:
+        case HandlerCompleted() | Replayed():
+            fields["command_type"] = event.message.name
+            fields["message_id"] = event.message.id
+        case HandlerFailed() | DeadLettered():
+            fields["command_type"] = event.command_type
+            fields["message_id"] = event.message_id
+        case PeriodicCompleted() | PeriodicFailed() | PeriodicSkipped():
+            fields["command_type"] = "periodic"
+        case WorkerCrashed():
+            pass
+    return fields
+
+
 class StructlogHook:
     """Writes every event as a structured log line (``petrock.<what>`` event names)."""
 
@@ -174,20 +198,23 @@ class StructlogHook:
                 if event.delay is not None:
                     fields["delay"] = event.delay
                 if event.service_unavailable or event.retry_requested:
+                    # Expected (asked for, or an open circuit): no traceback.
                     log.info("petrock.retry_scheduled", **fields)
                 elif event.timed_out:
-                    log.error("petrock.handler.timeout", **fields)
+                    log.error("petrock.handler.timeout", **fields, exc_info=event.error)
                 else:
-                    log.error("petrock.handler.failed", **fields)
+                    log.error("petrock.handler.failed", **fields, exc_info=event.error)
             case DeadLettered():
-                log.error(
-                    "petrock.dead_lettered",
-                    worker_name=event.worker,
-                    command_type=event.command_type,
-                    message_id=event.message_id,
-                    attempts=event.attempts,
-                    error_details=repr(event.error),
-                )
+                fields = {
+                    "worker_name": event.worker,
+                    "command_type": event.command_type,
+                    "message_id": event.message_id,
+                    "attempts": event.attempts,
+                    "error_details": repr(event.error),
+                }
+                if event.duration is not None:
+                    fields["execution_time"] = _ms(event.duration)
+                log.error("petrock.dead_lettered", **fields, exc_info=event.error)
             case Replayed():
                 if event.error is not None:
                     log.warning(
@@ -197,6 +224,7 @@ class StructlogHook:
                         message_id=event.message.id,
                         execution_time=_ms(event.duration),
                         error_details=repr(event.error),
+                        exc_info=event.error,
                     )
             case PeriodicCompleted():
                 if _debug_enabled(log):
@@ -216,6 +244,7 @@ class StructlogHook:
                     run=event.run,
                     execution_time=_ms(event.duration),
                     error_details=repr(event.error),
+                    exc_info=event.error,
                 )
             case PeriodicSkipped():
                 log.warning(

@@ -80,6 +80,7 @@ def http_app(
             Route("/metrics", api.metrics, methods=["GET"]),
             Route("/messages", api.messages, methods=["GET"]),
             Route("/dead-letters", api.dead_letters, methods=["GET"]),
+            Route("/dead-letters/{worker:path}/{message_id:int}", api.dead_letter, methods=["GET"]),
             # Worker names are free text and may hold a slash.
             Route(
                 "/dead-letters/{worker:path}/{message_id:int}/redrive",

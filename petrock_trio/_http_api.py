@@ -32,7 +32,7 @@ from ._errors import (
 from ._health import Health
 from ._http_guard import AllowedHosts
 from ._http_metrics import AppCollector
-from ._http_rows import Listing
+from ._http_rows import LISTED_PAYLOAD_BYTES, Listing, describe_letter, letter_rows
 from ._logging import get_logger
 
 __all__ = ["EXCEPTION_HANDLERS", "MAX_MESSAGES", "Api"]
@@ -303,8 +303,24 @@ class Api:
         return Response(page.render(head), media_type="application/json")
 
     async def dead_letters(self, request: Request) -> Response:
+        """Every dead letter (``?worker=`` for one worker's), with its traceback and its
+        message's payload, cut to a preview as ``GET /messages`` cuts it."""
         letters = await self.app.dead_letters(request.query_params.get("worker") or None)
-        return _JSON({"dead_letters": [letter.to_dict() for letter in letters]})
+        rows = await letter_rows(self.app.log.store, letters)
+        shown = [describe_letter(d, rows.get(d.message_id), LISTED_PAYLOAD_BYTES) for d in letters]
+        return _JSON({"dead_letters": shown})
+
+    async def dead_letter(self, request: Request) -> Response:
+        """One dead letter, with its traceback and its message's whole payload."""
+        worker: str = request.path_params["worker"]
+        message_id: int = request.path_params["message_id"]
+        letters = [d for d in await self.app.dead_letters(worker) if d.message_id == message_id]
+        if not letters:
+            raise _Refused(
+                404, "NotFound", f"worker {worker!r} has no dead letter for message {message_id}"
+            )
+        rows = await letter_rows(self.app.log.store, letters)
+        return _JSON(describe_letter(letters[0], rows.get(message_id), None))
 
     async def redrive(self, request: Request) -> Response:
         self.guard(request)

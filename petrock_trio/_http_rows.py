@@ -1,4 +1,6 @@
-"""Stored rows as ``GET /messages`` and ``petrock-trio log tail`` show them, and pages of them.
+"""Stored rows as ``GET /messages`` and ``petrock-trio log tail`` show them, and pages of them;
+dead letters with their messages' payloads, as ``GET /dead-letters`` and
+``petrock-trio dead-letters show`` show them.
 
 A row may have been written by another program: a timestamp that is not a time, a
 payload that is not JSON, a name that is not text. Such a row is shown, marked
@@ -11,14 +13,25 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
 
+from ._app import DeadLetter
 from ._message import Row
+from .stores import Store
 
-__all__ = ["LISTED_PAYLOAD_BYTES", "MAX_PAGE_BYTES", "Listing", "describe", "payload_text"]
+__all__ = [
+    "LISTED_PAYLOAD_BYTES",
+    "MAX_PAGE_BYTES",
+    "Listing",
+    "describe",
+    "describe_letter",
+    "letter_rows",
+    "payload_text",
+]
 
 MAX_PAGE_BYTES: Final = 1 << 20
 """The most bytes of messages one ``GET /messages`` page holds, by default."""
@@ -28,6 +41,9 @@ LISTED_PAYLOAD_BYTES: Final = 4096
 
 # Room for the fields around a payload, so that a whole payload still fits a page.
 _ENVELOPE: Final = 512
+
+# Rows read at a time for a list of dead letters.
+_LETTER_BATCH: Final = 64
 
 
 def _shown(value: Any) -> str:
@@ -162,3 +178,49 @@ class Listing:
             b"%d" % last if more and last is not None else b"null",
             messages,
         )
+
+
+def describe_letter(
+    letter: DeadLetter, row: Row | None, payload_limit: int | None
+) -> dict[str, Any]:
+    """``letter`` as JSON data, with its traceback and its message's ``payload``.
+
+    The payload is cut as :func:`describe` cuts it (``"payload_truncated": true`` and
+    ``"payload_bytes"``); ``"payload_error"`` says why there is none to show (the
+    message is not in the log) or why it does not decode.
+    """
+    shown = letter.to_dict()
+    if row is None:
+        shown["payload"] = None
+        shown["payload_error"] = f"message {letter.message_id} is not in the log"
+        return shown
+    message = describe(row, payload_limit)
+    shown["payload"] = message["payload"]
+    if message.get("truncated"):
+        shown["payload_truncated"] = True
+        shown["payload_bytes"] = message["payload_bytes"]
+    if "undecodable" in message:
+        shown["payload_error"] = message["undecodable"]
+    return shown
+
+
+async def letter_rows(store: Store, letters: Sequence[DeadLetter]) -> dict[int, Row]:
+    """The log rows of ``letters``' messages, by id (a message missing from the log has none).
+
+    Read a batch at a time, and only rows of the letters' command names: the dead
+    letters of a failing dependency are mostly a run of messages, one read per batch.
+    """
+    ids = {letter.message_id for letter in letters}
+    wanted = sorted(ids)
+    names = sorted({letter.command_name for letter in letters})
+    found: dict[int, Row] = {}
+    index = 0
+    while index < len(wanted):
+        last = wanted[min(index + _LETTER_BATCH, len(wanted)) - 1]
+        rows = await store.read_after(wanted[index] - 1, _LETTER_BATCH, upto=last, names=names)
+        found.update((row.id, row) for row in rows if row.id in ids)
+        # A full batch may stop short of ``last``: go on after its last row.
+        covered = rows[-1].id if len(rows) == _LETTER_BATCH else last
+        while index < len(wanted) and wanted[index] <= covered:
+            index += 1
+    return found

@@ -132,7 +132,10 @@ class LegacyRunner:
                     await self.worker.stop()
                 except Exception as exc:  # noqa: BLE001 - shutdown goes on
                     _log.warning(
-                        "petrock.worker_stop_failed", worker_name=self.name, error_details=repr(exc)
+                        "petrock.worker_stop_failed",
+                        worker_name=self.name,
+                        error_details=repr(exc),
+                        exc_info=exc,
                     )
             self._rt = None
 
@@ -153,4 +156,14 @@ class LegacyRunner:
             return
         self._metrics.periodic_failures += 1
         self._metrics.failure(now, repr(error))
-        _log.error("petrock.legacy_work_failed", worker_name=self.name, error_details=repr(error))
+        # work() is the old-style worker's periodic work: logged as periodic work is.
+        _log.error(
+            "petrock.legacy_work_failed",
+            worker_name=self.name,
+            command_type="periodic",
+            run=self._metrics.periodic_runs,
+            execution_time=round((now - started) * 1000, 3),
+            timed_out=scope.cancelled_caught,
+            error_details=repr(error),
+            exc_info=error,
+        )

@@ -1,16 +1,42 @@
-"""One place that configures structlog for petrock_trio applications."""
+"""One place that configures structlog for petrock_trio applications, and the worker
+fields of the code running now."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import orjson
 import structlog
+from structlog.dev import RichTracebackFormatter
+from structlog.processors import ExceptionRenderer
+from structlog.tracebacks import ExceptionDictTransformer
 
-__all__ = ["EngineLogger", "configure_logging", "get_logger"]
+__all__ = ["WORKING", "EngineLogger", "configure_logging", "get_logger", "work_fields"]
+
+WORKING: ContextVar[tuple[str, str, int | None] | None] = ContextVar(
+    "petrock_trio_working", default=None
+)
+"""(worker, command type, message id) of the handler or periodic work running now.
+
+Set around each call of user code, so that code which does not know who calls it (an
+external service's circuit breaker) can name the worker in its log lines.
+"""
+
+
+def work_fields() -> dict[str, Any]:
+    """``worker_name``, ``command_type`` and ``message_id`` of the work running now, if any."""
+    working = WORKING.get()
+    if working is None:
+        return {}
+    worker, command_type, message_id = working
+    fields: dict[str, Any] = {"worker_name": worker, "command_type": command_type}
+    if message_id is not None:
+        fields["message_id"] = message_id
+    return fields
 
 
 def _dumps(data: Any, **_: Any) -> str:
@@ -30,26 +56,36 @@ def configure_logging(
     rendering (add fields, redact, forward elsewhere); ``stream`` defaults to stderr so
     that a program's own output stays on stdout. Every worker log line carries
     ``worker_name``, ``command_type`` and, where they apply, ``message_id``,
-    ``execution_time`` (ms) and ``error_details``.
+    ``execution_time`` (ms) and ``error_details``. A failure's line carries its
+    traceback: in JSON as a structured ``exception`` field (structlog's
+    ``dict_tracebacks``), on the console rendered by rich. Neither shows the frames'
+    local variables: they hold payloads and secrets, and would swamp the line.
     """
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
     numeric = level if isinstance(level, int) else logging.getLevelNamesMapping()[level.upper()]
+    colors = stream.isatty()
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=colors,
+            exception_formatter=RichTracebackFormatter(
+                color_system="truecolor" if colors else None, show_locals=False
+            ),
+        )
     )
+    tracebacks: list[structlog.typing.Processor] = [structlog.processors.StackInfoRenderer()]
+    if json:
+        tracebacks.append(ExceptionRenderer(ExceptionDictTransformer(show_locals=False)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             *processors,
-            structlog.processors.format_exc_info
-            if json
-            else structlog.processors.StackInfoRenderer(),
+            *tracebacks,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -287,6 +287,7 @@ async def _run_leased(
                     worker_name=worker,
                     partition=partition,
                     error_details=repr(exc),
+                    exc_info=exc,
                 )
                 await trio.sleep(leases.interval)
                 continue

@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from ._errors import ConfigurationError, ServiceUnavailable
-from ._logging import get_logger
+from ._logging import get_logger, work_fields
 
 __all__ = ["Circuit", "ExternalService", "ServiceStatistics"]
 
@@ -137,6 +137,7 @@ class ExternalService:
         self._calls += 1
         if probe:
             self._probing = True
+        started = trio.current_time()
         try:
             if self.timeout is None:
                 result = await fn(*args, **kwargs)
@@ -144,7 +145,7 @@ class ExternalService:
                 with trio.fail_after(self.timeout):
                     result = await fn(*args, **kwargs)
         except self._counted as exc:
-            self._record_failure(exc, probe=probe)
+            self._record_failure(exc, probe=probe, duration=trio.current_time() - started)
             raise
         finally:
             if probe:
@@ -152,12 +153,13 @@ class ExternalService:
         self._record_success(probe=probe)
         return result
 
-    def _record_failure(self, exc: BaseException, *, probe: bool) -> None:
+    def _record_failure(self, exc: BaseException, *, probe: bool, duration: float) -> None:
         self._failed += 1
         self._consecutive += 1
         if probe or (self._opened_at is None and self._consecutive >= self.failure_threshold):
             # Every opening counts, a failed half-open probe's included.
             self._opened += 1
+            # The service is shared: the worker named is the one whose call opened it.
             _log.warning(
                 "petrock.circuit_opened",
                 service=self.name,
@@ -165,6 +167,9 @@ class ExternalService:
                 reset_timeout=self.reset_timeout,
                 consecutive_failures=self._consecutive,
                 reopened=probe,
+                execution_time=round(duration * 1000, 3),  # of the call that failed
+                **work_fields(),
+                exc_info=exc,
             )
             self._opened_at = trio.current_time()
         # (A call from before the opening that fails late leaves the circuit as it is.)
@@ -177,7 +182,7 @@ class ExternalService:
             # A call from before the circuit opened succeeded late: only a probe closes it.
             return
         if self._opened_at is not None:
-            _log.info("petrock.circuit_closed", service=self.name)
+            _log.info("petrock.circuit_closed", service=self.name, **work_fields())
         self._consecutive = 0
         self._opened_at = None
 

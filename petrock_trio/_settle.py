@@ -17,6 +17,7 @@ from ._logging import get_logger
 from ._message import Message, Page, Row
 from ._retry import Backoff, Decision, GiveUp, RetryAt, WaitForService, decide
 from ._runstate import RunState
+from ._tracebacks import format_traceback
 from .stores import DeadLetterRecord, RetryRecord
 
 __all__ = ["dead_letter", "settle"]
@@ -56,7 +57,14 @@ async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False
             decision = _decide(run, message, error, number)
             _report_failure(run, message, error, number, now - started, decision)
             if isinstance(decision, GiveUp):
-                await dead_letter(run, row, error, attempts=number, first_failed_at=first_failed_at)
+                await dead_letter(
+                    run,
+                    row,
+                    error,
+                    attempts=number,
+                    first_failed_at=first_failed_at,
+                    duration=now - started,
+                )
                 return
             run.retrying = (row.id, number)
             run.recorder.retried += 1
@@ -64,7 +72,9 @@ async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False
                 number += 1
             wait = decision.delay
             await _save_retry(
-                run, RetryRecord(run.name, row.id, number - 1, rt.clock() + wait, first_failed_at)
+                run,
+                RetryRecord(run.name, row.id, number - 1, rt.clock() + wait, first_failed_at),
+                message.name,
             )
     finally:
         run.in_flight = 0
@@ -129,7 +139,7 @@ def _resume(run: RunState, row: Row) -> tuple[int, float | None, float]:
     return record.attempts + 1, record.first_failed_at, record.next_attempt_at - rt.clock()
 
 
-async def _save_retry(run: RunState, record: RetryRecord) -> None:
+async def _save_retry(run: RunState, record: RetryRecord, command_type: str) -> None:
     """Keep the retry state with the position: a restart or a takeover by another
     process resumes the backoff instead of starting it over."""
     try:
@@ -138,13 +148,27 @@ async def _save_retry(run: RunState, record: RetryRecord) -> None:
         raise
     except PetrockError as exc:
         # Retrying goes on in memory; only a crash before the retry loses the count.
-        _log.warning("petrock.retry_state_not_saved", worker_name=run.name, error_details=repr(exc))
+        _log.warning(
+            "petrock.retry_state_not_saved",
+            worker_name=run.name,
+            command_type=command_type,
+            message_id=record.message_id,
+            error_details=repr(exc),
+            exc_info=exc,
+        )
 
 
 async def dead_letter(
-    run: RunState, row: Row, error: BaseException, *, attempts: int, first_failed_at: float
+    run: RunState,
+    row: Row,
+    error: BaseException,
+    *,
+    attempts: int,
+    first_failed_at: float,
+    duration: float | None = None,
 ) -> None:
-    """Record ``row`` as given up on, with its position; written again until it lands."""
+    """Record ``row`` as given up on, with its position and ``error``'s traceback; written
+    again until it lands. ``duration`` is the last attempt's (``None``: no handler ran)."""
     rt, name = run.rt, run.name
     record = DeadLetterRecord(
         worker=name,
@@ -154,6 +178,7 @@ async def dead_letter(
         attempts=attempts,
         first_failed_at=first_failed_at,
         last_failed_at=rt.clock(),
+        traceback=format_traceback(error),
     )
     failures = 0
     while True:
@@ -172,10 +197,11 @@ async def dead_letter(
                 message_id=row.id,
                 error_details=repr(exc),
                 retry_in=delay,
+                exc_info=exc,
             )
             await run.interruptible(trio.sleep, delay)
     rt.flusher.committed(name, row.id)
     run.feed.advance(row.id)
     rt.dead_letter_ids.setdefault(name, set()).add(row.id)
     run.recorder.dead_letter(trio.current_time())
-    rt.report(DeadLettered(name, row.id, row.name, attempts, error))
+    rt.report(DeadLettered(name, row.id, row.name, attempts, error, duration))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from . import _pgsql as sql
 from ._base import Commit, DeadLetterRecord, RetryRecord
-from ._pgbinary import Param, Statement, byteas, float8s, int8, int8s, texts
+from ._pgbinary import Param, Statement, byteas, float8s, int8, int8s, optional_texts, texts
 
 __all__ = ["Batch"]
 
@@ -63,6 +63,7 @@ class Batch:
                 attempts=earlier.attempts + letter.attempts,
                 first_failed_at=earlier.first_failed_at,
                 last_failed_at=letter.last_failed_at,
+                traceback=letter.traceback,
             )
         self.letters[key] = (kind, letter)
 
@@ -148,4 +149,5 @@ def _letter_params(letters: Sequence[DeadLetterRecord]) -> list[Param]:
         int8s(d.attempts for d in letters),
         float8s(d.first_failed_at for d in letters),
         float8s(d.last_failed_at for d in letters),
+        optional_texts(d.traceback for d in letters),
     ]

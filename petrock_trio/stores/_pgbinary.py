@@ -28,9 +28,11 @@ __all__ = [
     "get_bytes",
     "get_float",
     "get_int",
+    "get_optional_text",
     "get_text",
     "int8",
     "int8s",
+    "optional_texts",
     "read_rows",
     "text",
     "texts",
@@ -80,6 +82,10 @@ def texts(values: Iterable[str]) -> Param:
     return _array(TEXT, (v.encode() for v in values))
 
 
+def optional_texts(values: Iterable[str | None]) -> Param:
+    return _array(TEXT, (None if v is None else v.encode() for v in values))
+
+
 def int8s(values: Iterable[int]) -> Param:
     return _array(INT8, map(_q.pack, values))
 
@@ -110,6 +116,11 @@ def get_text(res: pq.abc.PGresult, row: int, col: int) -> str:
     value = res.get_value(row, col)
     assert value is not None
     return value.decode()
+
+
+def get_optional_text(res: pq.abc.PGresult, row: int, col: int) -> str | None:
+    value = res.get_value(row, col)
+    return None if value is None else value.decode()
 
 
 def get_bytes(res: pq.abc.PGresult, row: int, col: int) -> bytes:

@@ -26,8 +26,21 @@ SCHEMA: Final[Sequence[bytes]] = (
         attempts        BIGINT           NOT NULL,
         first_failed_at DOUBLE PRECISION NOT NULL,
         last_failed_at  DOUBLE PRECISION NOT NULL,
+        traceback       TEXT,
         PRIMARY KEY (worker, message_id)
     )""",
+    # A database made before dead letters kept tracebacks gets the column (NULL in the
+    # rows already there). The catalog is looked at first: ALTER TABLE would lock the
+    # table against every reader even when the column is there.
+    b"""DO $$ BEGIN
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_attribute
+            WHERE attrelid = 'dead_letters'::regclass AND attname = 'traceback'
+              AND NOT attisdropped
+        ) THEN
+            ALTER TABLE dead_letters ADD COLUMN traceback TEXT;
+        END IF;
+    END $$""",
     b"""CREATE TABLE IF NOT EXISTS retries (
         worker          TEXT             PRIMARY KEY,
         message_id      BIGINT           NOT NULL,
@@ -196,9 +209,10 @@ WHERE excluded.position > positions.position
 """
 
 _DEAD_LETTER_ROWS: Final = b"""
-INSERT INTO dead_letters
+INSERT INTO dead_letters (worker, message_id, command_name, error, attempts,
+                          first_failed_at, last_failed_at, traceback)
 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[],
-                     $6::float8[], $7::float8[])
+                     $6::float8[], $7::float8[], $8::text[])
 """
 
 ADD_DEAD_LETTERS: Final = (
@@ -206,7 +220,7 @@ ADD_DEAD_LETTERS: Final = (
     + b"""
 ON CONFLICT (worker, message_id) DO UPDATE SET
     error = excluded.error, attempts = dead_letters.attempts + excluded.attempts,
-    last_failed_at = excluded.last_failed_at
+    last_failed_at = excluded.last_failed_at, traceback = excluded.traceback
 """
 )
 
@@ -217,7 +231,7 @@ REPLACE_DEAD_LETTERS: Final = (
 ON CONFLICT (worker, message_id) DO UPDATE SET
     command_name = excluded.command_name, error = excluded.error,
     attempts = excluded.attempts, first_failed_at = excluded.first_failed_at,
-    last_failed_at = excluded.last_failed_at
+    last_failed_at = excluded.last_failed_at, traceback = excluded.traceback
 """
 )
 
@@ -236,8 +250,19 @@ HEAD: Final = b"SELECT coalesce(max(id), 0)::int8 FROM messages"
 
 POSITIONS: Final = b"SELECT worker, position FROM positions"
 
-DEAD_LETTERS: Final = b"""
-SELECT worker, message_id, command_name, error, attempts, first_failed_at, last_failed_at
+_SELECT_DEAD_LETTERS: Final = b"""
+SELECT worker, message_id, command_name, error, attempts, first_failed_at, last_failed_at,
+       %s
 FROM dead_letters WHERE $1::text IS NULL OR worker = $1
 ORDER BY last_failed_at, worker, message_id
+"""
+
+DEAD_LETTERS: Final = _SELECT_DEAD_LETTERS % b"traceback"
+
+# A database opened read-only cannot be given a column it is older than.
+DEAD_LETTERS_WITHOUT_TRACEBACK: Final = _SELECT_DEAD_LETTERS % b"NULL::text AS traceback"
+
+HAS_TRACEBACK: Final = b"""
+SELECT count(*)::int8 FROM pg_attribute
+WHERE attrelid = 'dead_letters'::regclass AND attname = 'traceback' AND NOT attisdropped
 """

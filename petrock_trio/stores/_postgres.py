@@ -42,6 +42,7 @@ from ._pgbinary import (
     get_bytes,
     get_float,
     get_int,
+    get_optional_text,
     get_text,
     int8,
     int8s,
@@ -95,6 +96,9 @@ class PostgresStore:
         self._rows_read = 0
         self._transactions = 0
         self._rows_appended = 0
+        # Whether dead_letters has its traceback column: known once opened to write
+        # (open adds it), looked up on first use by a read-only opening.
+        self._traceback_column: bool | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.url!r} open={self._open}>"
@@ -128,6 +132,7 @@ class PostgresStore:
                 [(sql.LOCK, [int8(self.SCHEMA_LOCK)]), *((s, ()) for s in sql.SCHEMA)],
                 prepare=False,
             )
+            self._traceback_column = True
         except BaseException:
             await self.aclose()
             raise
@@ -290,8 +295,15 @@ class PostgresStore:
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
         param: Param = (TEXT, None if worker is None else worker.encode())
-        res = await self._read((sql.DEAD_LETTERS, [param]))
-        columns = (get_text, get_int, get_text, get_text, get_int, get_float, get_float)
+        if self._traceback_column is None:
+            found = await self._read((sql.HAS_TRACEBACK, ()))
+            self._traceback_column = get_int(found, 0, 0) > 0
+        query = sql.DEAD_LETTERS if self._traceback_column else sql.DEAD_LETTERS_WITHOUT_TRACEBACK
+        res = await self._read((query, [param]))
+        columns = (
+            *(get_text, get_int, get_text, get_text, get_int, get_float, get_float),
+            get_optional_text,  # traceback: NULL in letters written before it was kept
+        )
         return [DeadLetterRecord(*row) for row in read_rows(res, columns)]
 
     def gone(self) -> str | None:

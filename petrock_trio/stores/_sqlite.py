@@ -133,6 +133,7 @@ class SQLiteStore:
             conn = self._connect()
             try:
                 conn.executescript(sql.SCHEMA)
+                sql.migrate(conn)
             except sqlite3.Error as exc:
                 conn.close()
                 raise StoreError(f"cannot create schema in {self.path!r}: {exc}") from exc
@@ -193,6 +194,7 @@ class SQLiteStore:
                                     d.attempts,
                                     d.first_failed_at,
                                     d.last_failed_at,
+                                    d.traceback,
                                 )
                                 for d in commit.dead_letters
                             ],
@@ -329,7 +331,7 @@ class SQLiteStore:
         return await self._read(run)
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
-        query = "SELECT * FROM dead_letters"
+        query = sql.DEAD_LETTERS
         args: tuple[object, ...] = ()
         if worker is not None:
             query += " WHERE worker = ?"
@@ -337,7 +339,7 @@ class SQLiteStore:
         query += " ORDER BY last_failed_at, worker, message_id"
 
         def run(conn: sqlite3.Connection) -> list[DeadLetterRecord]:
-            return [DeadLetterRecord(*r) for r in conn.execute(query, args).fetchall()]
+            return sql.dead_letter_records(conn.execute(query, args))
 
         return await self._read(run)
 

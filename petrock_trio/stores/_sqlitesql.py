@@ -1,10 +1,23 @@
-"""The SQLite store's schema and statements."""
+"""The SQLite store's schema and statements, and the migration of older databases."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Final
 
-__all__ = ["HEAD", "SCHEMA", "TAKE_LEASE", "UPSERT_DEAD_LETTER", "UPSERT_POSITION", "UPSERT_RETRY"]
+from ._base import DeadLetterRecord
+
+__all__ = [
+    "DEAD_LETTERS",
+    "HEAD",
+    "SCHEMA",
+    "TAKE_LEASE",
+    "UPSERT_DEAD_LETTER",
+    "UPSERT_POSITION",
+    "UPSERT_RETRY",
+    "dead_letter_records",
+    "migrate",
+]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -26,6 +39,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts        INTEGER NOT NULL,
     first_failed_at REAL    NOT NULL,
     last_failed_at  REAL    NOT NULL,
+    traceback       TEXT,
     PRIMARY KEY (worker, message_id)
 );
 CREATE TABLE IF NOT EXISTS retries (
@@ -50,11 +64,70 @@ WHERE excluded.position > positions.position
 """
 
 UPSERT_DEAD_LETTER: Final = """
-INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO dead_letters (
+    worker, message_id, command_name, error, attempts, first_failed_at, last_failed_at, traceback
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (worker, message_id) DO UPDATE SET
     error = excluded.error, attempts = dead_letters.attempts + excluded.attempts,
-    last_failed_at = excluded.last_failed_at
+    last_failed_at = excluded.last_failed_at, traceback = excluded.traceback
 """
+
+# Every column, read by name: a database opened read-only may be older than a column
+# (such as traceback) and cannot be given it.
+DEAD_LETTERS: Final = "SELECT * FROM dead_letters"
+
+
+def dead_letter_records(cursor: sqlite3.Cursor) -> list[DeadLetterRecord]:
+    """The records of a ``DEAD_LETTERS`` query; ``traceback`` is None where the table
+    has no such column yet."""
+    columns = [c[0] for c in cursor.description]
+    rows = [dict(zip(columns, r, strict=True)) for r in cursor.fetchall()]
+    return [
+        DeadLetterRecord(
+            worker=r["worker"],
+            message_id=r["message_id"],
+            command_name=r["command_name"],
+            error=r["error"],
+            attempts=r["attempts"],
+            first_failed_at=r["first_failed_at"],
+            last_failed_at=r["last_failed_at"],
+            traceback=r.get("traceback"),
+        )
+        for r in rows
+    ]
+
+
+# Columns added since the first schema: (table, column, its definition). A database
+# made before one was added gets it when opened; rows already there hold NULL.
+_ADDED_COLUMNS: Final = (("dead_letters", "traceback", "TEXT"),)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns an older database lacks, in one write transaction.
+
+    Looked for first without a transaction: a database that is up to date is only
+    read, so a read-only file opens. Looked for again under the write lock, since
+    another process may be migrating the same file at the same time.
+    """
+
+    def missing() -> list[tuple[str, str, str]]:
+        return [
+            added
+            for added in _ADDED_COLUMNS
+            if added[1] not in {row[1] for row in conn.execute(f"PRAGMA table_info({added[0]})")}
+        ]
+
+    if not missing():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, definition in missing():
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 HEAD: Final = "SELECT coalesce(max(id), 0) FROM messages"
