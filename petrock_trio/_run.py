@@ -21,7 +21,7 @@ from ._group import WorkerStatistics
 from ._health import HealthReport, Signals, judge
 from ._logging import get_logger
 from ._message import Page
-from ._metrics import WorkerMetrics
+from ._metrics import WorkerMetrics, lag_seconds
 from ._periodic import periodic_loop, periodic_once
 from ._redrive import RedriveRequest, redrive_loop
 from ._retry import Backoff
@@ -46,6 +46,9 @@ class WorkerRun(RunState):
     def __init__(self, decl: PatternWorker[Any], rt: Runtime, partition: int = 0) -> None:
         super().__init__(decl, rt, partition)
         self._redrives: trio.MemorySendChannel[RedriveRequest] | None = None
+        self.recorder.totals = rt.totals.of(self.name)
+        # The page it handles, or last handled: what its lag in seconds is read from.
+        self.page: Page | None = None
         decl.attach(self)
 
     def __repr__(self) -> str:
@@ -63,7 +66,9 @@ class WorkerRun(RunState):
         return position
 
     def metrics(self) -> WorkerMetrics:
-        return self.recorder.snapshot(position=self.position, head=self.rt.log.head.value)
+        position, head = self.position, self.rt.log.head.value
+        lag = lag_seconds(position, head, self.rt.clock(), self.page, self.rt.pump.recent_page)
+        return self.recorder.snapshot(position=position, head=head, lag_seconds=lag)
 
     def statistics(self) -> WorkerStatistics:
         return WorkerStatistics(
@@ -191,7 +196,7 @@ class WorkerRun(RunState):
             try:
                 # Graceful shutdown closes the feed (see stop): cheaper than a cancel
                 # scope around every wait for a page.
-                page = await feed.next_page()
+                self.page = page = await feed.next_page()
             except trio.EndOfChannel:
                 return
             async with self.lock:
@@ -214,9 +219,10 @@ class WorkerRun(RunState):
             if stopping.is_set():
                 raise Stop
             row = rows[index]
-            if partitioned:
+            if partitioned or coverage.low < row.id <= coverage.high:
+                # After a change of partitions, whether a row is done depends on its key.
                 key_hash = self.key_hash(page, index)
-                if self.owner(key_hash) != self.partition:
+                if partitioned and self.owner(key_hash) != self.partition:
                     continue
             if coverage.done(row.id, 0 if isinstance(key_hash, Exception) else key_hash):
                 if replay:
@@ -247,7 +253,7 @@ class WorkerRun(RunState):
         ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
         started = trio.current_time()
         error = await handle(self, ctx, started=started, what="replay of")
-        self.recorder.replayed += 1
+        self.recorder.replay()
         if rt.hooks:
             rt.report(Replayed(self.name, message, trio.current_time() - started, error))
 

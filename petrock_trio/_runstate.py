@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from ._errors import ConfigurationError
 from ._message import Page
 from ._metrics import MetricsRecorder
 from ._partition import Coverage, partition_name, stable_hash
@@ -44,6 +45,14 @@ class RunState:
         self.coverage = attrs.evolve(
             coverage, low=min(coverage.low, head), high=min(coverage.high, head)
         )
+        if self.coverage.low < self.coverage.high:
+            keyless = sorted(n for n in decl.routes if decl.key_of(n) is None)
+            if keyless:
+                raise ConfigurationError(
+                    f"worker {decl.name!r} was partitioned differently before: up to message "
+                    f"{self.coverage.high}, what is done depends on each message's key, so "
+                    f"{', '.join(map(repr, keyless))} needs its key= until then"
+                )
         saved = rt.saved_positions.get(self.key, 0)
         # Replayed up to here, live after: what the store says this partition has
         # handled (between low and high, Coverage.done decides message by message).
