@@ -1,6 +1,8 @@
 """petrock_trio: background workers for command-sourced applications, on Trio."""
 
 import contextlib as _contextlib
+import importlib as _importlib
+import typing as _typing
 from typing import Any as _Any
 
 from ._app import App as App
@@ -47,8 +49,6 @@ from ._events import WorkerCrashed as WorkerCrashed
 from ._health import Health as Health
 from ._health import HealthReport as HealthReport
 from ._health import HealthThresholds as HealthThresholds
-from ._http import http_app as http_app
-from ._http import serve_http as serve_http
 from ._legacy import WorkerInfo as WorkerInfo
 from ._log import MessageLog as MessageLog
 from ._logging import configure_logging as configure_logging
@@ -125,8 +125,17 @@ __all__ = [
     "serve_http",
 ]
 
+if _typing.TYPE_CHECKING:
+    from ._http import http_app as http_app
+    from ._http import serve_http as serve_http
+
+# Names loaded on first use, with the extra that installs what they need: a program
+# that only runs workers imports no HTTP server, web framework or Prometheus client.
+_LAZY = {"http_app": ("._http", "http"), "serve_http": ("._http", "http")}
+_EXTRA_MODULES = {"http": {"starlette", "hypercorn", "prometheus_client", "anyio"}}
+
 # Tracebacks and reprs name the public path, not the private module.
-for _name in __all__:
+for _name in (n for n in __all__ if n not in _LAZY):
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("petrock_trio._"):
         with _contextlib.suppress(AttributeError, TypeError):
@@ -139,4 +148,26 @@ def __getattr__(name: str) -> _Any:
         from importlib.metadata import version  # noqa: PLC0415 - only when asked
 
         return version("petrock-trio")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, extra = _LAZY[name]
+    try:
+        module = _importlib.import_module(module_name, __name__)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in _EXTRA_MODULES[extra]:
+            raise  # a bug, not an installation without the extra
+        raise ModuleNotFoundError(
+            f"petrock_trio.{name} needs the {extra!r} extra ({missing} is not installed): "
+            f"pip install 'petrock-trio[{extra}]'",
+            name=missing,
+        ) from exc
+    obj = getattr(module, name)
+    with _contextlib.suppress(AttributeError, TypeError):
+        obj.__module__ = __name__
+    globals()[name] = obj  # later look-ups find it without coming here
+    return obj
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 import trio
@@ -18,7 +20,7 @@ from ._health import Health
 from ._http import serve_http
 from ._services import ExternalService
 
-__all__ = ["SAMPLES", "run_demo"]
+__all__ = ["SAMPLES", "example", "run_demo"]
 
 SAMPLES = {
     "structured-concurrency": (
@@ -54,6 +56,21 @@ SAMPLES = {
 }
 
 
+def example() -> ModuleType:
+    """The items example feature, wherever this installation keeps it.
+
+    A wheel ships it inside the package, as ``petrock_trio.examples.items`` (a top-level
+    ``features`` would take the name of the user's own features). The source tree, and
+    so an editable install, keeps it where Petrock's layout has it: ``features/items``.
+    """
+    try:
+        return importlib.import_module("petrock_trio.examples.items")
+    except ModuleNotFoundError as exc:
+        if exc.name not in {"petrock_trio.examples", "petrock_trio.examples.items"}:
+            raise  # the example is there, but something it needs is not
+    return importlib.import_module("features.items")
+
+
 async def run_demo(
     database: str,
     timeout: float,  # noqa: ASYNC109 - how long to wait for summaries
@@ -67,22 +84,15 @@ async def run_demo(
     keep serving after the summaries until a signal stops the app. ``flaky`` makes the
     local summariser fail for that many seconds first.
     """
-    from features.items import (  # noqa: PLC0415 - the example feature is only the demo's
-        CreateItem,
-        HttpSummarizer,
-        ItemsFeature,
-        SummarizerService,
-        serve_summarizer,
-    )
-
+    items = example()
     console = make_console()
     async with trio.open_nursery() as nursery:
-        service = SummarizerService(failing=flaky > 0)
-        url = await nursery.start(serve_summarizer, service)
+        service = items.SummarizerService(failing=flaky > 0)
+        url = await nursery.start(items.serve_summarizer, service)
         if flaky > 0:
             nursery.start_soon(_recover_after, console, service, flaky)
-        feature = ItemsFeature(
-            summarizer=HttpSummarizer(url),
+        feature = items.ItemsFeature(
+            summarizer=items.HttpSummarizer(url),
             # A short cool-down, so that recovery after --flaky shows within seconds.
             service=ExternalService("summarizer", failure_threshold=3, reset_timeout=2.0),
             interval=0.2,
@@ -104,7 +114,7 @@ async def run_demo(
         created = 0
         for name, content in SAMPLES.items():
             try:
-                await app.execute(CreateItem(name, f"Sample item about {name}", content))
+                await app.execute(items.CreateItem(name, f"Sample item about {name}", content))
                 created += 1
             except ValidationError:
                 pass  # from an earlier run of the demo on the same file
