@@ -124,7 +124,9 @@ class TestCapture:
 
     async def test_capture_logs_sees_engine_and_handler_events(self) -> None:
         assert not structlog.is_configured()
-        worker = pt.PatternWorker("echo", retry=pt.Backoff(initial=0.01, max_attempts=2))
+        worker: pt.PatternWorker[None] = pt.PatternWorker(
+            "echo", retry=pt.Backoff(initial=0.01, max_attempts=2)
+        )
 
         @worker.on_command("quiet/echo")
         async def echo(ctx: pt.HandlerContext, cmd: Echo, state: None) -> None:
