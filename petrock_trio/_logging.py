@@ -4,6 +4,7 @@ fields of the code running now."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from contextvars import ContextVar
@@ -65,7 +66,8 @@ def configure_logging(
     if json is None:
         json = not stream.isatty()
     numeric = level if isinstance(level, int) else logging.getLevelNamesMapping()[level.upper()]
-    colors = stream.isatty()
+    # https://no-color.org: set and not empty turns colour off; the layout stays.
+    colors = stream.isatty() and not os.environ.get("NO_COLOR")
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if json
