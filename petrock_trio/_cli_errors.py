@@ -105,6 +105,9 @@ def run_trio(fn: Callable[..., Any], *args: Any) -> Any:
     except KeyboardInterrupt:  # before the app's own signal handling was in place
         sys.exit(130)
     except BaseException as exc:
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves(exc)):
+            # Ctrl-C while a nursery was starting up: an interrupt all the same.
+            sys.exit(130)
         refusals = [_as_refusal(leaf) for leaf in leaves(exc)]
         if not refusals or any(r is None for r in refusals):
             raise
