@@ -26,12 +26,13 @@ demo *args: setup
     {{venv}}/bin/petrock-trio demo {{args}}
 
 # Benchmarks (long; prints ratios against baselines measured in the same run; idle 5 s).
-# Append, catch-up and latency also run on a throwaway PostgreSQL server when initdb is installed.
+# Append, catch-up, latency and the partitions' CPU-bound part also run on a throwaway PostgreSQL
+# server when initdb is installed.
 bench *args: setup
     {{python}} -m pip install -q -e '.[bench]'
     pg=$({{python}} -c 'from tests.postgres_server import find_binaries as f; print("--postgres auto" if f() else "")'); \
     for b in benchmarks/bench_*.py; do \
-        case "$b" in */bench_append.py|*/bench_catchup.py|*/bench_latency.py) extra="$pg";; *) extra="";; esac; \
+        case "$b" in */bench_append.py|*/bench_catchup.py|*/bench_latency.py|*/bench_partitions.py) extra="$pg";; *) extra="";; esac; \
         {{python}} "$b" $([ "$b" = benchmarks/bench_idle.py ] && echo --duration 5) $extra {{args}} || exit 1; \
     done
 
@@ -40,7 +41,7 @@ bench-full: setup
     {{python}} -m pip install -q -e '.[bench]'
     pg=$({{python}} -c 'from tests.postgres_server import find_binaries as f; print("--postgres auto" if f() else "")'); \
     for b in benchmarks/bench_*.py; do \
-        case "$b" in */bench_append.py|*/bench_catchup.py|*/bench_latency.py) extra="$pg";; *) extra="";; esac; \
+        case "$b" in */bench_append.py|*/bench_catchup.py|*/bench_latency.py|*/bench_partitions.py) extra="$pg";; *) extra="";; esac; \
         {{python}} "$b" --save $extra || exit 1; \
     done
     {{python}} benchmarks/plots.py
