@@ -43,6 +43,9 @@ from .stores import LeaseRecord, Store
 
 __all__ = ["LeaseKeeper"]
 
+# The membership leases: one per process that serves partitioned workers.
+_MEMBER = "petrock:member:"
+
 _log = get_logger("petrock_trio")
 
 
@@ -70,7 +73,7 @@ class LeaseKeeper:
             for name, (worker, _) in wanted.items():
                 self.groups.setdefault(worker, []).append(name)
             self.groups = {w: names for w, names in self.groups.items() if len(names) > 1}
-        self.member = f"petrock:member:{self.holder}" if self.groups else None
+        self.member = f"{_MEMBER}{self.holder}" if self.groups else None
         self.wanted = frozenset(wanted) | ({self.member} if self.member else set())
         # Every lease of the log as last read (partitioned workers only): who holds what.
         self.records: list[LeaseRecord] = []
@@ -139,6 +142,12 @@ class LeaseKeeper:
             return
         self._valid_until = started + self.ttl
         self.lose([w for w, epoch in held.items() if now_held.get(w) != epoch])
+        dead = {w: e for w, e in now_held.items() if w.startswith(_MEMBER) and w != self.member}
+        if dead:
+            # Another member's lease was ours to take: that process is gone. It no longer
+            # counts as a member, so the next round's shares cover its partitions.
+            now_held = {w: e for w, e in now_held.items() if w not in dead}
+            await self._release_quietly(dead)
         gained = {w: e for w, e in now_held.items() if w not in self.held}
         if gained:
             self.held.update(gained)
@@ -149,9 +158,14 @@ class LeaseKeeper:
     def _shares(self, wanted: set[str] | frozenset[str], now: float) -> tuple[set[str], list[str]]:
         """(the leases to try to take, the held ones above this process's share)."""
         records = {r.worker: r for r in self.records}
-        members = {r.holder for r in self.records if r.expires_at > now} | {self.holder}
+        alive = [r for r in self.records if r.worker.startswith(_MEMBER) and r.expires_at > now]
+        members = {r.holder for r in alive} | {self.holder}
         grouped = {name for names in self.groups.values() for name in names}
         take = {name for name in wanted if name not in grouped}
+        # Asking for the others' membership leases takes only those of processes that are
+        # gone (PostgreSQL frees a lease whose holder's connection ended): a kill -9 is
+        # noticed at the next round instead of when its membership expires.
+        take.update(r.worker for r in alive if r.worker != self.member)
         extra: list[str] = []
         for names in self.groups.values():
             share = math.ceil(len(names) / len(members))
@@ -172,6 +186,12 @@ class LeaseKeeper:
                 others = [n for n in names if n not in self.held and n not in free]
                 take.update(random.sample(others, min(need - len(free), len(others))))
         return take, extra
+
+    async def _release_quietly(self, held: dict[str, int]) -> None:
+        try:
+            await self.store.release_leases(held)
+        except PetrockError as exc:
+            _log.warning("petrock.lease_release_failed", error_details=repr(exc))
 
     async def _hand_off(self, names: list[str]) -> None:
         """Stop these partitions here and free their leases for the other members."""

@@ -8,7 +8,7 @@ import random
 import attrs
 import pytest
 
-from tests.cluster.node import EMITTING, LEASE_TTL
+from tests.cluster.node import EMITTING, LEASE_TTL, PARTITION_NAMES
 from tests.cluster.trial import Report, fresh_log, run_trial
 from tests.postgres_server import PostgresServer
 
@@ -38,10 +38,12 @@ def test_every_command_handled_once_per_worker_across_the_cluster(trial: Trial) 
     report = trial.report
     assert report.failures == [], str(report)
     assert report.commands > 0
-    assert report.echoes == len(EMITTING) * report.commands
+    # The partitioned worker echoes every Add once too.
+    assert report.echoes == (len(EMITTING) + 1) * report.commands
     # Every worker's live handlings were counted; the struck node held some of them.
     figures = report.figures[trial.kind]
-    assert all(f.handled == report.commands for f in figures.values())
+    assert all(f.handled == report.commands for w, f in figures.items() if w not in PARTITION_NAMES)
+    assert sum(figures[p].handled for p in PARTITION_NAMES) == report.commands
     assert sum(f.failovers for f in figures.values()) > 0
     (failover,) = report.freeze_failovers if trial.freeze else report.failovers
     if trial.freeze:
@@ -57,3 +59,18 @@ def test_at_most_one_message_rehandled_per_worker_per_failover(trial: Trial) -> 
     """docs/scaling.md: side effects repeat for at most one message per worker per
     failover, for the workers that emit nothing as well as the others."""
     assert trial.report.rehandling == [], str(trial.report)
+
+
+def test_partitions_move_and_are_handled_once(trial: Trial) -> None:
+    """The struck node's partitions of the partitioned worker go to the others."""
+    moved = trial.report.partition_failovers
+    assert moved, "the struck node held partitions"
+    assert set(moved) <= set(PARTITION_NAMES)
+    for times in moved.values():
+        (failover,) = times
+        if trial.freeze:
+            # Its membership expires first; then the others' shares cover its partitions.
+            assert failover < LEASE_TTL * 3
+        else:
+            # Its membership lease is free at once (connection gone): about two rounds.
+            assert failover < LEASE_TTL

@@ -15,7 +15,8 @@ this node's own, as ``<worker> <message id> <node>``: written with one unbuffere
 ``write`` to a file opened for appending, before the handler goes on, so a kill -9
 cannot lose the record of a handling that started. The ``EMITTING`` workers echo
 every Add; the ``QUIET`` workers emit nothing, so only their positions tell the store
-how far they got.
+how far they got. The partitioned worker ``p`` echoes every Add too; each of its
+partitions records its handlings under its own name (``p#3/8``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ from tests.support import Add, Echoed
 EMITTING = tuple(f"w{i}" for i in range(6))
 QUIET = tuple(f"q{i}" for i in range(3))
 WORKERS = EMITTING + QUIET
+# A partitioned worker that echoes too: its partitions spread over the nodes and each
+# records its handlings under its own name (`p#3/8`).
+PARTITIONED = "p"
+PARTITIONS = 8
+PARTITION_NAMES = tuple(f"{PARTITIONED}#{i}/{PARTITIONS}" for i in range(PARTITIONS))
 LEASE_TTL = 2.0
 
 
@@ -63,7 +69,24 @@ def build(url: str, node: str, rng: random.Random, records: int) -> pt.App:
 
         worker.on_command("test/add", on_add)
         app.register_worker(worker)
+    app.register_worker(_partitioned(node, rng, records))
     return app
+
+
+def _partitioned(node: str, rng: random.Random, records: int) -> pt.PatternWorker[None]:
+    worker: pt.PatternWorker[None] = pt.PatternWorker(
+        PARTITIONED, partitions=PARTITIONS, key=lambda cmd: cmd.key
+    )
+
+    @worker.on_command(Add)
+    async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+        if not ctx.is_replay:
+            name = PARTITION_NAMES[ctx.partition]
+            os.write(records, f"{name} {ctx.message.id} {node}\n".encode())
+            await trio.sleep(rng.random() * 0.004)
+        ctx.emit(Echoed(ctx.message.id, PARTITIONED))
+
+    return worker
 
 
 async def main(url: str, node: str, seed: int, seconds: float, records: str) -> None:

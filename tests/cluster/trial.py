@@ -28,8 +28,12 @@ re-handling). Then the log and the nodes' records of live handlings are checked:
   (``Report.rehandling``): while the engine writes the positions of workers that emit
   nothing in groups, the quiet workers breach it by far.
 
+The partitioned worker ``p`` (8 partitions spread over the nodes) is checked the same
+way, partition by partition: each Add echoed once by ``p``, handled live by the
+partition its key hashes to, again only by a partition the struck node held.
+
 Failover time is the time from the kill (or freeze) until every lease of the struck
-node belongs to another.
+node belongs to another; it is also measured for each partition of ``p``.
 """
 
 from __future__ import annotations
@@ -50,7 +54,15 @@ from pathlib import Path
 import attrs
 import psycopg
 
-from tests.cluster.node import EMITTING, QUIET, WORKERS
+from petrock_trio._partition import stable_hash
+from tests.cluster.node import (
+    EMITTING,
+    PARTITION_NAMES,
+    PARTITIONED,
+    PARTITIONS,
+    QUIET,
+    WORKERS,
+)
 from tests.postgres_server import fresh_schema, trial_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +84,10 @@ class Figures:
 
 
 KINDS = ("kill -9", "freeze")
+# What the nodes record handlings under: the workers, and each partition of ``p``.
+RECORDED = WORKERS + PARTITION_NAMES
+# Everything that echoes each Add once.
+ECHOING = (*EMITTING, PARTITIONED)
 
 
 @attrs.define
@@ -86,10 +102,12 @@ class Report:
     # without a position in the store (at least LAG: the strike hit a bad moment).
     lags: list[int] = attrs.Factory(list)
     failures: list[str] = attrs.Factory(list)
+    # Failover time of each partition of the partitioned worker the struck node held.
+    partition_failovers: dict[str, list[float]] = attrs.Factory(dict)
     # Breaches of "at most one message re-handled per worker per failover".
     rehandling: list[str] = attrs.Factory(list)
     figures: dict[str, dict[str, Figures]] = attrs.Factory(
-        lambda: {kind: {w: Figures() for w in WORKERS} for kind in KINDS}
+        lambda: {kind: {w: Figures() for w in RECORDED} for kind in KINDS}
     )
 
     def __str__(self) -> str:
@@ -109,14 +127,23 @@ class Report:
             f"{sum(lag >= LAG for lag in self.lags)} of {len(self.lags)} strikes hit a "
             f"quiet worker with {LAG} or more messages handled and not yet positioned "
             f"(most {max(self.lags, default=0)}): {verdict}; {bound}\n{self.table()}"
+            f"\n{self.partition_table()}"
         )
+
+    def partition_table(self) -> str:
+        """Failover time of each partition of ``p``, over the strikes that moved it."""
+        lines = ["partition  failovers  failover time"]
+        for name in PARTITION_NAMES:
+            times = self.partition_failovers.get(name, [])
+            lines.append(f"{name:<10} {len(times):9}  {_spread(times)}")
+        return "\n".join(lines)
 
     def table(self) -> str:
         """Per worker and kind of strike: messages handled live, re-handled, failovers."""
         kinds = [k for k in KINDS if any(f.failovers for f in self.figures[k].values())]
         head = "".join(f"  {k + ':':<8} handled re-handled failovers" for k in kinds)
         lines = [f"worker{head}"]
-        for worker in WORKERS:
+        for worker in RECORDED:
             cells = "".join(
                 f"  {'':<8} {f.handled:7} {f.rehandled:10} {f.failovers:9}"
                 for f in (self.figures[k][worker] for k in kinds)
@@ -224,7 +251,7 @@ def _all_handled(conn: psycopg.Connection, nodes: list[_Node]) -> bool:
     log = _log(conn)
     adds = {i for i, name, _ in log if name == "test/add"}
     echoed = Counter(p["source_id"] for _, name, p in log if name == "test/echoed")
-    if not all(echoed[i] >= len(EMITTING) for i in adds):
+    if not all(echoed[i] >= len(ECHOING) for i in adds):
         return False
     handled = {run for node in nodes for run in node.handled()}
     return all((w, i) in handled for w in QUIET for i in adds)
@@ -263,7 +290,11 @@ def _strike(
             stopped_at = time.monotonic()
             time.sleep(SETTLE)
             leases = _leases(conn)
-            held = {w for w, (holder, _) in leases.items() if _pid(holder) == victim.process.pid}
+            held = {
+                w
+                for w, (holder, _) in leases.items()
+                if _pid(holder) == victim.process.pid and w in RECORDED
+            }
             lag = _lag(conn, victim, held & set(QUIET))
             if last or lag >= LAG:
                 break
@@ -299,11 +330,18 @@ def _run_trial(
             held, lag, struck_at = _strike(conn, victim, freeze=freeze)
             report.lags.append(lag)
 
+            moved: dict[str, float] = {}
+
             def taken_over() -> bool:
                 now = _leases(conn)
-                return all(_pid(now[w][0]) != victim.process.pid for w in held)
+                for w in held:
+                    if w not in moved and _pid(now[w][0]) != victim.process.pid:
+                        moved[w] = time.monotonic() - struck_at
+                return len(moved) == len(held)
 
             _wait(taken_over, 30, "the others to take the leases over")
+            for w in held & set(PARTITION_NAMES):
+                report.partition_failovers.setdefault(w, []).append(moved[w])
             (report.freeze_failovers if freeze else report.failovers).append(
                 time.monotonic() - struck_at
             )
@@ -343,11 +381,11 @@ def _check(
     nodes: list[_Node],
     strike: _Strike,
 ) -> None:
-    adds = {i for i, name, _ in log if name == "test/add"}
+    adds = {i: str(p["key"]) for i, name, p in log if name == "test/add"}
     echoes = Counter((p["key"], p["source_id"]) for _, name, p in log if name == "test/echoed")
     report.commands += len(adds)
     report.echoes += sum(echoes.values())
-    for worker in EMITTING:
+    for worker in ECHOING:
         for i in adds:
             if echoes[worker, i] != 1:
                 report.failures.append(f"Add {i} echoed {echoes[worker, i]} times by {worker}")
@@ -363,7 +401,7 @@ def _check(
 
 
 def _check_side_effects(
-    report: Report, adds: set[int], nodes: list[_Node], strike: _Strike
+    report: Report, adds: dict[int, str], nodes: list[_Node], strike: _Strike
 ) -> None:
     """Live handlings, from the nodes' records: none skipped, repeats only where the
     strike explains them."""
@@ -387,9 +425,14 @@ def _check_side_effects(
     strays = {key for key in runs if key[1] not in adds}
     if strays:
         report.failures.append(f"handlings of messages that are not Adds: {sorted(strays)[:5]}")
-    for worker in WORKERS:
+    owners = {i: PARTITION_NAMES[stable_hash(key) % PARTITIONS] for i, key in adds.items()}
+    wrong = sorted((w, i) for w, i in runs if w in PARTITION_NAMES and owners.get(i) != w)
+    if wrong:
+        report.failures.append(f"Adds handled by a partition their key is not in: {wrong[:5]}")
+    for worker in RECORDED:
         handled = {i for w, i in runs if w == worker}
-        skipped = sorted(adds - handled)
+        mine = {i for i, owner in owners.items() if owner == worker}
+        skipped = sorted((mine if worker in PARTITION_NAMES else set(adds)) - handled)
         if skipped:
             report.failures.append(
                 f"{worker} never handled {len(skipped)} Adds live: {skipped[:5]}"
@@ -418,7 +461,7 @@ def _check_rehandling(
         f"ids {ids[0]}..{ids[-1]}"
     )
     report.rehandling.append(breach)
-    if worker in EMITTING:
+    if worker in EMITTING or worker in PARTITION_NAMES:
         # Promised and kept by the workers that emit: their position lands with their
         # emits in one commit.
         report.failures.append(breach)
