@@ -137,7 +137,8 @@ class PeriodicContext:
         return self._log
 
     def emit(self, cmd: object) -> None:
-        """Append ``cmd`` when this run finishes without error (all of the run's emits together)."""
+        """Append ``cmd`` when this run ends, with the run's other emits (also when the
+        run fails or times out afterwards: what was emitted is a result it has)."""
         self.emitted.append(self._rt.encode_valid(cmd))
         if _needs_validation(cmd):
             self.to_validate.append(cmd)

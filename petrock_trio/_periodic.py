@@ -1,7 +1,10 @@
 """Periodic work: one loop per worker run, each run under its own deadline.
 
 A run's emits commit after the run returns, outside its deadline: a slow commit is
-not a timed-out run, and a run that timed out or failed commits nothing.
+not a timed-out run. A run that fails or is cut off by its deadline still commits what
+it emitted before: each emit is a result the run already has (a summary paid for, a
+report computed), and a periodic run is not retried with the same inputs, so throwing
+them away would only make the next run do that work again.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ async def periodic_loop(run: RunState, periodic: Periodic) -> None:
         started = trio.current_time()
         unavailable = [s.name for s in run.decl.services if not s.available]
         if unavailable:
-            run.recorder.periodic_skipped += 1
+            run.recorder.periodic_skip()
             run.rt.report(PeriodicSkipped(run.name, tuple(unavailable)))
         else:
             run.periodic_runs += 1
@@ -64,18 +67,17 @@ async def periodic_once(run: RunState, periodic: Periodic, number: int) -> None:
         command_type="periodic",
     )
     timed_out = isinstance(error, HandlerTimeout)
-    if error is None and ctx.emitted:
+    if ctx.emitted:
         try:
             await rt.commit_validated(run.key, ctx.to_validate, encoded=ctx.emitted)
         except LeaseLost:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed commit fails the run
-            error = exc
+            error = error or exc
     now = trio.current_time()
-    run.recorder.periodic_runs += 1
+    run.recorder.periodic_run(now - started, error)
     if error is None:
         rt.report(PeriodicCompleted(run.name, number, now - started, tuple(ctx.emitted)))
         return
-    run.recorder.periodic_failures += 1
     run.recorder.failure(now, repr(error), timeout=timed_out)
     rt.report(PeriodicFailed(run.name, number, now - started, error, timed_out))

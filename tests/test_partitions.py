@@ -378,3 +378,35 @@ class TestUnevenPositions:
         app = app_with(db, worker)
         with pytest.raises(pt.ConfigurationError, match="needs its key="):
             await pt.serve(app, handle_signals=False)
+
+
+class TestPeriodicEmitsBeforeTheCut:
+    """A periodic run that fails or times out still commits what it emitted."""
+
+    @pytest.mark.parametrize("ending", ["timeout", "error"])
+    async def test_emits_land(self, autojump_clock: Any, ending: str) -> None:
+        worker: pt.PatternWorker[None] = pt.PatternWorker("batch", periodic_timeout=5.0)
+        runs = 0
+
+        async def work(ctx: pt.PeriodicContext, state: None) -> None:
+            nonlocal runs
+            runs += 1
+            if runs > 1:
+                return
+            ctx.emit(Note("first"))
+            ctx.emit(Note("second"))
+            if ending == "error":
+                raise RuntimeError("after two results")
+            await trio.sleep(60)  # cut off by the 5 s timeout
+
+        worker.set_periodic_work(work, interval=100.0)
+        failures: list[pt.Event] = []
+        app = app_with(":memory:", worker)
+        app.hooks.append(failures.append)
+        async with serving(app):
+            await trio.sleep(10)
+            await app.caught_up()
+            rows = await app.log.read_after(0, 100)
+        assert [m.command.text for m in rows if m.name == "test/note"] == ["first", "second"]
+        (failed,) = [e for e in failures if isinstance(e, pt.PeriodicFailed)]
+        assert failed.timed_out is (ending == "timeout")
