@@ -21,6 +21,8 @@ from ._message import Message
 from ._projection import Applier, Projection
 from ._run import WorkerRun
 from ._runtime import Run, Runtime
+from ._services import check_service_names, service_report
+from ._totals import Totals
 from ._worker import PatternWorker
 from .stores import DeadLetterRecord, Store
 
@@ -165,6 +167,7 @@ class App:
         self._command_state: dict[str, Any] = {}
         self._rt: Runtime | None = None
         self._validate_lock = trio.Lock()
+        self.totals = Totals()  # what /metrics counts, since the process started
 
     def __repr__(self) -> str:
         status = "serving" if self.running else "stopped"
@@ -214,6 +217,7 @@ class App:
             )
         if runner.name in self.workers:
             raise ConfigurationError(f"a worker named {runner.name!r} is already registered")
+        check_service_names(self.workers.values(), runner)
         if isinstance(runner, PatternWorker):
             runner.freeze()
         self.workers[runner.name] = runner
@@ -235,6 +239,7 @@ class App:
             "state_for": self.state_for,
             "validate_lock": self._validate_lock,
             "hooks": self.hooks,
+            "totals": self.totals,
         }
 
     def run_names(self) -> dict[str, tuple[str, int]]:
@@ -397,6 +402,7 @@ class App:
                 rt.log.store_health.to_dict(**self._store_thresholds()) if rt is not None else None
             ),
             "workers": workers,
+            "services": service_report(self.workers.values(), self.clock()),
             "health": self.health().to_dict(),
         }
 

@@ -14,7 +14,7 @@ import trio
 
 from ._health import HealthReport, HealthThresholds, Signals, judge
 from ._logging import get_logger
-from ._metrics import MetricsRecorder, WorkerMetrics
+from ._metrics import MetricsRecorder, WorkerMetrics, lag_seconds
 from ._runtime import Runtime
 
 __all__ = ["LegacyRunner", "OldStyle", "WorkerInfo"]
@@ -73,8 +73,13 @@ class LegacyRunner:
         return int(getattr(self.worker, "last_processed_id", 0))
 
     def metrics(self) -> WorkerMetrics:
-        head = self._rt.log.head.value if self._rt is not None else self.position
-        return self._metrics.snapshot(position=self.position, head=head)
+        rt, position = self._rt, self.position
+        if rt is None:
+            return self._metrics.snapshot(position=position, head=position)
+        head = rt.log.head.value
+        # It reads the log itself: only the pump's recent pages can date its lag.
+        lag = lag_seconds(position, head, rt.clock(), None, rt.pump.recent_page)
+        return self._metrics.snapshot(position=position, head=head, lag_seconds=lag)
 
     def health(self) -> HealthReport:
         errors = self._metrics.rates(trio.current_time())[1] if self._rt is not None else 0.0
@@ -89,7 +94,7 @@ class LegacyRunner:
     def prepare(self, rt: Runtime) -> LegacyRunner:
         """Ready for one serving; the runner is its own run."""
         self._rt = rt
-        self._metrics = MetricsRecorder()
+        self._metrics = MetricsRecorder(totals=rt.totals.of(self.name))
         self._metrics.started_at = trio.current_time()
         return self
 
@@ -150,11 +155,10 @@ class LegacyRunner:
         now = trio.current_time()
         if scope.cancelled_caught:
             error = TimeoutError(f"work() took longer than {self.timeout:g} s")
-        self._metrics.periodic_runs += 1
+        self._metrics.periodic_run(now - started, error)
         if error is None:
             self._metrics.handled(now, now - started)
             return
-        self._metrics.periodic_failures += 1
         self._metrics.failure(now, repr(error))
         # work() is the old-style worker's periodic work: logged as periodic work is.
         _log.error(

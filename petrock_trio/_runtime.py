@@ -77,6 +77,10 @@ class Runtime:
     # The app's counters since the process started, which every run adds to.
     totals: Totals = attrs.Factory(Totals)
 
+    def __attrs_post_init__(self) -> None:
+        # Metrics count the dead letters still in the store from the set kept here.
+        self.totals.dead_letter_ids = self.dead_letter_ids
+
     async def wait_applied(self, message_id: int) -> None:
         """Wait until the state projection has applied ``message_id``.
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -13,7 +14,13 @@ import trio
 from ._errors import ConfigurationError, ServiceUnavailable
 from ._logging import get_logger, work_fields
 
-__all__ = ["Circuit", "ExternalService", "ServiceStatistics"]
+__all__ = [
+    "Circuit",
+    "ExternalService",
+    "ServiceStatistics",
+    "check_service_names",
+    "service_report",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -45,6 +52,9 @@ class ServiceStatistics:
     consecutive_failures: int
     opened: int
     retry_after: float | None
+    # Calls that returned (late ones included); seconds since the circuit last opened.
+    succeeded: int = 0
+    last_opened_ago: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         data = attrs.asdict(self)
@@ -91,6 +101,8 @@ class ExternalService:
         self._failed = 0
         self._rejected = 0
         self._opened = 0
+        self._succeeded = 0
+        self._last_opened: float | None = None  # kept when the circuit closes
 
     def __repr__(self) -> str:
         return (
@@ -171,13 +183,14 @@ class ExternalService:
                 **work_fields(),
                 exc_info=exc,
             )
-            self._opened_at = trio.current_time()
+            self._opened_at = self._last_opened = trio.current_time()
         # (A call from before the opening that fails late leaves the circuit as it is.)
         if self._opened_at is not None:
             # Workers that declare this service wait for it instead of spending attempts.
             _mark(exc, self)
 
     def _record_success(self, *, probe: bool) -> None:
+        self._succeeded += 1
         if self._opened_at is not None and not probe:
             # A call from before the circuit opened succeeded late: only a probe closes it.
             return
@@ -200,4 +213,51 @@ class ExternalService:
             consecutive_failures=self._consecutive,
             opened=self._opened,
             retry_after=self.retry_after(),
+            succeeded=self._succeeded,
+            last_opened_ago=(
+                None if self._last_opened is None else trio.current_time() - self._last_opened
+            ),
         )
+
+
+# --- the services an app's workers declare -------------------------------------------------
+
+
+def _declared(worker: object) -> tuple[ExternalService, ...]:
+    return tuple(getattr(worker, "services", ()))  # old-style workers declare none
+
+
+def check_service_names(registered: Iterable[object], worker: object) -> None:
+    """Refuse ``worker`` if one of its services has the name of a different service that
+    a registered worker declares: reports, logs and metrics know services by name."""
+    known = {s.name: s for w in registered for s in _declared(w)}
+    for service in _declared(worker):
+        if known.get(service.name, service) is not service:
+            raise ConfigurationError(
+                f"worker {getattr(worker, 'name', worker)!r} declares a service named "
+                f"{service.name!r}, and another worker a different service of that name: "
+                "share one ExternalService object, or give them different names"
+            )
+
+
+def service_report(workers: Iterable[object], wall: float) -> dict[str, dict[str, Any]]:
+    """The circuit of every service that ``workers`` declare, by name: its statistics,
+    when it last opened (``last_opened_at``, ISO 8601; ``wall`` is the wall time now)
+    and the workers that declare it. Empty outside Trio, whose clock judges circuits."""
+    if not trio.lowlevel.in_trio_run():
+        return {}
+    report: dict[str, dict[str, Any]] = {}
+    for worker in workers:
+        for service in _declared(worker):
+            entry = report.get(service.name)
+            if entry is None:
+                stats = service.statistics()
+                ago = stats.last_opened_ago
+                opened = None if ago is None else datetime.fromtimestamp(wall - ago, UTC)
+                entry = report[service.name] = {
+                    **stats.to_dict(),
+                    "last_opened_at": None if opened is None else opened.isoformat(),
+                    "workers": [],
+                }
+            entry["workers"].append(getattr(worker, "name", ""))
+    return report

@@ -51,7 +51,7 @@ async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False
             error = await attempt(run, message, number, started=started, redrive=redrive)
             now = trio.current_time()
             if error is None:
-                run.recorder.handled(now, now - started)
+                run.recorder.handled(now, now - started, message.name)
                 return
             first_failed_at = first_failed_at or rt.clock()
             decision = _decide(run, message, error, number)
@@ -67,7 +67,7 @@ async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False
                 )
                 return
             run.retrying = (row.id, number)
-            run.recorder.retried += 1
+            run.recorder.retry(message.name)
             if isinstance(decision, RetryAt):
                 number += 1
             wait = decision.delay
@@ -103,6 +103,7 @@ def _report_failure(  # noqa: PLR0917 - a private helper of settle
     duration: float,
     decision: Decision,
 ) -> None:
+    run.recorder.failed_attempt(message.name, duration, error)
     timed_out = isinstance(error, HandlerTimeout)
     waiting = isinstance(decision, WaitForService)
     if not isinstance(error, ServiceUnavailable):
@@ -203,5 +204,5 @@ async def dead_letter(
     rt.flusher.committed(name, row.id)
     run.feed.advance(row.id)
     rt.dead_letter_ids.setdefault(name, set()).add(row.id)
-    run.recorder.dead_letter(trio.current_time())
+    run.recorder.dead_letter(trio.current_time(), row.name)
     rt.report(DeadLettered(name, row.id, row.name, attempts, error, duration))
