@@ -113,6 +113,15 @@ _SYNC_METHODS = frozenset({*_LEVEL_METHODS, "msg", "log"})
 _ASYNC_METHODS = frozenset(f"a{name}" for name in _SYNC_METHODS)
 # Per wrapper class: the least level it writes (filtering wrappers know theirs).
 _least_levels: dict[type[Any], int] = {}
+# The hot path asks for the configured wrapper class once per handled message, and
+# structlog.get_config() copies the whole configuration to answer: read the one field
+# where structlog keeps it, and fall back on get_config() should that ever move.
+_CONFIG = getattr(structlog._config, "_CONFIG", None)  # noqa: SLF001
+
+
+def _wrapper_class() -> Any:
+    wrapper = getattr(_CONFIG, "default_wrapper_class", None)
+    return wrapper if wrapper is not None else structlog.get_config()["wrapper_class"]
 
 
 def _drop(*_: Any, **__: Any) -> None:
@@ -163,7 +172,7 @@ class EngineLogger:
         """Whether a line at ``level`` would be written: the hot path asks before building one."""
         if not structlog.is_configured():
             return False
-        wrapper = structlog.get_config()["wrapper_class"]
+        wrapper = _wrapper_class()
         least = _least_levels.get(wrapper)
         if least is None:
             check = getattr(structlog.get_logger(self._name).bind(), "get_effective_level", None)

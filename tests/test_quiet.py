@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,7 @@ import structlog.testing
 import trio
 
 import petrock_trio as pt
+from petrock_trio._logging import get_logger
 
 # A program that embeds the engine: serve, execute, a handler that fails once and is
 # retried, ctx.log in the handler, then a graceful stop. What it saw goes to a file,
@@ -151,3 +154,39 @@ class TestCapture:
         assert [e["attempt"] for e in handled] == [1, 2]
         # capture_logs reports levels; the debug line of a handled message is there too.
         assert ("petrock.handler.complete", "echo") in events
+
+
+class TestEngineLogger:
+    """The engine's loggers follow structlog's configuration as it is at each call."""
+
+    def test_silent_until_configured_then_written(self) -> None:
+        log = get_logger("petrock_trio.test").bind(worker_name="w")
+        out = io.StringIO()
+        log.info("before")  # structlog's defaults would print this to stdout
+        assert not log.is_enabled_for(logging.ERROR)
+        pt.configure_logging(level="info", json=True, stream=out)
+        log.info("after", n=1)
+        (line,) = [json.loads(x) for x in out.getvalue().splitlines()]
+        assert (line["event"], line["worker_name"], line["n"]) == ("after", "w", 1)
+
+    def test_levels_follow_a_new_configuration(self) -> None:
+        log = get_logger("petrock_trio.test")
+        pt.configure_logging(level="warning", stream=io.StringIO())
+        assert (log.is_enabled_for(logging.DEBUG), log.is_enabled_for(logging.WARNING)) == (
+            False,
+            True,
+        )
+        pt.configure_logging(level="debug", stream=io.StringIO())
+        assert log.is_enabled_for(logging.DEBUG)
+
+    def test_bind_and_unbind_keep_structlogs_rules(self) -> None:
+        log = get_logger("petrock_trio.test", a=1).bind(b=2)
+        with structlog.testing.capture_logs() as logs:
+            log.unbind("a").info("one")
+            log.try_unbind("missing").new(c=3).info("two")
+        assert [(e["event"], e.get("a"), e.get("b"), e.get("c")) for e in logs] == [
+            ("one", None, 2, None),
+            ("two", None, None, 3),
+        ]
+        with pytest.raises(KeyError):
+            log.unbind("missing")
