@@ -8,7 +8,7 @@ health the worst, its counters the sums. Partitions served by another process
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -16,7 +16,9 @@ from ._errors import NotRunning
 from ._health import Health, HealthReport
 from ._metrics import MetricsRecorder, WorkerMetrics
 
-__all__ = ["RunGroup", "RunView", "WorkerStatistics"]
+__all__ = ["RunGroup", "RunView", "Shown", "WorkerStatistics"]
+
+S = TypeVar("S")
 
 
 @attrs.frozen
@@ -179,3 +181,69 @@ class RunGroup:
                 f"partition {owner} of worker {self.name!r} is served by another process"
             )
         await run.redrive(message_id)
+
+
+class Shown(Generic[S]):
+    """What a worker's declaration shows of its current runs (a base of PatternWorker:
+    the declaration itself stays about routes and options)."""
+
+    name: str
+    partitions: int
+    periodic: object | None
+    _state: S
+    _current: RunGroup
+
+    def attach(self, run: RunView) -> None:
+        """Show ``run`` as (a partition of) this worker's current run (called by the run)."""
+        self._current.attach(run)
+        if self.partitions == 1:
+            self._state = run.state
+
+    def detach(self, run: RunView) -> None:
+        self._current.detach(run)
+
+    @property
+    def state(self) -> S:
+        """The current run's state (between runs, the last run's); for a partitioned
+        worker, the states of the partitions served here, by partition."""
+        if self.partitions == 1 and not self._current.runs:
+            return self._state
+        state: S = self._current.state
+        return state
+
+    def partition_states(self) -> dict[int, S]:
+        """The state of each partition served here (``{0: state}`` when unpartitioned)."""
+        if self.partitions == 1:
+            return {0: self.state}
+        return {i: run.state for i, run in sorted(self._current.runs.items())}
+
+    @property
+    def position(self) -> int:
+        return self._current.position
+
+    def metrics(self) -> WorkerMetrics:
+        return self._current.metrics()
+
+    def statistics(self) -> WorkerStatistics:
+        return self._current.statistics()
+
+    def health(self) -> HealthReport:
+        return self._current.health()
+
+    def replay_progress(self) -> tuple[int, int]:
+        """(replayed up to, the position replay goes to) of the current run."""
+        return self._current.replay_progress()
+
+    def partition_details(self) -> list[dict[str, Any]]:
+        """Each partition served here: position, lag, health."""
+        return self._current.partitions()
+
+    async def run_periodic_now(self) -> None:
+        """Run the periodic work once, now, as the engine would (tests, operators)."""
+        if self.periodic is None:
+            raise NotRunning(f"worker {self.name!r} has no periodic work")
+        await self._current.run_periodic_now()
+
+    async def redrive(self, message_id: int) -> None:
+        """Handle a dead-lettered message again, live; returns when it is done."""
+        await self._current.redrive(message_id)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import copy
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import attrs
 
 from ._commands import command_name
 from ._context import HandlerContext, PeriodicContext
-from ._errors import ConfigurationError, NotRunning
-from ._group import RunGroup, RunView, WorkerStatistics
-from ._health import HealthReport, HealthThresholds
-from ._metrics import WorkerMetrics
+from ._errors import ConfigurationError
+from ._group import RunGroup, RunView, Shown, WorkerStatistics
+from ._health import HealthThresholds
 from ._partition import KeyFn, check_worker_name, partition_name
 from ._retry import Backoff
 from ._services import ExternalService
@@ -58,7 +57,7 @@ class Periodic:
     timeout: float | None
 
 
-class PatternWorker(Generic[S]):
+class PatternWorker(Shown[S]):
     """A background worker declared by command patterns.
 
     Handlers are ``async def handler(ctx, cmd, state)``; periodic work is
@@ -264,53 +263,6 @@ class PatternWorker(Generic[S]):
     def _restore(self, route: Route) -> None:
         self._routes[route.name] = route
 
-    # --- observation: the current run's ------------------------------------------------
-
-    def attach(self, run: RunView) -> None:
-        """Show ``run`` as (a partition of) this worker's current run (called by the run)."""
-        self._current.attach(run)
-        if self.partitions == 1:
-            self._state = run.state
-
-    def detach(self, run: RunView) -> None:
-        self._current.detach(run)
-
-    @property
-    def state(self) -> S:
-        """The current run's state (between runs, the last run's); for a partitioned
-        worker, the states of the partitions served here, by partition."""
-        if self.partitions == 1 and not self._current.runs:
-            return self._state
-        state: S = self._current.state
-        return state
-
-    def partition_states(self) -> dict[int, S]:
-        """The state of each partition served here (``{0: state}`` when unpartitioned)."""
-        if self.partitions == 1:
-            return {0: self.state}
-        return {i: run.state for i, run in sorted(self._current.runs.items())}
-
-    @property
-    def position(self) -> int:
-        return self._current.position
-
-    def metrics(self) -> WorkerMetrics:
-        return self._current.metrics()
-
-    def statistics(self) -> WorkerStatistics:
-        return self._current.statistics()
-
-    def health(self) -> HealthReport:
-        return self._current.health()
-
-    def replay_progress(self) -> tuple[int, int]:
-        """(replayed up to, the position replay goes to) of the current run."""
-        return self._current.replay_progress()
-
-    def partition_details(self) -> list[dict[str, Any]]:
-        """Each partition served here: position, lag, health."""
-        return self._current.partitions()
-
     def info(self) -> dict[str, Any]:
         return {
             "kind": "pattern",
@@ -320,13 +272,3 @@ class PatternWorker(Generic[S]):
             "services": [s.name for s in self.services],
             "partition_count": self.partitions,
         }
-
-    async def run_periodic_now(self) -> None:
-        """Run the periodic work once, now, as the engine would (tests, operators)."""
-        if self.periodic is None:
-            raise NotRunning(f"worker {self.name!r} has no periodic work")
-        await self._current.run_periodic_now()
-
-    async def redrive(self, message_id: int) -> None:
-        """Handle a dead-lettered message again, live; returns when it is done."""
-        await self._current.redrive(message_id)
