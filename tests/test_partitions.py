@@ -410,3 +410,22 @@ class TestPeriodicEmitsBeforeTheCut:
         assert [m.command.text for m in rows if m.name == "test/note"] == ["first", "second"]
         (failed,) = [e for e in failures if isinstance(e, pt.PeriodicFailed)]
         assert failed.timed_out is (ending == "timeout")
+
+
+async def test_the_command_line_shows_each_partition(autojump_clock: Any) -> None:
+    from rich.console import Console  # noqa: PLC0415
+
+    from petrock_trio._cli_read import _live_tables  # noqa: PLC0415
+
+    app = app_with(":memory:", partitioned(Seen(), 2))
+    async with serving(app):
+        await app.execute(Add("a"))
+        await app.caught_up()
+        report = app.inspect()
+    console = Console(width=200, record=True)
+    for table in _live_tables(report, []):
+        console.print(table)
+    text = console.export_text()
+    assert "totals: 2 partitions" in text
+    assert "totals#0/2" in text
+    assert "totals#1/2" in text
