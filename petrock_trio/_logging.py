@@ -44,6 +44,14 @@ def _dumps(data: Any, **_: Any) -> str:
     return orjson.dumps(data, default=repr).decode()
 
 
+def _console_tracebacks(*, colors: bool) -> structlog.typing.ExceptionRenderer:
+    """rich's rendering where rich is installed (the `cli` extra). structlog's rich
+    formatter fails on the first traceback without it, so the engine alone gets plain text."""
+    if getattr(structlog.dev, "rich", None) is None:
+        return structlog.dev.plain_traceback
+    return RichTracebackFormatter(color_system="truecolor" if colors else None, show_locals=False)
+
+
 def configure_logging(
     *,
     level: str | int = "info",
@@ -59,8 +67,9 @@ def configure_logging(
     ``worker_name``, ``command_type`` and, where they apply, ``message_id``,
     ``execution_time`` (ms) and ``error_details``. A failure's line carries its
     traceback: in JSON as a structured ``exception`` field (structlog's
-    ``dict_tracebacks``), on the console rendered by rich. Neither shows the frames'
-    local variables: they hold payloads and secrets, and would swamp the line.
+    ``dict_tracebacks``), on the console rendered by rich (plain text without it).
+    Neither shows the frames' local variables: they hold payloads and secrets, and
+    would swamp the line.
     """
     stream = stream or sys.stderr
     if json is None:
@@ -73,9 +82,7 @@ def configure_logging(
         if json
         else structlog.dev.ConsoleRenderer(
             colors=colors,
-            exception_formatter=RichTracebackFormatter(
-                color_system="truecolor" if colors else None, show_locals=False
-            ),
+            exception_formatter=_console_tracebacks(colors=colors),
         )
     )
     tracebacks: list[structlog.typing.Processor] = [structlog.processors.StackInfoRenderer()]

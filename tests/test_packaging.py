@@ -171,6 +171,29 @@ class TestImportCost:
             "pip install 'petrock-trio[cli]'\n"
         )
 
+    def test_console_logs_render_tracebacks_without_rich(self) -> None:
+        """structlog's rich traceback formatter fails without rich: plain text instead."""
+        done = python(
+            """
+            import io, sys
+            sys.modules["rich"] = None  # as in a base install
+            import structlog
+            import petrock_trio as pt
+
+            out = io.StringIO()
+            pt.configure_logging(json=False, stream=out)
+            try:
+                raise ValueError("the failure")
+            except ValueError:
+                structlog.get_logger().exception("petrock.test")
+            print(out.getvalue())
+            """
+        )
+        assert done.returncode == 0, done.stderr
+        assert "petrock.test" in done.stdout
+        assert "Traceback (most recent call last)" in done.stdout
+        assert "ValueError: the failure" in done.stdout
+
     def test_a_bug_is_not_taken_for_a_missing_extra(self) -> None:
         done = python(
             """
