@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,6 +32,9 @@ from ._http_api import EXCEPTION_HANDLERS, MAX_MESSAGES, Api
 from ._http_guard import AllowedHosts, HostGuard, bound_hosts, check_exposure, warn_exposure
 from ._http_rows import LISTED_PAYLOAD_BYTES, MAX_PAGE_BYTES
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 __all__ = ["LISTED_PAYLOAD_BYTES", "MAX_MESSAGES", "MAX_PAGE_BYTES", "http_app", "serve_http"]
 
 
@@ -41,6 +45,7 @@ def http_app(
     max_body_bytes: int | None = None,
     allowed_hosts: Iterable[str] = (),
     max_page_bytes: int = MAX_PAGE_BYTES,
+    registry: CollectorRegistry | None = None,
 ) -> Starlette:
     """The ASGI application serving ``app``'s HTTP API and dashboard.
 
@@ -49,7 +54,13 @@ def http_app(
     defaults to the app's ``max_payload_bytes``. ``allowed_hosts`` names the hosts
     requests may be addressed to besides loopback's (``localhost``, ``127.0.0.1``,
     ``[::1]``, any port): ``name``, ``name:port``, an address, or ``"*"`` for any.
-    ``max_page_bytes`` bounds one page of ``GET /messages``.
+    ``max_page_bytes`` bounds one page of ``GET /messages``. ``registry`` (a
+    prometheus_client ``CollectorRegistry``) is what ``GET /metrics`` serves, with the
+    app's metrics added to it (:class:`ConfigurationError` if it has an app's already):
+    pass one that holds the application's own metrics and, say, a
+    ``ProcessCollector``; by default the app gets a registry of its own (with
+    the ``process_*`` and ``python_*`` series). ``GET /metrics`` answers OpenMetrics
+    when the scraper's ``Accept`` asks for it, Prometheus text otherwise.
 
     Status codes: 201 for an appended command; 400 for a body that is not JSON, a
     payload of the wrong shape or types, an unknown command or bad query parameters
@@ -70,7 +81,7 @@ def http_app(
     if isinstance(allowed_hosts, str):
         raise ConfigurationError("allowed_hosts is a list of names, not one string")
     hosts = AllowedHosts(allowed_hosts)
-    api = Api(app, token, limit, hosts=hosts, page_bytes=max_page_bytes)
+    api = Api(app, token, limit, hosts=hosts, page_bytes=max_page_bytes, registry=registry)
     return Starlette(
         routes=[
             Route("/", api.dashboard, methods=["GET"]),

@@ -13,7 +13,6 @@ from importlib import resources
 from typing import Any, Final
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -31,7 +30,7 @@ from ._errors import (
 )
 from ._health import Health
 from ._http_guard import AllowedHosts
-from ._http_metrics import AppCollector
+from ._http_metrics import CollectorRegistry, app_registry, exposition
 from ._http_rows import LISTED_PAYLOAD_BYTES, Listing, describe_letter, letter_rows
 from ._logging import get_logger
 
@@ -207,14 +206,14 @@ class Api:
         *,
         hosts: AllowedHosts,
         page_bytes: int,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.app = app
         self.body_limit = body_limit
         self.hosts = hosts
         self.page_bytes = page_bytes
         self._expected = f"Bearer {token}".encode() if token is not None else None
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(AppCollector(app))
+        self._registry = app_registry(app, registry)
         self._page = _dashboard_html()
 
     def guard(self, request: Request) -> None:
@@ -270,9 +269,9 @@ class Api:
         report = self.app.health()
         return _JSON(report.to_dict(), 503 if report.status is Health.UNHEALTHY else 200)
 
-    async def metrics(self, _: Request) -> Response:
-        text = generate_latest(self._registry)
-        return Response(text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(self, request: Request) -> Response:
+        body, content_type = exposition(self._registry, request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     async def messages(self, request: Request) -> Response:
         """A page of messages: after ``after`` in id order, or the newest without it.

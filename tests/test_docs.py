@@ -1042,6 +1042,12 @@ def command_lines(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def _prometheus_series() -> list[str]:
+    from petrock_trio._http_metrics import family_names  # noqa: PLC0415 - loads prometheus_client
+
+    return list(family_names())
+
+
 class Names:
     """What the code defines, gathered once."""
 
@@ -1051,6 +1057,7 @@ class Names:
         self.inspect = inspect_keys()
         self.api = api_names()
         self.metrics = {f.name for f in attrs.fields(pt.WorkerMetrics)}
+        self.series = set(_prometheus_series())
         self.worker_statistics = {f.name for f in attrs.fields(pt.WorkerStatistics)}
         self.service_statistics = {f.name for f in attrs.fields(pt.ServiceStatistics)}
         self.options = all_options()
@@ -1062,6 +1069,8 @@ class Names:
         span = span.strip()
         if span.startswith("petrock-trio"):
             return check_command_line(span)
+        if span in self.series:
+            return []  # a series of /metrics
         if re.fullmatch(r"petrock\.[a-z_.]+", span):
             return [] if span in self.events else [f"no log event {span!r} in the code"]
         if re.fullmatch(r"--[a-z-]+", span):
