@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -290,32 +287,3 @@ class TestPlugin:
         ) as h:
             await h.send(Add("a"))
             assert h.state.totals == {"a": 1}
-
-
-def test_docs_example_runs(tmp_path: Path) -> None:
-    """The testing guide's example is a complete test file; run it as a user would."""
-    guide = (ROOT / "docs" / "testing.md").read_text()
-    (code,) = re.findall(r"```python test_greeter.py\n(.*?)```", guide, flags=re.DOTALL)
-    assert len([line for line in code.splitlines() if line.strip()]) < 20  # lines of code
-    test_file = tmp_path / "test_greeter.py"
-    test_file.write_text(code)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-o",
-            "trio_mode=true",
-            str(test_file),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
