@@ -64,7 +64,9 @@ class RunView(Protocol):
 # Merging partitions' metrics: the lowest position, the largest lag and handler
 # times (the slowest partition is what an operator looks for), the sum of the rest.
 _LOWEST = frozenset({"position"})
-_LARGEST = frozenset({"lag", "handler_time_avg", "handler_time_p50", "handler_time_p95"})
+_LARGEST = frozenset(
+    {"lag", "lag_seconds", "handler_time_avg", "handler_time_p50", "handler_time_p95"}
+)
 
 
 def merge_metrics(snapshots: list[WorkerMetrics]) -> WorkerMetrics:
@@ -76,7 +78,9 @@ def merge_metrics(snapshots: list[WorkerMetrics]) -> WorkerMetrics:
         if field.name in _LOWEST:
             merged[field.name] = min(values)
         elif field.name in _LARGEST:
-            merged[field.name] = max(values)
+            # A lag in seconds no page holds (None) leaves the known ones to decide.
+            known = [v for v in values if v is not None]
+            merged[field.name] = max(known) if known else None
         elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             merged[field.name] = sum(values)
         else:

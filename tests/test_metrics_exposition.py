@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import petrock_trio as pt
 from petrock_trio._cli import main as cli
 from petrock_trio._http_metrics import FAMILIES, family_names
+from petrock_trio._partition import stable_hash
 from petrock_trio._totals import DURATION_BUCKETS
 from petrock_trio.testing import serving
 from tests.support import Add, make_app
@@ -585,3 +586,34 @@ class TestPromtool:
         returncode, output = await promtool(bad)
         assert returncode != 0
         assert "quantile" in output
+
+
+class TestPartitions:
+    """A partitioned worker shows one lag in seconds: its oldest message's, not a sum."""
+
+    async def test_lag_seconds_is_the_oldest_partitions(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        worker: pt.PatternWorker[None] = pt.PatternWorker(
+            "split", partitions=2, key=lambda cmd: int(cmd.seconds)
+        )
+
+        @worker.on_command("metrics-test/sleep")
+        async def on_sleep(ctx: pt.HandlerContext, cmd: Sleep, state: None) -> None:
+            await trio.sleep(cmd.seconds)
+
+        app = sleeper_app(worker)
+        async with serving(app):
+            # Two keys that land in different partitions, each holding its message.
+            first = next(k for k in range(10, 20) if stable_hash(k) % 2 == 0)
+            second = next(k for k in range(10, 20) if stable_hash(k) % 2 == 1)
+            await app.execute(Sleep(first))
+            await trio.sleep(1)
+            await app.execute(Sleep(second))
+            await trio.sleep(2)
+            metrics = worker.metrics()
+            samples = parse((await scrape(pt.http_app(app))).text)
+        assert metrics.lag_seconds == pytest.approx(3.0, abs=1e-6)
+        assert value(samples, "petrock_worker_lag_seconds", worker="split") == pytest.approx(
+            3.0, abs=1e-6
+        )
