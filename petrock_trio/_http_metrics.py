@@ -13,6 +13,7 @@ there too (through that endpoint).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ from prometheus_client.process_collector import ProcessCollector
 from ._app import App
 from ._errors import ConfigurationError
 from ._health import Health
+from ._partition import split_name
 from ._services import Circuit
 from ._totals import DURATION_BUCKETS, SKIPPED, SUCCESS, CommandCounts, Histogram, WorkerCounts
 
@@ -90,7 +92,10 @@ OUTSTANDING: Final = _Family(
     _G, "petrock_dead_letters_outstanding", "Dead letters not resolved (in the store)", _W
 )
 LEASE: Final = _Family(
-    _G, "petrock_worker_lease_held", "1 while this process holds the worker's lease", _W
+    _G,
+    "petrock_worker_lease_held",
+    "Leases of the worker this process holds: 1 or 0, or its partitions held here",
+    _W,
 )
 DURATION: Final = _Family(
     _H,
@@ -219,6 +224,8 @@ def _worker_gauges(
     outstanding: Mapping[str, int],
     leases: Mapping[str, Any] | None,
 ) -> None:
+    # Leases are held by stored name: the worker's, or one per partition.
+    held = Counter(split_name(stored)[0] for stored in (leases or {}).get("held", ()))
     for name, info in workers.items():
         metrics = info["metrics"]
         _health(families[WORKER_HEALTH.name], [name], info["health"]["status"])
@@ -228,8 +235,9 @@ def _worker_gauges(
         families[LAG_SECONDS.name].add_metric([name], _NAN if lag is None else lag)
         families[OUTSTANDING.name].add_metric([name], outstanding.get(name, 0))
         if leases is not None:
-            # With several processes, which of them runs each worker: 1 here, 0 elsewhere.
-            families[LEASE.name].add_metric([name], 1.0 if name in leases["held"] else 0.0)
+            # With several processes, which of them runs each worker (or how many of its
+            # partitions): 1 here, 0 elsewhere.
+            families[LEASE.name].add_metric([name], held.get(name, 0))
 
 
 def _worker_counts(

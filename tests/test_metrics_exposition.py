@@ -617,3 +617,20 @@ class TestPartitions:
         assert value(samples, "petrock_worker_lag_seconds", worker="split") == pytest.approx(
             3.0, abs=1e-6
         )
+
+    async def test_leases_held_count_the_partitions_served_here(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        split: pt.PatternWorker[None] = pt.PatternWorker(
+            "split", partitions=3, key=lambda cmd: int(cmd.seconds)
+        )
+
+        @split.on_command("metrics-test/sleep")
+        async def on_sleep(ctx: pt.HandlerContext, cmd: Sleep, state: None) -> None:
+            pass
+
+        app = sleeper_app(split, sleeper(), leases=True)
+        async with serving(app):
+            samples = parse((await scrape(pt.http_app(app))).text)
+        assert value(samples, "petrock_worker_lease_held", worker="split") == 3
+        assert value(samples, "petrock_worker_lease_held", worker="timed") == 1
