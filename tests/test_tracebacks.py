@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -480,3 +481,54 @@ class TestHTTP:
 @attrs.frozen
 class Unsorted:
     pass
+
+
+async def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [EXE, *args], capture_stdout=True, capture_stderr=True, check=False
+    )
+
+
+class TestShowCommand:
+    """`dead-letters show WORKER ID` prints payload and traceback, over --url or --database."""
+
+    async def test_over_url_and_from_the_database_alike(self, tmp_path: Path) -> None:
+        database = str(tmp_path / "depot.db")
+        async with dead_lettered(database, notes=("fragile",)) as (_, client):
+            url = str(client.base_url)
+            over_http = await cli("dead-letters", "show", "sorter", "1", "--url", url, "--json")
+            text = await cli("dead-letters", "show", "sorter", "1", "--url", url)
+            missing = await cli("dead-letters", "show", "sorter", "7", "--url", url)
+        from_file = await cli(
+            "dead-letters", "show", "sorter", "1", "--database", database, "--json"
+        )
+        missing_in_file = await cli("dead-letters", "show", "sorter", "7", "--database", database)
+
+        assert over_http.returncode == 0, over_http.stderr
+        assert from_file.returncode == 0, from_file.stderr
+        live, offline = json.loads(over_http.stdout), json.loads(from_file.stdout)
+        assert live == offline
+        assert live["payload"] == {"label": "p-1", "note": "fragile"}
+        assert "in jam" in live["traceback"]
+
+        assert text.returncode == 0, text.stderr
+        shown = text.stdout.decode()
+        assert "sorter: message 1 (tb-test/parcel), 1 attempts" in shown
+        assert "error: RuntimeError('the conveyor jammed')" in shown
+        assert '"note": "fragile"' in shown
+        assert "traceback:\nTraceback (most recent call last):" in shown
+        assert shown.rstrip().endswith("RuntimeError: the conveyor jammed")
+
+        for result in (missing, missing_in_file):
+            assert result.returncode == 1
+            assert "no dead letter for message 7" in result.stderr.decode()
+            assert len(result.stderr.decode().strip().splitlines()) == 1
+
+    async def test_an_old_letter_has_no_traceback(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.db"
+        old_sqlite_database(path)
+        result = await cli("dead-letters", "show", "sorter", "1", "--database", str(path))
+        assert result.returncode == 0, result.stderr
+        shown = result.stdout.decode()
+        assert '"label": "old"' in shown
+        assert shown.rstrip().endswith("traceback:\n(not recorded)")
