@@ -9,6 +9,7 @@ settled by ``_settle``), periodic work (``_periodic``) and re-drives
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, TypeVar
 
 import trio
@@ -157,8 +158,11 @@ class WorkerRun(RunState):
 
     async def _watch_replay(self) -> None:
         # Replay is also done when the pump moves the feed past the saved position
-        # without a routed message left to replay.
-        await self.feed.position.wait_value(lambda p: p >= self.saved)
+        # without a routed message left to replay. A stop ends the watch: a partition
+        # behind its siblings' highest saved position may never get there once its feed
+        # is closed, and the run's nursery would wait for the watch until cancelled.
+        with contextlib.suppress(Stop):
+            await self.interruptible(self.feed.position.wait_value, lambda p: p >= self.saved)
         self.replayed.set()
 
     def stop(self) -> None:

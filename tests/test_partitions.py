@@ -12,7 +12,7 @@ import trio
 
 import petrock_trio as pt
 from petrock_trio._partition import Coverage, partition_name, split_name, stable_hash
-from petrock_trio.testing import serving
+from petrock_trio.testing import memory_database, serving
 from tests.support import Add, Echoed, Note
 
 
@@ -429,3 +429,30 @@ async def test_the_command_line_shows_each_partition(autojump_clock: Any) -> Non
     assert "totals: 2 partitions" in text
     assert "totals#0/2" in text
     assert "totals#1/2" in text
+
+
+class TestStopBehindTheOthers:
+    """A partition whose position is behind its siblings' stops at once on shutdown."""
+
+    async def test_stop_does_not_wait_for_the_grace_period(self, autojump_clock: Any) -> None:
+        # The partition's replay watch waited for its position to reach the highest
+        # saved position of all partitions, which a closed feed never moves it to: every
+        # stop soon after a start then waited out shutdown_grace.
+        slow = next(k for k in (f"s{i}" for i in range(50)) if stable_hash(k) % 2 == 1)
+        fast = next(k for k in (f"k{i}" for i in range(50)) if stable_hash(k) % 2 == 0)
+
+        def block(ctx: pt.HandlerContext, cmd: Add) -> None:
+            if cmd.key == slow:
+                raise pt.Retry(delay=100.0)
+
+        with memory_database() as db:
+            app = app_with(db, partitioned(Seen(), 2, fail=block), shutdown_grace=10.0)
+            async with serving(app):
+                await app.execute(Add(slow))
+                await app.execute(Add(fast))
+                await app.execute(Add(fast))
+                await trio.sleep(1)
+            app = app_with(db, partitioned(Seen(), 2, fail=block), shutdown_grace=10.0)
+            async with serving(app):
+                stopping = trio.current_time()
+            assert trio.current_time() - stopping == 0
