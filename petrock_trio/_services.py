@@ -63,7 +63,8 @@ class ServiceStatistics:
 
 
 class ExternalService:
-    """A dependency that can fail, such as an HTTP API, with a circuit breaker.
+    """A dependency that can fail, such as an HTTP API, with a circuit breaker and,
+    with ``max_concurrent``, a bulkhead: at most that many calls in flight.
 
     After ``failure_threshold`` consecutive failures the circuit opens: calls raise
     :class:`ServiceUnavailable` at once, without touching the service, for
@@ -85,10 +86,16 @@ class ExternalService:
         reset_timeout: float = 30.0,
         timeout: float | None = None,
         failures: tuple[type[BaseException], ...] = (Exception,),
+        max_concurrent: int | None = None,
     ) -> None:
         if failure_threshold < 1 or reset_timeout < 0:
             raise ConfigurationError("failure_threshold must be >= 1 and reset_timeout >= 0")
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ConfigurationError("max_concurrent must be at least 1 (or None)")
         self.name = name
+        self.max_concurrent = max_concurrent
+        # The bulkhead: partitions of a worker (or several workers) share one service.
+        self._limiter = None if max_concurrent is None else trio.CapacityLimiter(max_concurrent)
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
         self.timeout = timeout
@@ -137,10 +144,19 @@ class ExternalService:
         return max(0.0, self._opened_at + self.reset_timeout - trio.current_time())
 
     async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``await fn(*args, **kwargs)`` through the breaker.
+        """``await fn(*args, **kwargs)`` through the bulkhead and the breaker.
 
-        Raises :class:`ServiceUnavailable` without calling ``fn`` while the circuit is open.
+        With ``max_concurrent``, a call first waits until fewer than that many are in
+        flight (the wait is not part of ``timeout``). Raises
+        :class:`ServiceUnavailable` without calling ``fn`` while the circuit is open
+        (checked once the call may go, so waiting calls see an opening at once).
         """
+        if self._limiter is None:
+            return await self._call(fn, *args, **kwargs)
+        async with self._limiter:
+            return await self._call(fn, *args, **kwargs)
+
+    async def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         circuit = self.circuit
         probe = circuit is Circuit.HALF_OPEN
         if circuit is Circuit.OPEN or (probe and self._probing):

@@ -15,6 +15,7 @@ from ._errors import HandlerTimeout, LeaseLost, PetrockError, ServiceUnavailable
 from ._events import DeadLettered, HandlerFailed
 from ._logging import get_logger
 from ._message import Message, Page, Row
+from ._partition import split_name
 from ._retry import Backoff, Decision, GiveUp, RetryAt, WaitForService, decide
 from ._runstate import RunState
 from ._tracebacks import format_traceback
@@ -73,7 +74,7 @@ async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False
             wait = decision.delay
             await _save_retry(
                 run,
-                RetryRecord(run.name, row.id, number - 1, rt.clock() + wait, first_failed_at),
+                RetryRecord(run.key, row.id, number - 1, rt.clock() + wait, first_failed_at),
                 message.name,
             )
     finally:
@@ -132,10 +133,22 @@ def _resume(run: RunState, row: Row) -> tuple[int, float | None, float]:
     backoff carries on with its attempt count, at the time it chose.
     """
     rt = run.rt
-    record = rt.retries.get(run.name)
+    stored = run.key
+    record = rt.retries.get(stored)
     if record is None or record.message_id != row.id:
+        # Saved by the partition that owned the message before the worker was
+        # partitioned differently?
+        stored, record = next(
+            (
+                (name, r)
+                for name, r in rt.retries.items()
+                if r.message_id == row.id and split_name(name)[0] == run.name
+            ),
+            (stored, None),
+        )
+    if record is None:
         return 1, None, 0.0
-    del rt.retries[run.name]
+    del rt.retries[stored]
     run.retrying = (row.id, record.attempts)
     return record.attempts + 1, record.first_failed_at, record.next_attempt_at - rt.clock()
 
@@ -144,7 +157,7 @@ async def _save_retry(run: RunState, record: RetryRecord, command_type: str) -> 
     """Keep the retry state with the position: a restart or a takeover by another
     process resumes the backoff instead of starting it over."""
     try:
-        await run.rt.commit(run.name, retries=[record])
+        await run.rt.commit(run.key, retries=[record])
     except LeaseLost:
         raise
     except PetrockError as exc:
@@ -170,7 +183,7 @@ async def dead_letter(
 ) -> None:
     """Record ``row`` as given up on, with its position and ``error``'s traceback; written
     again until it lands. ``duration`` is the last attempt's (``None``: no handler ran)."""
-    rt, name = run.rt, run.name
+    rt, name, key = run.rt, run.name, run.key
     record = DeadLetterRecord(
         worker=name,
         message_id=row.id,
@@ -184,7 +197,7 @@ async def dead_letter(
     failures = 0
     while True:
         try:
-            await rt.commit(name, positions={name: row.id}, dead_letters=[record])
+            await rt.commit(key, positions={key: row.id}, dead_letters=[record])
             break
         except LeaseLost:
             raise
@@ -201,7 +214,7 @@ async def dead_letter(
                 exc_info=exc,
             )
             await run.interruptible(trio.sleep, delay)
-    rt.flusher.committed(name, row.id)
+    rt.flusher.committed(key, row.id)
     run.feed.advance(row.id)
     rt.dead_letter_ids.setdefault(name, set()).add(row.id)
     run.recorder.dead_letter(trio.current_time(), row.name)
