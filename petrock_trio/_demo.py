@@ -95,7 +95,6 @@ async def run_demo(
             summarizer=items.HttpSummarizer(url),
             # A short cool-down, so that recovery after --flaky shows within seconds.
             service=ExternalService("summarizer", failure_threshold=3, reset_timeout=2.0),
-            interval=0.2,
         )
         app = App(database=database)
         app.register_feature(feature)

@@ -52,15 +52,19 @@ class ItemsFeature:
     """The feature's parts, built for one app."""
 
     summarizer: Summarizer = attrs.field(factory=lambda: HttpSummarizer(DEFAULT_SUMMARIZER_URL))
+    # The breaker, and the bulkhead that lets 8 calls at a time through: the worker's 16
+    # partitions ask at once. A call is cut off after 20 s, so a request waits at most one
+    # call for its place, then its own, within its route's REQUEST_TIMEOUT (60 s).
     service: pt.ExternalService = attrs.field(
-        factory=lambda: pt.ExternalService("summarizer", failure_threshold=3, reset_timeout=10.0)
+        factory=lambda: pt.ExternalService(
+            "summarizer", failure_threshold=3, reset_timeout=10.0, timeout=20.0, max_concurrent=8
+        )
     )
-    interval: float = 1.0
     state: ItemsState = attrs.Factory(ItemsState)
     worker: pt.PatternWorker[SummaryState] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.worker = new_summary_worker(self.summarizer, self.service, interval=self.interval)
+        self.worker = new_summary_worker(self.summarizer, self.service, self.state)
 
     def register(self, app: pt.App) -> None:
         """Register the commands, the items state and the summary worker."""

@@ -25,6 +25,17 @@ def _require_item(state: ItemsState, name: str, command: str) -> None:
         raise pt.ValidationError(f"no item named {name!r}", command_name=command)
 
 
+def _require_request(state: ItemsState, item_id: str, request_id: str, command: str) -> None:
+    # A result lands once, and only for the item it was asked for: not for an item of
+    # the same name created again since, nor for a request already settled.
+    _require_item(state, item_id, command)
+    if not state.awaits(item_id, request_id):
+        raise pt.ValidationError(
+            f"item {item_id!r} is not waiting for summary request {request_id!r}",
+            command_name=command,
+        )
+
+
 @pt.command("items/create")
 @attrs.frozen
 class CreateItem:
@@ -83,7 +94,7 @@ class SetGeneratedSummary:
     summary: str
 
     def validate(self, state: ItemsState) -> None:
-        _require_item(state, self.item_id, "items/set-generated-summary")
+        _require_request(state, self.item_id, self.request_id, "items/set-generated-summary")
 
 
 @pt.command("items/fail-summary-generation")
@@ -94,4 +105,4 @@ class FailSummaryGeneration:
     reason: str
 
     def validate(self, state: ItemsState) -> None:
-        _require_item(state, self.item_id, "items/fail-summary-generation")
+        _require_request(state, self.item_id, self.request_id, "items/fail-summary-generation")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         CreateItem,
         DeleteItem,
         FailSummaryGeneration,
+        RequestSummaryGeneration,
         SetGeneratedSummary,
         UpdateItem,
     )
@@ -32,6 +33,7 @@ class Item:
     summary: str = ""
     summary_status: str = "none"  # none | pending | ready | failed
     summary_error: str = ""
+    summary_request: str = ""  # the id of the latest summary request for this item
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)
@@ -62,6 +64,15 @@ class ItemsState:
 
     def get(self, name: str) -> Item | None:
         return self.items.get(name)
+
+    def awaits(self, name: str, request_id: str) -> bool:
+        """Whether item ``name`` waits for the result of summary request ``request_id``."""
+        item = self.items.get(name)
+        return (
+            item is not None
+            and item.summary_status == "pending"
+            and item.summary_request == request_id
+        )
 
     def list(self, *, page: int = 1, page_size: int = 20, query: str = "") -> ItemPage:
         """Items by name, ``page`` (1-based) of ``page_size``, filtered by a substring of
@@ -97,10 +108,11 @@ class ItemsState:
     def apply_delete(self, cmd: DeleteItem, message: pt.Message) -> None:
         del self.items[cmd.name]
 
-    def apply_request(self, cmd: Any, message: pt.Message) -> None:
+    def apply_request(self, cmd: RequestSummaryGeneration, message: pt.Message) -> None:
         item = self.items.get(cmd.item_id)
         if item is not None:
             item.summary_status = "pending"
+            item.summary_request = cmd.request_id
 
     def apply_summary(self, cmd: SetGeneratedSummary, message: pt.Message) -> None:
         item = self.items.get(cmd.item_id)

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._app import App
+from .._app import App, Feature
 from .._commands import command_name
 from .._open import open_log
 from .._worker import PatternWorker
@@ -38,10 +38,15 @@ async def measure_throughput(
     count: int,
     directory: str | Path,
     batch: int = 1000,
+    feature: Feature | None = None,
 ) -> Throughput:
     """Fill a fresh SQLite log with ``count`` commands (cycling through ``commands``),
     then time a new app whose only worker comes from ``worker_factory`` until it has
-    handled them all live.
+    handled them all live (and what they emitted).
+
+    A ``feature`` registers the commands instead, with their state and apply functions,
+    so that what the worker emits passes its ``validate`` (if the feature registers the
+    worker too, the factory's worker must be that one).
 
     Run it on the real clock (not under MockClock): the figure is wall time measured by
     Trio's clock, start-up included.
@@ -53,9 +58,14 @@ async def measure_throughput(
             size = min(batch, count - start)
             await log.append(*(commands[(start + i) % len(commands)] for i in range(size)))
     app = App(database=database)
-    for cls in classes.values():
-        app.register_command(cls)
-    app.register_worker(worker_factory())
+    if feature is not None:
+        feature.register(app)
+    else:
+        for cls in classes.values():
+            app.register_command(cls)
+    worker = worker_factory()
+    if worker.name not in app.workers:
+        app.register_worker(worker)
     started = trio.current_time()
     async with serving(app):
         await app.caught_up()

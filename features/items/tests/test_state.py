@@ -10,6 +10,7 @@ import petrock_trio as pt
 from features.items import (
     CreateItem,
     DeleteItem,
+    FailSummaryGeneration,
     ItemsState,
     RequestSummaryGeneration,
     SetGeneratedSummary,
@@ -49,6 +50,25 @@ class TestValidation:
         with pytest.raises(pt.ValidationError, match=match):
             cmd.validate(state_with("a"))  # type: ignore[attr-defined]
 
+    def test_results_only_for_the_request_the_item_waits_for(self) -> None:
+        # A result lands once, for the item it was asked for: not for an item of the
+        # same name created again since, nor a second time.
+        state = state_with("a")
+        request = RequestSummaryGeneration("a", "r1")
+        state.apply_request(request, message(2, request))
+        SetGeneratedSummary("a", "r1", "s").validate(state)
+        FailSummaryGeneration("a", "r1", "timeout").validate(state)
+        for stale in (SetGeneratedSummary("a", "r0", "s"), FailSummaryGeneration("a", "r0", "x")):
+            with pytest.raises(pt.ValidationError, match="not waiting for summary request 'r0'"):
+                stale.validate(state)
+        done = SetGeneratedSummary("a", "r1", "s")
+        state.apply_summary(done, message(3, done))
+        assert not state.awaits("a", "r1")
+        with pytest.raises(pt.ValidationError, match="not waiting"):
+            done.validate(state)
+        recreated = state_with("a")  # deleted and created again: no request yet
+        assert not recreated.awaits("a", "r1")
+
     def test_accepted(self) -> None:
         state = state_with("a")
         CreateItem("b").validate(state)
@@ -68,7 +88,7 @@ class TestApply:
         assert (item.version, item.content, item.updated_at.timestamp()) == (2, "c2", 2000.0)
         request = RequestSummaryGeneration("a", "r1")
         state.apply_request(request, message(3, request))
-        assert item.summary_status == "pending"
+        assert (item.summary_status, item.summary_request) == ("pending", "r1")
         done = SetGeneratedSummary("a", "r1", "short")
         state.apply_summary(done, message(4, done))
         assert (item.summary, item.summary_status) == ("short", "ready")

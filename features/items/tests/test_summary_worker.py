@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -13,20 +14,15 @@ import petrock_trio as pt
 from features.items import (
     CreateItem,
     DeleteItem,
+    FailSummaryGeneration,
     ItemsFeature,
     RequestSummaryGeneration,
+    SetGeneratedSummary,
     UpdateItem,
 )
-from petrock_trio.testing import FakeService, memory_database, serving
+from petrock_trio.testing import memory_database, serving
 
-
-class FakeSummarizer:
-    def __init__(self) -> None:
-        self.fake = FakeService(lambda text, request_id: f"summary of {text!r}")
-
-    async def summarize(self, text: str, request_id: str) -> str:
-        result: str = await self.fake(text, request_id)
-        return result
+from .fakes import Summarizer
 
 
 @pytest.fixture
@@ -35,121 +31,211 @@ def database() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def file_clock() -> trio.testing.MockClock:
+    """Virtual time for a real SQLite file: its writes run in a thread, so time jumps
+    only once nothing has run for a moment, not while a write is under way."""
+    return trio.testing.MockClock(autojump_threshold=0.01)
+
+
 def items_app(
-    database: str, summarizer: FakeSummarizer, *, interval: float = 1.0, threshold: int = 3
+    database: str, summarizer: Summarizer, service: pt.ExternalService | None = None
 ) -> tuple[pt.App, ItemsFeature]:
-    app = pt.App(database=database, clock=pt.TrioWallClock())
-    feature = ItemsFeature(
-        summarizer=summarizer,
-        service=pt.ExternalService("summarizer", failure_threshold=threshold, reset_timeout=10.0),
-        interval=interval,
+    """An app with the items feature; its own breaker and bulkhead unless ``service``."""
+    app = pt.App(database=database, clock=pt.TrioWallClock(), hooks=[])
+    feature = (
+        ItemsFeature(summarizer=summarizer)
+        if service is None
+        else ItemsFeature(summarizer=summarizer, service=service)
     )
     app.register_feature(feature)
     return app, feature
 
 
-async def emitted(database: str, name: str) -> list[object]:
+async def emitted(database: str, *commands: type) -> list[object]:
     async with pt.open_log(database) as log:
-        rows = await log.store.read_after(0, 100_000, names=[name])
+        names = [pt.command_name(c) for c in commands]
+        rows = await log.store.read_after(0, 100_000, names=names)
         return [log.registry.decode(r.name, r.payload) for r in rows]
 
 
-class TestSummaries:
-    """create -> request -> periodic work -> summary stored on the item."""
+def statuses(feature: ItemsFeature) -> dict[str, str]:
+    return {name: item.summary_status for name, item in feature.state.items.items()}
 
-    async def test_summary_on_the_next_periodic_run(
+
+class TestSummaries:
+    """create -> request -> the summariser, called by the request's handler -> summary."""
+
+    async def test_summary_is_asked_for_at_once(
         self, database: str, autojump_clock: trio.testing.MockClock
     ) -> None:
-        summarizer = FakeSummarizer()
+        summarizer = Summarizer(latency=2.0)
         app, feature = items_app(database, summarizer)
         async with serving(app):
             start = trio.current_time()
             created = await app.execute(CreateItem("a", content="Hello there."))
             await app.caught_up()
-            assert feature.state.items["a"].summary_status == "pending"
-            await trio.sleep(1.0)
-            await app.caught_up()
+            ready_after = trio.current_time() - start
             item = feature.state.items["a"]
-        assert (item.summary, item.summary_status) == ("summary of 'Hello there.'", "ready")
+        assert (item.summary, item.summary_status) == ("<Hello there.>", "ready")
         (call,) = summarizer.fake.calls
-        assert call.at - start == 1.0
+        assert call.at == start  # no tick to wait for
+        assert ready_after == 2.0  # the summariser's latency, nothing more
         assert call.args == ("Hello there.", f"items-summaries:{created.id}")
 
     async def test_summary_uses_content_at_request_time(
         self, database: str, autojump_clock: trio.testing.MockClock
     ) -> None:
-        summarizer = FakeSummarizer()
+        # The content as of the request message: an update appended after it (while
+        # the summariser works) does not change what is summarised.
+        summarizer = Summarizer(latency=1.0)
         app, feature = items_app(database, summarizer)
         async with serving(app):
             await app.execute(CreateItem("a", content="first"))
-            await app.caught_up()
+            await trio.sleep(0.5)
+            assert summarizer.in_flight() == 1
             await app.execute(UpdateItem("a", content="second"))
-            await trio.sleep(1.5)
             await app.caught_up()
-        assert feature.state.items["a"].summary == "summary of 'first'"
+        assert feature.state.items["a"].summary == "<first>"
 
-    async def test_deleted_items_are_not_summarised(
+    async def test_item_deleted_during_the_call(
         self, database: str, autojump_clock: trio.testing.MockClock
     ) -> None:
-        summarizer = FakeSummarizer()
+        # The result is refused at emit; the request is done, without an error.
+        summarizer = Summarizer(latency=5.0)
         app, feature = items_app(database, summarizer)
         async with serving(app):
             await app.execute(CreateItem("a", content="x"))
+            await trio.sleep(1)
+            assert summarizer.in_flight() == 1
             await app.execute(DeleteItem("a"))
-            await trio.sleep(3)
             await app.caught_up()
-            assert feature.worker.state.pending == {}
-        assert summarizer.fake.calls == []
+            metrics = feature.worker.metrics()
+            letters = await app.dead_letters()
+        assert feature.state.items == {}
+        assert await emitted(database, SetGeneratedSummary, FailSummaryGeneration) == []
+        assert (metrics.failed, metrics.dead_lettered, letters) == (0, 0, [])
+        assert summarizer.fake.outcomes() == ["ok"]
 
-
-class TestOutagesAndTimeouts:
-    """A failing summariser delays summaries; after 24 h a request is abandoned."""
-
-    async def test_outage_delays_not_loses(
+    async def test_item_deleted_while_its_request_waits(
         self, database: str, autojump_clock: trio.testing.MockClock
     ) -> None:
-        summarizer = FakeSummarizer()
+        summarizer = Summarizer()
+        summarizer.fake.down()
+        app, _ = items_app(database, summarizer)
+        async with serving(app):
+            await app.execute(CreateItem("a", content="x"))
+            await trio.sleep(5)  # three failures: the circuit is open
+            await app.execute(DeleteItem("a"))
+            summarizer.fake.up()
+            await trio.sleep(30)
+            await app.caught_up()
+            letters = await app.dead_letters()
+        assert summarizer.fake.outcomes() == ["error"] * 3  # no call once it was deleted
+        assert await emitted(database, SetGeneratedSummary, FailSummaryGeneration) == []
+        assert letters == []
+
+    async def test_item_created_again_gets_only_its_own_summary(
+        self, database: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        summarizer = Summarizer()
+        summarizer.fake.down()
         app, feature = items_app(database, summarizer)
         async with serving(app):
-            summarizer.fake.outage(25)
-            for name in "abc":
-                await app.execute(CreateItem(name, content=f"text {name}"))
+            await app.execute(CreateItem("a", content="old"))
             await trio.sleep(5)
-            health = feature.worker.health()
-            assert health.status is pt.Health.DEGRADED
-            assert any("summarizer" in r for r in health.reasons)
-            assert {n: i.summary_status for n, i in feature.state.items.items()} == dict.fromkeys(
-                "abc", "pending"
-            )
-            await trio.sleep(40)
+            await app.execute(DeleteItem("a"))
+            again = await app.execute(CreateItem("a", content="new"))
+            summarizer.fake.up()
+            await trio.sleep(30)
             await app.caught_up()
-            statuses = {n: i.summary_status for n, i in feature.state.items.items()}
-            skipped = feature.worker.metrics().periodic_skipped
-        assert statuses == {"a": "ready", "b": "ready", "c": "ready"}
-        assert skipped > 0  # periodic work was skipped while the circuit was open
-        requests = await emitted(database, "items/set-generated-summary")
-        assert sorted(r.item_id for r in requests) == ["a", "b", "c"]  # type: ignore[attr-defined]
+        assert feature.state.items["a"].summary == "<new>"
+        assert await emitted(database, SetGeneratedSummary) == [
+            SetGeneratedSummary("a", f"items-summaries:{again.id}", "<new>")
+        ]
+
+
+class TestConcurrency:
+    """Items are summarised at once, as many as the service's bulkhead lets through."""
+
+    async def test_hundred_items_at_five_seconds_a_call(
+        self, database: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        # One after another this would take 500 s. The bulkhead allows 8 calls at a
+        # time (63 s at best); the 16 partitions' shares of the items are uneven.
+        summarizer = Summarizer(latency=5.0)
+        app, feature = items_app(database, summarizer)
+        async with serving(app):
+            start = trio.current_time()
+            for i in range(100):
+                await app.execute(CreateItem(f"item-{i}", content=f"text {i}"))
+            await app.caught_up()
+            elapsed = trio.current_time() - start
+        assert statuses(feature) == {f"item-{i}": "ready" for i in range(100)}
+        assert elapsed <= 120
+        assert len(summarizer.fake.calls) == 100  # one each: none asked again
+        assert summarizer.peak == 8
+
+
+class TestOutages:
+    """An outage delays summaries without losing or repeating any; after 24 h a
+    request is given up."""
+
+    async def test_every_item_summarised_after_an_outage(
+        self, database: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        summarizer = Summarizer(latency=5.0)
+        app, feature = items_app(database, summarizer)
+        async with serving(app):
+            for i in range(40):
+                await app.execute(CreateItem(f"item-{i}", content=f"text {i}"))
+            await trio.sleep(12)  # some summaries are ready, eight calls in flight
+            done_before = sum(s == "ready" for s in statuses(feature).values())
+            summarizer.fake.outage(120)
+            await trio.sleep(60)
+            health = feature.worker.health()
+            await trio.sleep(60)
+            await app.caught_up()
+            letters = await app.dead_letters()
+        assert 0 < done_before < 40
+        assert health.status is pt.Health.DEGRADED
+        assert any("external service 'summarizer' unavailable" in r for r in health.reasons)
+        assert statuses(feature) == {f"item-{i}": "ready" for i in range(40)}
+        results = await emitted(database, SetGeneratedSummary)
+        assert Counter(r.item_id for r in results) == {f"item-{i}": 1 for i in range(40)}  # type: ignore[attr-defined]
+        requests = await emitted(database, RequestSummaryGeneration)
+        item_of = {r.request_id: r.item_id for r in requests}  # type: ignore[attr-defined]
+        assert summarizer.overlaps(key=item_of.__getitem__) == []
+        assert "error" in summarizer.fake.outcomes()
+        assert letters == []
 
     async def test_abandoned_after_24_hours(
         self, database: str, autojump_clock: trio.testing.MockClock
     ) -> None:
-        summarizer = FakeSummarizer()
+        summarizer = Summarizer()
         summarizer.fake.down()
-        app, feature = items_app(database, summarizer, interval=60.0, threshold=1_000_000)
+        reset = 600.0  # a probe every ten minutes
+        service = pt.ExternalService("summarizer", failure_threshold=3, reset_timeout=reset)
+        app, feature = items_app(database, summarizer, service)
         async with serving(app):
             start = trio.current_time()
             await app.execute(CreateItem("a", content="x"))
             await trio.sleep(24 * 3600)
             assert feature.state.items["a"].summary_status == "pending"
-            await trio.sleep(60)
+            await trio.sleep(3600)
             await app.caught_up()
-            failed_at = trio.current_time() - start
             item = feature.state.items["a"]
-        # Runs every 60 s from 0; at 86400 s the request is exactly 24 h old (not older),
-        # so the run at 86460 s abandons it.
+        (failed,) = await emitted(database, FailSummaryGeneration)
         assert (item.summary_status, item.summary_error) == ("failed", "timeout")
-        assert failed_at == 86460.0
-        assert len(summarizer.fake.calls) == 24 * 60  # one call a run, runs 60 .. 86400
+        assert failed == FailSummaryGeneration("a", item.summary_request, "timeout")
+        # Attempts at 0, 1 and 3 s (backoff 1, 2 s; the third failure opens the circuit),
+        # then one probe each time it half-opens: 3 + 600 k. The first attempt after
+        # 86 400 s gives up without a call.
+        probes = [3 + reset * k for k in range(1, 200)]
+        given_up_at = next(t for t in probes if t > 24 * 3600)
+        calls = [0.0, 1.0, 3.0, *(t for t in probes if t < given_up_at)]
+        assert [c.at - start for c in summarizer.fake.calls] == calls
+        assert given_up_at == 86403.0
 
 
 class TestRestart:
@@ -158,22 +244,48 @@ class TestRestart:
     async def test_created_while_down(
         self, database: str, autojump_clock: trio.testing.MockClock
     ) -> None:
-        summarizer = FakeSummarizer()
+        summarizer = Summarizer()
         app, feature = items_app(database, summarizer)
         async with serving(app):
             await app.execute(CreateItem("before", content="one"))
-            await trio.sleep(1.5)
+            await app.caught_up()
         async with pt.open_log(database, commands=[CreateItem]) as log:
             await log.append(CreateItem("while-down", content="two"))
         app, feature = items_app(database, summarizer)
         async with serving(app):
-            await trio.sleep(1.5)
             await app.caught_up()
-            statuses = {n: i.summary_status for n, i in feature.state.items.items()}
-        assert statuses == {"before": "ready", "while-down": "ready"}
-        requests = await emitted(database, "items/request-summary-generation")
-        assert Counter(r.item_id for r in requests if isinstance(r, RequestSummaryGeneration)) == {
-            "before": 1,
-            "while-down": 1,
-        }
+        assert statuses(feature) == {"before": "ready", "while-down": "ready"}
+        requests = await emitted(database, RequestSummaryGeneration)
+        assert Counter(r.item_id for r in requests) == {"before": 1, "while-down": 1}  # type: ignore[attr-defined]
         assert [c.args[0] for c in summarizer.fake.calls] == ["one", "two"]
+
+    async def test_hard_stop_mid_way_on_a_sqlite_file(
+        self, tmp_path: Path, file_clock: trio.testing.MockClock
+    ) -> None:
+        # Requests whose calls a crash cuts off have no position yet: live again on the
+        # next start, asked for again. Those that committed are not.
+        database = str(tmp_path / "items.db")
+        summarizer = Summarizer(latency=5.0)
+        app, _ = items_app(database, summarizer)
+        async with serving(app, graceful=False):
+            for i in range(40):
+                await app.execute(CreateItem(f"item-{i}", content=f"text {i}"))
+            await trio.sleep(12)
+            cut_off = summarizer.in_flight()
+        done_before = len(await emitted(database, SetGeneratedSummary))
+        app, feature = items_app(database, summarizer)
+        async with serving(app):
+            await app.caught_up()
+        assert 0 < done_before < 40
+        assert cut_off > 0
+        assert statuses(feature) == {f"item-{i}": "ready" for i in range(40)}
+        results = await emitted(database, SetGeneratedSummary)
+        requests = await emitted(database, RequestSummaryGeneration)
+        assert Counter(r.item_id for r in results) == {f"item-{i}": 1 for i in range(40)}  # type: ignore[attr-defined]
+        assert Counter(r.item_id for r in requests) == {f"item-{i}": 1 for i in range(40)}  # type: ignore[attr-defined]
+        item_of = {r.request_id: r.item_id for r in requests}  # type: ignore[attr-defined]
+        assert summarizer.overlaps(key=item_of.__getitem__) == []
+        asked = Counter(item_of[s.request_id] for s in summarizer.spans)
+        # Asked again: the calls cut off (and a call that had returned, if the stop came
+        # while its commit was still being written).
+        assert sum(n - 1 for n in asked.values()) >= cut_off

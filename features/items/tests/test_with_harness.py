@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -15,16 +16,16 @@ from features.items import (
     RequestSummaryGeneration,
     SetGeneratedSummary,
 )
-from petrock_trio.testing import FakeService, assert_delays, assert_times, worker_harness
+from petrock_trio.testing import (
+    FakeService,
+    WorkerHarness,
+    assert_delays,
+    assert_times,
+    wait_until,
+    worker_harness,
+)
 
-
-class Summarizer:
-    def __init__(self, fake: FakeService) -> None:
-        self.fake = fake
-
-    async def summarize(self, text: str, request_id: str) -> str:
-        result: str = await self.fake(text, request_id)
-        return result
+from .fakes import Summarizer
 
 
 def feature(fake: FakeService | None = None, *, timeout: float | None = None) -> ItemsFeature:
@@ -32,11 +33,16 @@ def feature(fake: FakeService | None = None, *, timeout: float | None = None) ->
     service = pt.ExternalService(
         "summarizer", failure_threshold=3, reset_timeout=10.0, timeout=timeout
     )
-    return ItemsFeature(summarizer=Summarizer(fake), service=service, interval=1.0)
+    return ItemsFeature(summarizer=Summarizer(fake), service=service)
+
+
+def contents(h: WorkerHarness) -> dict[str, Any]:
+    """Every partition's contents, in one dict (each item is in one partition)."""
+    return {k: v for s in h.worker.partition_states().values() for k, v in s.contents.items()}
 
 
 class TestSummaryWorker:
-    """Handler calls, periodic timing, retries and injected faults, in virtual time."""
+    """Handler calls, concurrency, retries and injected faults, in virtual time."""
 
     async def test_handler_calls_and_emits(self, autojump_clock: trio.testing.MockClock) -> None:
         items = feature()
@@ -47,19 +53,26 @@ class TestSummaryWorker:
                 ("items/create", "ok"),
                 ("items/request-summary-generation", "ok"),
             ]
-            assert h.emitted == [request]
-            assert list(h.state.pending) == [request.request_id]
-            await h.advance(1)
-            await h.settle()
-            assert h.emitted[-1] == SetGeneratedSummary("a", request.request_id, "TEXT")
+            assert h.emitted == [request, SetGeneratedSummary("a", request.request_id, "TEXT")]
+            assert contents(h) == {"a": "text"}
             assert items.state.items["a"].summary == "TEXT"
 
-    async def test_periodic_timing(self, autojump_clock: trio.testing.MockClock) -> None:
-        items = feature()
+    async def test_items_are_summarised_at_once(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        fake = FakeService(lambda text, request_id: text.upper(), latency=5.0)
+        items = feature(fake)
         async with worker_harness(items.worker, feature=items) as h:
             start = trio.current_time()
-            await h.advance(3.5)
-            assert_times(h.periodic_times(), [0, 1, 2, 3], start=start)
+            await h.send(*(CreateItem(name, content=name) for name in "abc"))
+            assert_times([c.at for c in fake.calls], [0, 0, 0], start=start)
+            assert trio.current_time() - start == 5.0
+            assert {n: i.summary for n, i in items.state.items.items()} == {
+                "a": "A",
+                "b": "B",
+                "c": "C",
+            }
+            assert h.periodic_runs == []  # nothing polls
 
     async def test_network_errors_are_retried(self, autojump_clock: trio.testing.MockClock) -> None:
         items = feature()
@@ -73,8 +86,6 @@ class TestSummaryWorker:
             request_id = h.emitted[0].request_id
             (request_call,) = [c for c in h.calls if c.outcome == "ok" and c.attempt == 3]
             assert_delays(h.attempt_times(request_call.message_id), [1, 2])
-            await h.advance(1)
-            await h.settle()
             assert SetGeneratedSummary("a", request_id, "X") in h.emitted
 
     async def test_service_timeouts_degrade_then_recover(
@@ -84,14 +95,17 @@ class TestSummaryWorker:
         fake.hang()
         items = feature(fake, timeout=2.0)
         async with worker_harness(items.worker, feature=items) as h:
-            await h.send(CreateItem("a", content="x"))
+            await h.send(CreateItem("a", content="x"), settle=False)
+            # Attempts at 0, 3 and 7 s each time out after 2 s; the third opens the circuit.
             await h.advance(10)
             assert h.health().status is pt.Health.DEGRADED
             assert items.state.items["a"].summary_status == "pending"
             fake.up()
-            await h.advance(15)
+            await h.advance(15)  # the probe at 19 s answers
             await h.settle()
             assert items.state.items["a"].summary_status == "ready"
+            assert not any("unavailable" in r for r in h.health().reasons)
+            await h.advance(60)  # the timeouts leave the error rate's window
             assert h.health().status is pt.Health.HEALTHY
 
     async def test_invalid_command_in_the_log(self, autojump_clock: trio.testing.MockClock) -> None:
@@ -110,38 +124,38 @@ class TestSummaryWorker:
                 await h.send(CreateItem(""))
             assert h.calls == []
 
+    async def test_a_slow_summariser_loses_nothing(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        # 12 s a call: a periodic run of the former worker timed out at 30 s with the
+        # results it had, and asked again later. Each result now commits on its own.
+        fake = FakeService(lambda text, request_id: f"<{text}>", latency=12.0)
+        items = feature(fake)
+        async with worker_harness(items.worker, feature=items) as h:
+            start = trio.current_time()
+            await h.send(*(CreateItem(name, content=name) for name in "abc"))
+            assert trio.current_time() - start == 12.0
+            assert {n: i.summary for n, i in items.state.items.items()} == {
+                "a": "<a>",
+                "b": "<b>",
+                "c": "<c>",
+            }
+            assert fake.outcomes() == ["ok"] * 3
+
 
 async def test_restart_replays_on_a_real_log(tmp_path: Path) -> None:
     fake = FakeService(lambda text, request_id: "summary")
     fake.down()
     items = feature(fake)
     async with worker_harness(items.worker, feature=items, database=str(tmp_path / "i.db")) as h:
-        await h.send(CreateItem("a", content="x"))
-        pending = dict(h.state.pending)
+        await h.app.execute(CreateItem("a", content="x"))
+        await wait_until(lambda: fake.calls)  # the first attempt failed: a retry is due
+        before = contents(h)
         await h.restart()
-        assert h.state.pending == pending  # rebuilt by replay
+        assert contents(h) == before == {"a": "x"}  # rebuilt by replay
         assert [c.outcome for c in h.calls_for("items/create", live=False)] == ["replay"]
         fake.up()
-        await h.run_periodic()
-        assert items.state.items["a"].summary == "summary"
-        assert (await h.positions())["items-summaries"] >= 2
-
-
-async def test_results_lost_with_a_failed_run_are_asked_again(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # 12 s a call: the third call of a run overruns the 30 s periodic timeout, and the
-    # run's two results are lost with it. They are asked for again, not forgotten.
-    fake = FakeService(lambda text, request_id: f"<{text}>", latency=12.0)
-    items = feature(fake)
-    async with worker_harness(items.worker, feature=items) as h:
-        for name in "abc":
-            await h.app.execute(CreateItem(name, content=name))
-        await h.advance(600)
         await h.settle()
-        assert {n: i.summary for n, i in items.state.items.items()} == {
-            "a": "<a>",
-            "b": "<b>",
-            "c": "<c>",
-        }
-        assert [error for _, error in h.periodic_runs if error is not None]  # a run timed out
+        assert items.state.items["a"].summary == "summary"
+        assert fake.outcomes()[-1] == "ok"
+        assert min((await h.positions()).values()) >= 1

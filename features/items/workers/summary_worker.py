@@ -1,4 +1,5 @@
-"""The summary worker: requests a summary for each item and fills it in when ready."""
+"""The summary worker: requests a summary for each item and asks the summariser for it,
+for many items at once (one partition per group of items, the service's bulkhead in front)."""
 
 from __future__ import annotations
 
@@ -18,27 +19,24 @@ from ..commands import (
     SetGeneratedSummary,
     UpdateItem,
 )
+from ..state import ItemsState
 from ..summarizer import Summarizer
 
-__all__ = ["MAX_AGE", "PendingSummary", "SummaryState", "new_summary_worker"]
+__all__ = ["MAX_AGE", "PARTITIONS", "REQUEST_TIMEOUT", "SummaryState", "new_summary_worker"]
 
 MAX_AGE = timedelta(hours=24)
-RESUBMIT_AFTER = 120.0  # seconds: a result not seen by then is assumed lost; ask again
-
-
-@attrs.frozen
-class PendingSummary:
-    request_id: str
-    item_id: str
-    content: str
-    requested_at: float  # the request message's timestamp, so replay rebuilds it exactly
+PARTITIONS = 16  # items summarised at once, at most; the service's bulkhead caps the calls
+# A request's handler waits for a free place in the bulkhead, then for the call.
+REQUEST_TIMEOUT = 60.0
+# An open circuit waits without spending attempts: what spends them is a failure before
+# the circuit opens, or a request that fails on its own. After 20 of those (about three
+# minutes) it is dead-lettered, and the items behind it in its partition go on.
+REQUEST_RETRY = pt.Backoff(max_delay=10.0, max_attempts=20)
 
 
 @attrs.define
 class SummaryState:
-    contents: dict[str, str] = attrs.Factory(dict)
-    pending: dict[str, PendingSummary] = attrs.Factory(dict)
-    submitted: dict[str, float] = attrs.Factory(dict)  # request id -> when its result was emitted
+    contents: dict[str, str] = attrs.Factory(dict)  # item name -> content, this partition's
 
 
 async def on_create(ctx: pt.HandlerContext, cmd: CreateItem, state: SummaryState) -> None:
@@ -53,62 +51,51 @@ async def on_update(ctx: pt.HandlerContext, cmd: UpdateItem, state: SummaryState
 
 async def on_delete(ctx: pt.HandlerContext, cmd: DeleteItem, state: SummaryState) -> None:
     state.contents.pop(cmd.name, None)
-    for request_id in [r for r, p in state.pending.items() if p.item_id == cmd.name]:
-        del state.pending[request_id]
 
 
-async def on_request(
-    ctx: pt.HandlerContext, cmd: RequestSummaryGeneration, state: SummaryState
-) -> None:
-    if (content := state.contents.get(cmd.item_id)) is not None:
-        at = ctx.message.timestamp.timestamp()
-        state.pending[cmd.request_id] = PendingSummary(cmd.request_id, cmd.item_id, content, at)
-
-
-async def on_done(ctx: pt.HandlerContext, cmd: SetGeneratedSummary, state: SummaryState) -> None:
-    state.pending.pop(cmd.request_id, None)
-    state.submitted.pop(cmd.request_id, None)
-
-
-async def process_pending(
+async def on_request(  # noqa: PLR0917 - the first three are bound by the factory
     summarizer: Summarizer,
     service: pt.ExternalService,
-    ctx: pt.PeriodicContext,
+    items: ItemsState,
+    ctx: pt.HandlerContext,
+    cmd: RequestSummaryGeneration,
     state: SummaryState,
 ) -> None:
-    now = ctx.now().timestamp()
-    # A result emitted by a run that then failed never lands: after a while, ask again.
-    sent = state.submitted.get
-    for p in [p for p in state.pending.values() if now - sent(p.request_id, 0) > RESUBMIT_AFTER]:
-        if now - p.requested_at > MAX_AGE.total_seconds():
-            result: object = FailSummaryGeneration(p.item_id, p.request_id, "timeout")
-        else:
-            try:
-                summary = await service.call(summarizer.summarize, p.content, p.request_id)
-            except pt.ServiceUnavailable:
-                return  # the breaker is open: try again on a later run
-            except Exception as exc:  # noqa: BLE001 - logged; the breaker counts it
-                ctx.log.warning("summary_failed", item_id=p.item_id, error_details=repr(exc))
-                continue
-            result = SetGeneratedSummary(p.item_id, p.request_id, summary)
-        try:
-            ctx.emit(result)
-        except pt.ValidationError:
-            continue  # the item was deleted; its delete will clear this request
-        state.submitted[p.request_id] = now
+    content = state.contents.get(cmd.item_id)  # as it was when the summary was requested
+    # In replay the outcome is in the log already. A deleted item, or one created again
+    # since, has no use for the result: the command's validate would refuse it.
+    if ctx.is_replay or content is None or not items.awaits(cmd.item_id, cmd.request_id):
+        return
+    result: SetGeneratedSummary | FailSummaryGeneration
+    if ctx.now() - ctx.message.timestamp > MAX_AGE:
+        result = FailSummaryGeneration(cmd.item_id, cmd.request_id, "timeout")
+    else:
+        # Raises on failure: the engine retries, or waits while the circuit is open.
+        summary = await service.call(summarizer.summarize, content, cmd.request_id)
+        result = SetGeneratedSummary(cmd.item_id, cmd.request_id, summary)
+    with contextlib.suppress(pt.ValidationError):  # deleted while the summariser worked
+        ctx.emit(result)  # committed with this request's position: it lands once
 
 
 def new_summary_worker(
-    summarizer: Summarizer, service: pt.ExternalService, *, interval: float = 1.0
+    summarizer: Summarizer, service: pt.ExternalService, items: ItemsState
 ) -> pt.PatternWorker[SummaryState]:
     worker = pt.PatternWorker(
-        "items-summaries", "Generates summaries of item content", SummaryState(), services=[service]
+        "items-summaries",
+        "Generates summaries of item content",
+        SummaryState(),
+        services=[service],
+        partitions=PARTITIONS,
+        key=lambda cmd: cmd.name,
     )
     worker.on_command("items/create", on_create)
     worker.on_command("items/update", on_update)
     worker.on_command("items/delete", on_delete)
-    worker.on_command("items/request-summary-generation", on_request)
-    worker.on_command("items/set-generated-summary", on_done)
-    worker.on_command("items/fail-summary-generation", on_done)
-    worker.set_periodic_work(partial(process_pending, summarizer, service), interval=interval)
+    worker.on_command(
+        "items/request-summary-generation",
+        partial(on_request, summarizer, service, items),
+        timeout=REQUEST_TIMEOUT,
+        retry=REQUEST_RETRY,
+        key=lambda cmd: cmd.item_id,
+    )
     return worker
