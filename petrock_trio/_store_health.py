@@ -17,7 +17,15 @@ import trio
 from ._errors import LeaseLost, StoreError, StoreGone
 from ._health import Health, HealthReport
 from ._message import Row
-from .stores import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, Store, StoreStatistics
+from .stores import (
+    Commit,
+    DeadLetterRecord,
+    LeaseRecord,
+    RetryRecord,
+    SnapshotRecord,
+    Store,
+    StoreStatistics,
+)
 
 __all__ = ["MonitoredStore", "StoreHealth"]
 
@@ -202,6 +210,9 @@ class MonitoredStore:
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
         return await self.health.read(self.inner.dead_letters(worker))
+
+    async def snapshots(self, name: str | None = None) -> list[SnapshotRecord]:
+        return await self.health.read(self.inner.snapshots(name))
 
     def gone(self) -> str | None:
         return self.inner.gone()

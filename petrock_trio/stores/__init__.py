@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError
-from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, Store, StoreStatistics
+from ._base import (
+    Commit,
+    DeadLetterRecord,
+    LeaseRecord,
+    RetryRecord,
+    SnapshotRecord,
+    Store,
+    StoreStatistics,
+)
 from ._sqlite import SQLiteStore
 from ._sqlitereadonly import ReadOnlySQLiteStore
 
@@ -22,6 +30,7 @@ __all__ = [
     "ReadOnlySQLiteStore",
     "RetryRecord",
     "SQLiteStore",
+    "SnapshotRecord",
     "Store",
     "StoreStatistics",
     "open_store",

@@ -11,10 +11,12 @@ from .._message import Row
 
 __all__ = [
     "LOG_TABLES",
+    "SNAPSHOTS_KEPT",
     "Commit",
     "DeadLetterRecord",
     "LeaseRecord",
     "RetryRecord",
+    "SnapshotRecord",
     "Store",
     "StoreStatistics",
 ]
@@ -54,6 +56,29 @@ class RetryRecord:
 
 
 @attrs.frozen
+class SnapshotRecord:
+    """A run's state as it was after message ``position``, encoded.
+
+    ``name`` is what it belongs to: a worker's stored name (``worker#i/N`` for a
+    partition) or the state projection's. ``shape`` (the state's field names and
+    types) and ``state_version`` (declared by the worker) say which code wrote it: a
+    run whose own differ does not use it. ``taken_at`` is wall-clock time.
+    """
+
+    name: str
+    position: int
+    state_version: str
+    shape: str
+    state: bytes
+    taken_at: float
+
+
+# Snapshots kept per name: the latest, and one before it in case the latest does not
+# decode. Older ones are deleted in the transaction that writes a newer one.
+SNAPSHOTS_KEPT: Final = 2
+
+
+@attrs.frozen
 class LeaseRecord:
     """Which process runs a worker: ``epoch`` grows by one at every takeover."""
 
@@ -83,6 +108,8 @@ class Commit:
     retries: Sequence[RetryRecord] = ()
     leases: Mapping[str, int] = attrs.field(factory=dict)
     timestamp: float = 0.0
+    snapshots: Sequence[SnapshotRecord] = ()
+    forget_snapshots: Sequence[str] = ()
 
 
 @attrs.frozen
@@ -155,6 +182,13 @@ class Store(Protocol):
     async def lease_records(self) -> list[LeaseRecord]: ...
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]: ...
+
+    async def snapshots(self, name: str | None = None) -> list[SnapshotRecord]:
+        """The stored snapshots (of ``name`` only, if given), by name, newest first.
+
+        A database older than snapshots (opened read-only, so not given the table) has
+        none."""
+        ...
 
     def gone(self) -> str | None:
         """Why the database is gone for good (its file deleted or replaced), once the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import _pgsql as sql
-from ._base import Commit, DeadLetterRecord, RetryRecord
+from ._base import SNAPSHOTS_KEPT, Commit, DeadLetterRecord, RetryRecord, SnapshotRecord
 from ._pgbinary import Param, Statement, byteas, float8s, int8, int8s, optional_texts, texts
 
 __all__ = ["Batch"]
@@ -30,6 +30,9 @@ class Batch:
         self.letters: dict[_Key, tuple[str, DeadLetterRecord | None]] = {}
         self.retries: dict[str, RetryRecord] = {}
         self.leases: dict[str, int] = {}
+        # Snapshots to write by (name, position), and names whose earlier ones go first.
+        self.snapshots: dict[_Key, SnapshotRecord] = {}
+        self.forgotten: set[str] = set()
         for commit in commits:
             self.leases.update(commit.leases)
             for name, payload in commit.appends:
@@ -48,6 +51,14 @@ class Batch:
                 self._add_letter(letter)
             for worker, message_id in commit.resolved:
                 self.letters[worker, message_id] = ("delete", None)
+            self._add_snapshots(commit)
+
+    def _add_snapshots(self, commit: Commit) -> None:
+        for name in commit.forget_snapshots:
+            self.forgotten.add(name)
+            self.snapshots = {k: r for k, r in self.snapshots.items() if k[0] != name}
+        for record in commit.snapshots:
+            self.snapshots[record.name, record.position] = record
 
     def _add_letter(self, letter: DeadLetterRecord) -> None:
         key = (letter.worker, letter.message_id)
@@ -69,7 +80,14 @@ class Batch:
 
     @property
     def empty(self) -> bool:
-        return not (self.names or self.positions or self.letters or self.retries)
+        return not (
+            self.names
+            or self.positions
+            or self.letters
+            or self.retries
+            or self.snapshots
+            or self.forgotten
+        )
 
     def statements(self, *, lock_key: int | None) -> tuple[list[Statement], int]:
         """The statements, and the index of the one whose result holds the new ids."""
@@ -137,7 +155,34 @@ class Batch:
                     [texts(w for w, _ in deleted), int8s(m for _, m in deleted)],
                 )
             )
+        out.extend(self._snapshot_statements())
         return out, inserted
+
+    def _snapshot_statements(self) -> list[Statement]:
+        out: list[Statement] = []
+        touched = sorted(self.forgotten | {name for name, _ in self.snapshots})
+        if touched:
+            out.append((sql.LOCK_SNAPSHOTS, [texts(touched)]))
+        if self.forgotten:
+            out.append((sql.FORGET_SNAPSHOTS, [texts(sorted(self.forgotten))]))
+        if self.snapshots:
+            records = [self.snapshots[key] for key in sorted(self.snapshots)]
+            out.append(
+                (
+                    sql.UPSERT_SNAPSHOTS,
+                    [
+                        texts(r.name for r in records),
+                        int8s(r.position for r in records),
+                        texts(r.state_version for r in records),
+                        texts(r.shape for r in records),
+                        byteas(r.state for r in records),
+                        float8s(r.taken_at for r in records),
+                    ],
+                )
+            )
+            names = sorted({r.name for r in records})
+            out.append((sql.PRUNE_SNAPSHOTS, [texts(names), int8(SNAPSHOTS_KEPT)]))
+        return out
 
 
 def _letter_params(letters: Sequence[DeadLetterRecord]) -> list[Param]:

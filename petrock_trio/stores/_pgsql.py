@@ -58,6 +58,15 @@ SCHEMA: Final[Sequence[bytes]] = (
         backend_pid   INTEGER          NOT NULL,
         backend_start TIMESTAMPTZ
     )""",
+    b"""CREATE TABLE IF NOT EXISTS snapshots (
+        name          TEXT             NOT NULL,
+        position      BIGINT           NOT NULL,
+        state_version TEXT             NOT NULL,
+        shape         TEXT             NOT NULL,
+        state         BYTEA            NOT NULL,
+        taken_at      DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (name, position)
+    )""",
     # Fencing: share-locks the commit's lease rows (a takeover waits for the commit, or
     # the commit sees the new epoch) and raises if any epoch moved on.
     b"""CREATE OR REPLACE FUNCTION petrock_trio_fence(workers TEXT[], epochs BIGINT[])
@@ -266,3 +275,37 @@ HAS_TRACEBACK: Final = b"""
 SELECT count(*)::int8 FROM pg_attribute
 WHERE attrelid = 'dead_letters'::regclass AND attname = 'traceback' AND NOT attisdropped
 """
+
+# Several processes write the state projection's snapshots under one name: each locks
+# the rows it may delete first, all in one order, so two such writes never deadlock.
+LOCK_SNAPSHOTS: Final = (
+    b"SELECT 1 FROM snapshots WHERE name = ANY($1::text[]) ORDER BY name, position FOR UPDATE"
+)
+
+FORGET_SNAPSHOTS: Final = b"DELETE FROM snapshots WHERE name = ANY($1::text[])"
+
+UPSERT_SNAPSHOTS: Final = b"""
+INSERT INTO snapshots
+SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::bytea[], $6::float8[])
+ON CONFLICT (name, position) DO UPDATE SET
+    state_version = excluded.state_version, shape = excluded.shape, state = excluded.state,
+    taken_at = excluded.taken_at
+"""
+
+# Of each name, every snapshot but the newest $2.
+PRUNE_SNAPSHOTS: Final = b"""
+DELETE FROM snapshots s USING (
+    SELECT name, position, row_number() OVER (PARTITION BY name ORDER BY position DESC) AS n
+    FROM snapshots WHERE name = ANY($1::text[])
+) AS ranked
+WHERE s.name = ranked.name AND s.position = ranked.position AND ranked.n > $2
+"""
+
+SNAPSHOTS: Final = b"""
+SELECT name, position, state_version, shape, state, taken_at FROM snapshots
+WHERE $1::text IS NULL OR name = $1
+ORDER BY name, position DESC
+"""
+
+# A database opened read-only may be older than the table, and cannot be given it.
+HAS_SNAPSHOTS: Final = b"SELECT (to_regclass('snapshots') IS NOT NULL)::int::int8"

@@ -30,7 +30,14 @@ from .._errors import ConfigurationError, StoreError
 from .._logging import get_logger
 from .._message import Row
 from . import _pgsql as sql
-from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, StoreStatistics
+from ._base import (
+    Commit,
+    DeadLetterRecord,
+    LeaseRecord,
+    RetryRecord,
+    SnapshotRecord,
+    StoreStatistics,
+)
 from ._pgbatch import Batch
 from ._pgbinary import (
     ARRAY_OF,
@@ -99,6 +106,8 @@ class PostgresStore:
         # Whether dead_letters has its traceback column: known once opened to write
         # (open adds it), looked up on first use by a read-only opening.
         self._traceback_column: bool | None = None
+        # Whether the snapshots table exists: as for the traceback column.
+        self._snapshots_table: bool | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.url!r} open={self._open}>"
@@ -133,6 +142,7 @@ class PostgresStore:
                 prepare=False,
             )
             self._traceback_column = True
+            self._snapshots_table = True
         except BaseException:
             await self.aclose()
             raise
@@ -305,6 +315,16 @@ class PostgresStore:
             get_optional_text,  # traceback: NULL in letters written before it was kept
         )
         return [DeadLetterRecord(*row) for row in read_rows(res, columns)]
+
+    async def snapshots(self, name: str | None = None) -> list[SnapshotRecord]:
+        if self._snapshots_table is None:
+            found = await self._read((sql.HAS_SNAPSHOTS, ()))
+            self._snapshots_table = get_int(found, 0, 0) > 0
+        if not self._snapshots_table:
+            return []
+        res = await self._read((sql.SNAPSHOTS, [(TEXT, None if name is None else name.encode())]))
+        columns = (get_text, get_int, get_text, get_text, get_bytes, get_float)
+        return [SnapshotRecord(*row) for row in read_rows(res, columns)]
 
     def gone(self) -> str | None:
         # Nothing file-based to lose: a lost connection raises StoreError on the call.

@@ -22,7 +22,15 @@ import trio
 from .._errors import LeaseLost, StoreError, StoreGone
 from .._message import Row
 from . import _sqlitesql as sql
-from ._base import Commit, DeadLetterRecord, LeaseRecord, RetryRecord, StoreStatistics
+from ._base import (
+    SNAPSHOTS_KEPT,
+    Commit,
+    DeadLetterRecord,
+    LeaseRecord,
+    RetryRecord,
+    SnapshotRecord,
+    StoreStatistics,
+)
 from ._sqlitefile import FileGuard
 from ._sqlitewatch import watch_commits
 
@@ -204,6 +212,7 @@ class SQLiteStore:
                             "DELETE FROM dead_letters WHERE worker = ? AND message_id = ?",
                             commit.resolved,
                         )
+                    _write_snapshots(conn, commit)
                     results.append(rows)
                 conn.execute("COMMIT")
             except BaseException:
@@ -343,6 +352,25 @@ class SQLiteStore:
 
         return await self._read(run)
 
+    async def snapshots(self, name: str | None = None) -> list[SnapshotRecord]:
+        query = sql.SNAPSHOTS
+        args: tuple[object, ...] = ()
+        if name is not None:
+            query += " WHERE name = ?"
+            args = (name,)
+        query += " ORDER BY name, position DESC"
+
+        def run(conn: sqlite3.Connection) -> list[SnapshotRecord]:
+            # A file opened read-only may be older than the table, and cannot be given it.
+            if conn.execute(sql.HAS_SNAPSHOTS).fetchone() is None:
+                return []
+            return [
+                SnapshotRecord(n, p, v, shape, bytes(state), t)
+                for n, p, v, shape, state, t in conn.execute(query, args).fetchall()
+            ]
+
+        return await self._read(run)
+
     def gone(self) -> str | None:
         return None if self._file is None else self._file.gone
 
@@ -372,6 +400,17 @@ def _check_leases(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
     )
     if lost:
         raise LeaseLost(lost)
+
+
+def _write_snapshots(conn: sqlite3.Connection, commit: Commit) -> None:
+    if not (commit.forget_snapshots or commit.snapshots):
+        return
+    conn.executemany(
+        "DELETE FROM snapshots WHERE name = ?", [(n,) for n in commit.forget_snapshots]
+    )
+    conn.executemany(sql.UPSERT_SNAPSHOT, [attrs.astuple(r) for r in commit.snapshots])
+    names = sorted({r.name for r in commit.snapshots})
+    conn.executemany(sql.PRUNE_SNAPSHOTS, [(n, n, SNAPSHOTS_KEPT) for n in names])
 
 
 def _wrap(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

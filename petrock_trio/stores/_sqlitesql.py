@@ -9,12 +9,16 @@ from ._base import DeadLetterRecord
 
 __all__ = [
     "DEAD_LETTERS",
+    "HAS_SNAPSHOTS",
     "HEAD",
+    "PRUNE_SNAPSHOTS",
     "SCHEMA",
+    "SNAPSHOTS",
     "TAKE_LEASE",
     "UPSERT_DEAD_LETTER",
     "UPSERT_POSITION",
     "UPSERT_RETRY",
+    "UPSERT_SNAPSHOT",
     "dead_letter_records",
     "migrate",
 ]
@@ -54,6 +58,15 @@ CREATE TABLE IF NOT EXISTS leases (
     holder     TEXT    NOT NULL,
     epoch      INTEGER NOT NULL,
     expires_at REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    name          TEXT    NOT NULL,
+    position      INTEGER NOT NULL,
+    state_version TEXT    NOT NULL,
+    shape         TEXT    NOT NULL,
+    state         BLOB    NOT NULL,
+    taken_at      REAL    NOT NULL,
+    PRIMARY KEY (name, position)
 );
 """
 
@@ -138,6 +151,19 @@ ON CONFLICT (worker) DO UPDATE SET
     message_id = excluded.message_id, attempts = excluded.attempts,
     next_attempt_at = excluded.next_attempt_at, first_failed_at = excluded.first_failed_at
 """
+
+UPSERT_SNAPSHOT: Final = "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?)"
+
+# Of one name, every snapshot but the newest SNAPSHOTS_KEPT.
+PRUNE_SNAPSHOTS: Final = """
+DELETE FROM snapshots WHERE name = ? AND position NOT IN (
+    SELECT position FROM snapshots WHERE name = ? ORDER BY position DESC LIMIT ?
+)
+"""
+
+SNAPSHOTS: Final = "SELECT * FROM snapshots"
+
+HAS_SNAPSHOTS: Final = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'"
 
 TAKE_LEASE: Final = """
 INSERT INTO leases VALUES (?, ?, 1, ?)

@@ -14,6 +14,7 @@ from ..stores import (
     DeadLetterRecord,
     LeaseRecord,
     RetryRecord,
+    SnapshotRecord,
     Store,
     StoreStatistics,
 )
@@ -138,6 +139,9 @@ class FaultyStore:
 
     async def retries(self) -> list[RetryRecord]:
         return await self.inner.retries()
+
+    async def snapshots(self, name: str | None = None) -> list[SnapshotRecord]:
+        return await self.inner.snapshots(name)
 
     async def leases(
         self, holder: str, held: Mapping[str, int], wanted: Sequence[str], *, ttl: float, now: float
