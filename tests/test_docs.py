@@ -714,7 +714,7 @@ class TestTheChecker:
             ```python from={source}
             @attrs.define
             class SummaryState:
-                pending: dict[str, PendingSummary] = attrs.Factory(dict)
+                MAX_AGE = timedelta(hours=24)
             ```
 
             ```python from=examples/missing.py
@@ -730,7 +730,7 @@ class TestTheChecker:
         run_block(page, 0)
         with pytest.raises(ExcerptError, match=r"'submitted: set.*' is not in the file"):
             run_block(page, 1)
-        with pytest.raises(ExcerptError, match=r"'pending: .*' does not follow 'class Summ"):
+        with pytest.raises(ExcerptError, match=r"'MAX_AGE = .*' does not follow 'class Summ"):
             run_block(page, 2)
         with pytest.raises(ExcerptError, match=r"no file examples/missing.py"):
             run_block(page, 3)

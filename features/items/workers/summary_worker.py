@@ -34,9 +34,10 @@ REQUEST_TIMEOUT = 60.0
 REQUEST_RETRY = pt.Backoff(max_delay=10.0, max_attempts=20)
 
 
+# One per partition: the content of each of its items, as of the message handled.
 @attrs.define
 class SummaryState:
-    contents: dict[str, str] = attrs.Factory(dict)  # item name -> content, this partition's
+    contents: dict[str, str] = attrs.Factory(dict)
 
 
 async def on_create(ctx: pt.HandlerContext, cmd: CreateItem, state: SummaryState) -> None:
