@@ -87,7 +87,8 @@ def fill_log(database: str, count: int, names: Sequence[str] = NAMES) -> None:
             stop = min(start + chunk, last + count + 1)
             conn.execute("BEGIN")
             conn.executemany(
-                "INSERT INTO messages VALUES (?, ?, ?, ?)",
+                # Columns named: the schema may have more (nullable) ones.
+                "INSERT INTO messages (id, timestamp, name, payload) VALUES (?, ?, ?, ?)",
                 ((i, now, names[i % len(names)], payload(i)) for i in range(start, stop)),
             )
             conn.execute("COMMIT")
