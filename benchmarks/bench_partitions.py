@@ -1,7 +1,7 @@
 """9. Partitions: one worker's messages in flight at once, in one process and over two.
 
 Run it:  python benchmarks/bench_partitions.py [--quick] [--io-per-partition 400]
-                                               [--postgres auto|URL] [--cpu-size 20000]
+                                               [--postgres auto|URL] [--cpu-size 30000]
 
 I/O-bound, one process, SQLite: a worker whose handler awaits 10 ms of I/O
 (``trio.sleep(0.01)``, real time) with ``partitions`` 1, 8 and 64, keyed by the
@@ -326,7 +326,7 @@ def cpu_text(cpu: dict[str, float | None] | None) -> str:
 
 
 def cpu_part(args: argparse.Namespace, pg: c.Postgres) -> dict[str, Any]:
-    size = args.cpu_size or (1_000 if args.quick else 20_000)
+    size = args.cpu_size or (1_000 if args.quick else 30_000)
     partitions = args.cpu_partitions
     iterations, micros = calibrate(args.burn_us)
     # The last message of each partition: it is done when its position reaches it.
