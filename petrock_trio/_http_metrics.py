@@ -97,6 +97,20 @@ LEASE: Final = _Family(
     "Leases of the worker this process holds: 1 or 0, or its partitions held here",
     _W,
 )
+_WP = ("worker", "partition")
+PARTITION_POSITION: Final = _Family(
+    _G, "petrock_partition_position", "A partition's position (partitioned workers)", _WP
+)
+PARTITION_LAG: Final = _Family(
+    _G,
+    "petrock_partition_lag_messages",
+    "Messages between a partition's position and the log head",
+    _WP,
+    "messages",
+)
+PARTITION_HERE: Final = _Family(
+    _G, "petrock_partition_running", "1 for a partition that runs in this process", _WP
+)
 DURATION: Final = _Family(
     _H,
     "petrock_handler_duration_seconds",
@@ -158,6 +172,9 @@ FAMILIES: Final = (
     LAG_SECONDS,
     OUTSTANDING,
     LEASE,
+    PARTITION_POSITION,
+    PARTITION_LAG,
+    PARTITION_HERE,
     DURATION,
     ATTEMPTS,
     RETRIES,
@@ -238,6 +255,12 @@ def _worker_gauges(
             # With several processes, which of them runs each worker (or how many of its
             # partitions): 1 here, 0 elsewhere.
             families[LEASE.name].add_metric([name], held.get(name, 0))
+        for part in info.get("partitions", ()):
+            labels = [name, str(part["partition"])]
+            families[PARTITION_POSITION.name].add_metric(labels, part["position"])
+            families[PARTITION_LAG.name].add_metric(labels, part["lag"])
+            # Served here when inspect has its health (the others are only known by lease).
+            families[PARTITION_HERE.name].add_metric(labels, part["health"] is not None)
 
 
 def _worker_counts(

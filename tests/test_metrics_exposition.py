@@ -419,7 +419,16 @@ class TestNames:
             pass
 
         worker.set_periodic_work(work, interval=1.0)
-        app = sleeper_app(worker, leases=True, database=":memory:")
+        # A partitioned worker too, for the per-partition series.
+        parts: pt.PatternWorker[None] = pt.PatternWorker(
+            "parts", partitions=2, key=lambda cmd: str(cmd.seconds)
+        )
+
+        @parts.on_command("metrics-test/sleep")
+        async def on_sleep(ctx: pt.HandlerContext, cmd: Sleep, state: None) -> None:
+            pass
+
+        app = sleeper_app(worker, parts, leases=True, database=":memory:")
         async with serving(app):
             await app.execute(Sleep(0.0))
             await app.caught_up()

@@ -456,3 +456,27 @@ class TestStopBehindTheOthers:
             async with serving(app):
                 stopping = trio.current_time()
             assert trio.current_time() - stopping == 0
+
+
+async def test_metrics_show_each_partition(autojump_clock: Any) -> None:
+    from prometheus_client import generate_latest  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    from petrock_trio._http_metrics import app_registry  # noqa: PLC0415
+
+    app = app_with(":memory:", partitioned(Seen(), 3))
+    async with serving(app):
+        await app.execute(Add("a"))
+        await app.caught_up()
+        text = generate_latest(app_registry(app)).decode()
+    samples = {
+        (s.name, s.labels.get("partition")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("worker") == "totals"
+    }
+    for partition in ("0", "1", "2"):
+        assert samples["petrock_partition_position", partition] == 2
+        assert samples["petrock_partition_lag_messages", partition] == 0
+        assert samples["petrock_partition_running", partition] == 1
+    assert samples["petrock_worker_position", None] == 2
