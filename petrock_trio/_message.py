@@ -2,39 +2,84 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import attrs
+import orjson
 
 if TYPE_CHECKING:
     from ._commands import CommandRegistry
 
-__all__ = ["Message", "Page", "Row"]
+__all__ = ["NO_METADATA", "Message", "Page", "Row", "decode_metadata", "encode_metadata"]
+
+NO_METADATA: Final[Mapping[str, str]] = MappingProxyType({})
+"""The metadata of a message that has none: shared, so a message costs no dict."""
 
 
 class Row(NamedTuple):
-    """A message as stored: payload still encoded, timestamp in Unix seconds."""
+    """A message as stored: payload still encoded, timestamp in Unix seconds.
+
+    ``metadata`` is a JSON object's text (W3C trace context: ``traceparent`` and
+    ``tracestate``), or ``None``: rows written without tracing, or by older versions.
+    """
 
     id: int
     timestamp: float
     name: str
     payload: bytes
+    metadata: str | None = None
+
+
+def encode_metadata(metadata: Mapping[str, str]) -> str | None:
+    """A row's ``metadata`` column for ``metadata``: ``None`` when it is empty."""
+    if not metadata:
+        return None
+    return orjson.dumps(dict(metadata)).decode()
+
+
+def decode_metadata(text: str | None) -> Mapping[str, str]:
+    """The mapping a row's ``metadata`` holds; text that is not a JSON object of strings
+    (another program's writing) reads as what strings it has, or none.
+
+    Metadata only links traces: a message must not become undecodable, and be
+    dead-lettered, because of it.
+    """
+    if text is None:
+        return NO_METADATA
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return NO_METADATA
+    if not isinstance(data, dict):
+        return NO_METADATA
+    found = {k: v for k, v in data.items() if isinstance(v, str)}
+    return MappingProxyType(found) if found else NO_METADATA
 
 
 @attrs.frozen
 class Message:
-    """One command in the log: its id (position), when it was appended, and the command."""
+    """One command in the log: its id (position), when it was appended, and the command.
+
+    ``metadata`` is what the log keeps beside the command: the trace context of the
+    span that appended it (``traceparent``, ``tracestate``) when tracing is on, else
+    nothing. It is not part of the message's hash.
+    """
 
     id: int
     timestamp: datetime
     name: str
     command: Any
+    metadata: Mapping[str, str] = attrs.field(default=NO_METADATA, hash=False)
 
     @classmethod
     def from_row(cls, row: Row, command: Any) -> Message:
-        return cls(row.id, datetime.fromtimestamp(row.timestamp, UTC), row.name, command)
+        timestamp = datetime.fromtimestamp(row.timestamp, UTC)
+        if row.metadata is None:
+            return cls(row.id, timestamp, row.name, command)
+        return cls(row.id, timestamp, row.name, command, decode_metadata(row.metadata))
 
 
 class Page:

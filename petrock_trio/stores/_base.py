@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
 import attrs
@@ -108,8 +109,25 @@ class Commit:
     retries: Sequence[RetryRecord] = ()
     leases: Mapping[str, int] = attrs.field(factory=dict)
     timestamp: float = 0.0
+    # Each append's metadata column, in order (a JSON object's text or None), or empty
+    # when none has any: what tracing adds costs nothing without it.
+    metadata: Sequence[str | None] = ()
     snapshots: Sequence[SnapshotRecord] = ()
     forget_snapshots: Sequence[str] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.metadata and len(self.metadata) != len(self.appends):
+            raise ValueError(
+                f"a commit of {len(self.appends)} appends has metadata for {len(self.metadata)}"
+            )
+
+    def rows(self, ids: Iterable[int]) -> list[Row]:
+        """The rows this commit appends, given their ids in order."""
+        metadata = self.metadata or itertools.repeat(None, len(self.appends))
+        return [
+            Row(id_, self.timestamp, name, payload, meta)
+            for id_, (name, payload), meta in zip(ids, self.appends, metadata, strict=True)
+        ]
 
 
 @attrs.frozen

@@ -25,6 +25,8 @@ class Batch:
         self.timestamps: list[float] = []
         self.names: list[str] = []
         self.payloads: list[bytes | None] = []
+        # Each append's metadata, once some commit of the batch has any.
+        self.metadata: list[str | None] | None = None
         self.positions: dict[str, tuple[int, float]] = {}
         # key -> ("add" | "replace", letter) or ("delete", None)
         self.letters: dict[_Key, tuple[str, DeadLetterRecord | None]] = {}
@@ -35,10 +37,7 @@ class Batch:
         self.forgotten: set[str] = set()
         for commit in commits:
             self.leases.update(commit.leases)
-            for name, payload in commit.appends:
-                self.timestamps.append(commit.timestamp)
-                self.names.append(name)
-                self.payloads.append(payload)
+            self._add_appends(commit)
             for worker, position in commit.positions.items():
                 if worker not in self.positions or position > self.positions[worker][0]:
                     self.positions[worker] = (position, commit.timestamp)
@@ -59,6 +58,16 @@ class Batch:
             self.snapshots = {k: r for k, r in self.snapshots.items() if k[0] != name}
         for record in commit.snapshots:
             self.snapshots[record.name, record.position] = record
+
+    def _add_appends(self, commit: Commit) -> None:
+        if commit.metadata and self.metadata is None:
+            self.metadata = [None] * len(self.names)
+        for name, payload in commit.appends:
+            self.timestamps.append(commit.timestamp)
+            self.names.append(name)
+            self.payloads.append(payload)
+        if self.metadata is not None:
+            self.metadata.extend(commit.metadata or [None] * len(commit.appends))
 
     def _add_letter(self, letter: DeadLetterRecord) -> None:
         key = (letter.worker, letter.message_id)
@@ -100,12 +109,12 @@ class Batch:
             if lock_key is not None:
                 out.append((sql.LOCK, [int8(lock_key)]))
             inserted = len(out)
-            out.append(
-                (
-                    sql.INSERT_MESSAGES,
-                    [float8s(self.timestamps), texts(self.names), byteas(self.payloads)],
-                )
-            )
+            columns = [float8s(self.timestamps), texts(self.names), byteas(self.payloads)]
+            if self.metadata is not None:
+                columns.append(optional_texts(self.metadata))
+                out.append((sql.INSERT_MESSAGES_WITH_METADATA, columns))
+            else:
+                out.append((sql.INSERT_MESSAGES, columns))
             out.append((sql.NOTIFY, ()))
         # Rows are written in key order, so that two processes writing the same
         # rows lock them in the same order instead of deadlocking.

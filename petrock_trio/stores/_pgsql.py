@@ -10,8 +10,20 @@ SCHEMA: Final[Sequence[bytes]] = (
         id        BIGINT           PRIMARY KEY,
         timestamp DOUBLE PRECISION NOT NULL,
         name      TEXT             NOT NULL,
-        payload   BYTEA            NOT NULL
+        payload   BYTEA            NOT NULL,
+        metadata  TEXT
     )""",
+    # A log made before messages kept metadata (trace context) gets the column, as
+    # dead_letters gets traceback below.
+    b"""DO $$ BEGIN
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_attribute
+            WHERE attrelid = 'messages'::regclass AND attname = 'metadata'
+              AND NOT attisdropped
+        ) THEN
+            ALTER TABLE messages ADD COLUMN metadata TEXT;
+        END IF;
+    END $$""",
     b"CREATE SEQUENCE IF NOT EXISTS messages_id_seq AS BIGINT OWNED BY messages.id",
     b"""CREATE TABLE IF NOT EXISTS positions (
         worker     TEXT             PRIMARY KEY,
@@ -188,18 +200,29 @@ LOCK: Final = b"SELECT pg_advisory_xact_lock($1)"
 
 # Whatever order nextval runs in, the ids drawn are handed out sorted, in the order
 # of the arrays; under the append lock they are also consecutive.
-INSERT_MESSAGES: Final = b"""
+_INSERT_MESSAGES: Final = b"""
 WITH ids AS (
     SELECT nextval('messages_id_seq') AS id FROM generate_series(1, cardinality($2::text[]))
 ), numbered AS (
     SELECT id, row_number() OVER (ORDER BY id) AS n FROM ids
 )
-INSERT INTO messages (id, timestamp, name, payload)
-SELECT numbered.id, u.timestamp, u.name, u.payload
-FROM unnest($1::float8[], $2::text[], $3::bytea[]) WITH ORDINALITY AS u(timestamp, name, payload, n)
+INSERT INTO messages (id, timestamp, name, payload%s)
+SELECT numbered.id, u.timestamp, u.name, u.payload%s
+FROM unnest($1::float8[], $2::text[], $3::bytea[]%s)
+     WITH ORDINALITY AS u(timestamp, name, payload%s, n)
 JOIN numbered USING (n)
 RETURNING id
 """
+
+INSERT_MESSAGES: Final = _INSERT_MESSAGES % (b"", b"", b"", b"")
+
+# A batch where some append has metadata: one more array (no cost to the others).
+INSERT_MESSAGES_WITH_METADATA: Final = _INSERT_MESSAGES % (
+    b", metadata",
+    b", u.metadata",
+    b", $4::text[]",
+    b", metadata",
+)
 
 # The channel is named after the messages table's oid: unique to this log even when
 # several logs share a database in different schemas (one log's head means nothing
@@ -249,10 +272,20 @@ DELETE FROM dead_letters d USING unnest($1::text[], $2::int8[]) AS r(worker, mes
 WHERE d.worker = r.worker AND d.message_id = r.message_id
 """
 
-READ_AFTER: Final = b"""
-SELECT id, timestamp, name, payload FROM messages
+_READ_AFTER: Final = b"""
+SELECT id, timestamp, name, payload, %s FROM messages
 WHERE id > $1 AND id <= $2 AND ($3::text[] IS NULL OR name = ANY($3))
 ORDER BY id LIMIT $4
+"""
+
+READ_AFTER: Final = _READ_AFTER % b"metadata"
+
+# A log opened read-only may be older than the metadata column.
+READ_AFTER_WITHOUT_METADATA: Final = _READ_AFTER % b"NULL::text"
+
+HAS_METADATA: Final = b"""
+SELECT count(*)::int8 FROM pg_attribute
+WHERE attrelid = 'messages'::regclass AND attname = 'metadata' AND NOT attisdropped
 """
 
 HEAD: Final = b"SELECT coalesce(max(id), 0)::int8 FROM messages"

@@ -108,6 +108,8 @@ class PostgresStore:
         self._traceback_column: bool | None = None
         # Whether the snapshots table exists: as for the traceback column.
         self._snapshots_table: bool | None = None
+        # Whether messages has its metadata column: as for the traceback column.
+        self._metadata_column: bool | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.url!r} open={self._open}>"
@@ -143,6 +145,7 @@ class PostgresStore:
             )
             self._traceback_column = True
             self._snapshots_table = True
+            self._metadata_column = True
         except BaseException:
             await self.aclose()
             raise
@@ -172,10 +175,7 @@ class PostgresStore:
         out: list[list[Row]] = []
         at = 0
         for commit in commits:
-            rows = [
-                Row(ids[at + i], commit.timestamp, name, payload)
-                for i, (name, payload) in enumerate(commit.appends)
-            ]
+            rows = commit.rows(ids[at : at + len(commit.appends)])
             at += len(rows)
             out.append(rows)
         self._transactions += 1
@@ -190,9 +190,12 @@ class PostgresStore:
         upto: int | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Row]:
+        if self._metadata_column is None:
+            found = await self._read((sql.HAS_METADATA, ()))
+            self._metadata_column = get_int(found, 0, 0) > 0
         res = await self._read(
             (
-                sql.READ_AFTER,
+                sql.READ_AFTER if self._metadata_column else sql.READ_AFTER_WITHOUT_METADATA,
                 [
                     int8(after),
                     int8(INT8_MAX if upto is None else upto),
@@ -207,6 +210,7 @@ class PostgresStore:
                 get_float(res, r, 1),
                 get_text(res, r, 2),
                 get_bytes(res, r, 3),
+                get_optional_text(res, r, 4),
             )
             for r in range(res.ntuples)
         ]

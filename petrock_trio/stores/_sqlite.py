@@ -73,6 +73,7 @@ class SQLiteStore:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._file: FileGuard | None = None
+        self._message_columns = sql.MESSAGE_COLUMNS  # see _sqlitesql.message_columns
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
         self._reads = 0
@@ -170,13 +171,10 @@ class SQLiteStore:
                 (last,) = conn.execute(sql.HEAD).fetchone()
                 results: list[list[Row]] = []
                 for commit in commits:
-                    rows = [
-                        Row(last + i, commit.timestamp, name, payload)
-                        for i, (name, payload) in enumerate(commit.appends, 1)
-                    ]
+                    rows = commit.rows(range(last + 1, last + 1 + len(commit.appends)))
                     last += len(rows)
                     if rows:
-                        conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", rows)
+                        conn.executemany(sql.INSERT_MESSAGE, rows)
                     if commit.positions:
                         conn.executemany(
                             sql.UPSERT_POSITION,
@@ -234,7 +232,7 @@ class SQLiteStore:
         upto: int | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Row]:
-        query = "SELECT id, timestamp, name, payload FROM messages WHERE id > ?"
+        query = f"SELECT {self._message_columns} FROM messages WHERE id > ?"  # noqa: S608
         args: list[object] = [after]
         if upto is not None:
             query += " AND id <= ?"

@@ -25,6 +25,7 @@ import trio
 from .._errors import ConfigurationError, ForeignDatabase, StoreError
 from ._base import LOG_TABLES
 from ._sqlite import SQLiteStore
+from ._sqlitesql import message_columns
 
 __all__ = ["ReadOnlySQLiteStore"]
 
@@ -97,6 +98,7 @@ class ReadOnlySQLiteStore(SQLiteStore):
             try:
                 found = {name for (name,) in conn.execute(_TABLES)}
                 _refuse_unless_log(self.path, found)
+                self._message_columns = message_columns(conn)
             except sqlite3.Error as exc:
                 conn.close()
                 raise StoreError(f"cannot read SQLite database {self.path!r}: {exc}") from exc

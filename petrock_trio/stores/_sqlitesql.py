@@ -11,6 +11,8 @@ __all__ = [
     "DEAD_LETTERS",
     "HAS_SNAPSHOTS",
     "HEAD",
+    "INSERT_MESSAGE",
+    "MESSAGE_COLUMNS",
     "PRUNE_SNAPSHOTS",
     "SCHEMA",
     "SNAPSHOTS",
@@ -20,6 +22,7 @@ __all__ = [
     "UPSERT_RETRY",
     "UPSERT_SNAPSHOT",
     "dead_letter_records",
+    "message_columns",
     "migrate",
 ]
 
@@ -28,7 +31,8 @@ CREATE TABLE IF NOT EXISTS messages (
     id        INTEGER PRIMARY KEY,
     timestamp REAL    NOT NULL,
     name      TEXT    NOT NULL,
-    payload   BLOB    NOT NULL
+    payload   BLOB    NOT NULL,
+    metadata  TEXT
 );
 CREATE TABLE IF NOT EXISTS positions (
     worker     TEXT PRIMARY KEY,
@@ -112,7 +116,10 @@ def dead_letter_records(cursor: sqlite3.Cursor) -> list[DeadLetterRecord]:
 
 # Columns added since the first schema: (table, column, its definition). A database
 # made before one was added gets it when opened; rows already there hold NULL.
-_ADDED_COLUMNS: Final = (("dead_letters", "traceback", "TEXT"),)
+_ADDED_COLUMNS: Final = (
+    ("dead_letters", "traceback", "TEXT"),
+    ("messages", "metadata", "TEXT"),
+)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -144,6 +151,21 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 HEAD: Final = "SELECT coalesce(max(id), 0) FROM messages"
+
+INSERT_MESSAGE: Final = (
+    "INSERT INTO messages (id, timestamp, name, payload, metadata) VALUES (?, ?, ?, ?, ?)"
+)
+
+# What a read selects, in Row's order.
+MESSAGE_COLUMNS: Final = "id, timestamp, name, payload, metadata"
+
+
+def message_columns(conn: sqlite3.Connection) -> str:
+    """``MESSAGE_COLUMNS`` for this database: a file opened read-only may be older than
+    the metadata column, and its rows then read with none."""
+    found = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    return MESSAGE_COLUMNS if "metadata" in found else "id, timestamp, name, payload, NULL"
+
 
 UPSERT_RETRY: Final = """
 INSERT INTO retries VALUES (?, ?, ?, ?, ?)
