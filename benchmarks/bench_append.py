@@ -69,7 +69,9 @@ def raw_inserts(database: str, count: int, batch: int = 1000) -> float:
                 for i in range(start, min(start + batch, count + 1))
             ]
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO messages (id, timestamp, name, payload) VALUES (?, ?, ?, ?)", rows
+            )
             conn.execute("COMMIT")
         return time.perf_counter() - started
     finally:
