@@ -87,6 +87,7 @@ def http_app(
             Route("/", api.dashboard, methods=["GET"]),
             Route("/commands/{name:path}", api.post_command, methods=["POST"]),
             Route("/inspect", api.inspect, methods=["GET"]),
+            Route("/dashboard.json", api.dashboard_json, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.metrics, methods=["GET"]),
             Route("/messages", api.messages, methods=["GET"]),

@@ -29,6 +29,7 @@ from ._errors import (
     ValidationError,
 )
 from ._health import Health
+from ._http_dashboard import DASHBOARD_MESSAGES, MAX_DASHBOARD_MESSAGES, dashboard_snapshot
 from ._http_guard import AllowedHosts
 from ._http_metrics import CollectorRegistry, app_registry, exposition
 from ._http_rows import LISTED_PAYLOAD_BYTES, Listing, describe_letter, letter_rows
@@ -343,6 +344,17 @@ class Api:
                 "dead_letter": left[0].to_dict() if left else None,
             }
         )
+
+    async def dashboard_json(self, request: Request) -> Response:
+        """Everything one refresh of the dashboard shows, taken at one moment
+        (:func:`~petrock_trio._http_dashboard.dashboard_snapshot`); ``messages`` (at most 100) and
+        ``max_bytes`` bound its message table."""
+        asked = _int_param(request, "messages", 0)
+        max_bytes = _int_param(request, "max_bytes", 1)
+        count = DASHBOARD_MESSAGES if asked is None else min(asked, MAX_DASHBOARD_MESSAGES)
+        budget = self.page_bytes if max_bytes is None else min(max_bytes, self.page_bytes)
+        body = await dashboard_snapshot(self.app, messages=count, max_bytes=budget)
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def dashboard(self, _: Request) -> Response:
         return HTMLResponse(

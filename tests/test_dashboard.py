@@ -1,7 +1,14 @@
-"""The dashboard page: self-contained, and live in a real headless Chromium."""
+"""The dashboard page: self-contained, relative URLs, and live in a real headless Chromium.
+
+With ``PETROCK_TRIO_SCREENSHOTS=docs`` the 700 px test also runs traffic for a while
+(``PETROCK_TRIO_SCREENSHOT_SECONDS``, 90 by default, so the charts fill) and saves
+``dashboard.png`` (1280 px wide) and ``dashboard-narrow.png`` (700 px) there.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import shutil
 import sqlite3
@@ -16,6 +23,9 @@ import attrs
 import httpx
 import pytest
 import trio
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import petrock_trio as pt
 from petrock_trio.testing import serving
@@ -35,8 +45,12 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--window-size=1280,900",
+    "--hide-scrollbars",
 )
+WIDE = "--window-size=1280,900"
+NARROW = 700
+SCREENSHOTS = os.environ.get("PETROCK_TRIO_SCREENSHOTS")
+SCREENSHOT_SECONDS = float(os.environ.get("PETROCK_TRIO_SCREENSHOT_SECONDS", "90"))
 
 
 @pt.command("dash-test/count")
@@ -55,6 +69,12 @@ class Poke:
 @attrs.frozen
 class Big:
     text: str
+
+
+@pt.command("dash-test/split")
+@attrs.frozen
+class Split:
+    key: str
 
 
 @attrs.define
@@ -87,6 +107,43 @@ def build(database: str = ":memory:", **options: Any) -> tuple[pt.App, Switch]:
     return app, switch
 
 
+def scene(database: str = ":memory:") -> tuple[pt.App, Switch]:
+    """`build`'s workers, plus a partitioned worker, a worker whose periodic work needs a
+    service that is down (its circuit opens at the first failure, then runs are skipped)
+    and a worker that refuses text with a long unbroken error."""
+    app, switch = build(database, max_payload_bytes=1 << 20)
+    app.register_command(Big)
+    app.register_command(Split)
+    splitter: pt.PatternWorker[None] = pt.PatternWorker(
+        "splitter", "by key", partitions=3, key=lambda cmd: cmd.key
+    )
+    api = pt.ExternalService("flaky-api", failure_threshold=1, reset_timeout=600)
+    poller: pt.PatternWorker[None] = pt.PatternWorker("poller", "polls", services=[api])
+    strict: pt.PatternWorker[None] = pt.PatternWorker(
+        "strict-worker-with-a-rather-long-name", "refuses", retry=pt.Backoff(max_attempts=1)
+    )
+
+    @splitter.on_command("dash-test/split")
+    async def split(ctx: pt.HandlerContext, cmd: Split, state: None) -> None:
+        await trio.sleep(0.02)  # slow enough for a burst to show as lag
+
+    async def down() -> None:
+        raise ConnectionError("flaky-api is down")
+
+    async def poll(ctx: pt.PeriodicContext, state: None) -> None:
+        await api.call(down)
+
+    poller.set_periodic_work(poll, 0.1)
+
+    @strict.on_command("dash-test/big")
+    async def refuse(ctx: pt.HandlerContext, cmd: Big, state: None) -> None:
+        raise ValueError(f"cannot take {cmd.text}")
+
+    for worker in (splitter, poller, strict):
+        app.register_worker(worker)
+    return app, switch
+
+
 @asynccontextmanager
 async def served(app: pt.App, **options: Any) -> AsyncIterator[str]:
     async with trio.open_nursery() as nursery, serving(app):
@@ -94,8 +151,54 @@ async def served(app: pt.App, **options: Any) -> AsyncIterator[str]:
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def served_asgi(app: pt.App, asgi: ASGIApp) -> AsyncIterator[str]:
+    """``asgi`` served by Hypercorn on a free port, next to ``serve(app)``."""
+    from hypercorn.config import Config  # noqa: PLC0415 - as serve_http loads it
+    from hypercorn.trio import serve  # noqa: PLC0415
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.loglevel = "WARNING"
+    async with trio.open_nursery() as nursery, serving(app):
+        binds: list[str] = await nursery.start(partial(serve, asgi, config))  # type: ignore[arg-type]
+        yield binds[0].rstrip("/")
+        nursery.cancel_scope.cancel()
+
+
+def mounted(asgi: ASGIApp, prefix: str = "/ops") -> Starlette:
+    """An application of one's own with the API mounted under ``prefix``."""
+    return Starlette(routes=[Mount(prefix, app=asgi)])
+
+
+def behind_proxy(asgi: ASGIApp, prefix: str = "/ops") -> ASGIApp:
+    """What a reverse proxy forwarding ``prefix`` does: the prefix becomes ``root_path``,
+    and ``prefix`` itself, without its slash, reaches the API's root with no redirect."""
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "lifespan":
+            await asgi(scope, receive, send)
+        elif path == prefix or path.startswith(prefix + "/"):
+            forwarded = prefix + "/" if path == prefix else path
+            await asgi({**scope, "root_path": prefix, "path": forwarded}, receive, send)
+        else:
+            headers = [(b"content-type", b"text/plain")]
+            await send({"type": "http.response.start", "status": 404, "headers": headers})
+            await send({"type": "http.response.body", "body": b"not under " + prefix.encode()})
+
+    return proxy
+
+
+def script_of(html: str) -> str:
+    match = re.search(r"<script>(.*)</script>", html, re.DOTALL)
+    assert match is not None
+    return match.group(1)
+
+
 class TestPage:
-    """The page is one file of the package, with no external assets."""
+    """The page is one file of the package, with no external assets and relative URLs."""
 
     def test_shipped_in_the_package(self) -> None:
         page = resources.files("petrock_trio").joinpath("dashboard.html")
@@ -116,22 +219,31 @@ class TestPage:
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
         assert "@import" not in html
         assert not re.search(r"<(script|link)[^>]+(src|href)=[\"'][^\"'d]", html)
-        for endpoint in ("/inspect", "/dead-letters", "/messages"):
+        for endpoint in ("dashboard.json", "dead-letters/", "redrive"):
             assert endpoint in html
 
-    async def test_it_asks_for_small_pages(self) -> None:
+    def test_every_url_is_relative(self) -> None:
+        """No path of the script starts at the server's root: mounted under a prefix, it
+        would leave the prefix."""
+        html = resources.files("petrock_trio").joinpath("dashboard.html").read_text("utf-8")
+        script = script_of(html)
+        assert re.findall(r"""["'`]/[A-Za-z]""", script) == []
+        assert re.findall(r"""fetch\(\s*["'`]""", script) == []  # every fetch goes through url()
+
+    async def test_it_asks_for_a_small_snapshot(self) -> None:
         app, _ = build(max_payload_bytes=1 << 20)
         app.register_command(Big)
         async with served(app) as url, httpx.AsyncClient(base_url=url) as client:
             html = (await client.get("/")).text
-            match = re.search(r'const MESSAGES = "(/messages\?[^"]+)"', html)
+            match = re.search(r'const SNAPSHOT = "(dashboard\.json\?[^"]+)"', html)
             assert match is not None
             await app.log.append(*(Count(i) for i in range(3)))
             await app.log.append(*(Big("x" * 100 * 1024) for _ in range(50)))
-            response = await client.get(match.group(1))
+            response = await client.get(f"/{match.group(1)}")
         assert response.status_code == 200
-        assert len(response.content) <= 66 * 1024
-        messages = response.json()["messages"]
+        # The messages within 64 KiB, and a report of two workers around them.
+        assert len(response.content) <= 72 * 1024
+        messages = response.json()["messages"]["messages"]
         assert messages
         assert all(m["truncated"] for m in messages)
         assert messages[-1]["id"] == 53
@@ -153,7 +265,8 @@ def open_browser(profile: Path, *flags: str) -> Chrome:
     assert CHROMEDRIVER is not None
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={profile}", *flags):
+    size = () if any(f.startswith("--window-size") for f in flags) else (WIDE,)
+    for flag in (*FLAGS, *size, f"--user-data-dir={profile}", *flags):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -202,65 +315,224 @@ class Page:
 
         await self.call(lambda: self.driver.find_element(By.CSS_SELECTOR, css).send_keys(text))
 
+    async def run(self, script: str, *args: Any) -> Any:
+        return await self.call(self.driver.execute_script, script, *args)
+
+    async def resources(self) -> list[str]:
+        """Every URL the page has fetched since it loaded (itself included)."""
+        names: list[str] = await self.run(
+            "return [location.href, ...performance.getEntriesByType('resource').map((e) => e.name)]"
+        )
+        return names
+
+    async def severe_errors(self, *allowed: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = await self.call(self.driver.get_log, "browser")
+        return [
+            e
+            for e in entries
+            if e["level"] == "SEVERE" and not any(a in e["message"] for a in allowed)
+        ]
+
+
+def shown(text: str | None, *parts: str) -> bool:
+    return text is not None and all(part in text for part in parts)
+
+
+@asynccontextmanager
+async def browsing(profile: Path, *flags: str) -> AsyncIterator[Page]:
+    driver = await trio.to_thread.run_sync(open_browser, profile, *flags)
+    try:
+        yield Page(driver)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(driver.quit)
+
+
+async def redrive_from_the_page(page: Page, app: pt.App, switch: Switch, letter: str) -> None:
+    """Without the token the app refuses and the page says so; with it the message is
+    handled, and the worker's Dead count drops to what is outstanding."""
+    switch.broken = False
+    await page.click(f"{letter} button.redrive")
+    await page.wait_for("#status", lambda t: shown(t, "needs the token"))
+    assert len(await app.dead_letters()) == 1
+
+    await page.type("#token", TOKEN)
+    await page.click("#token-save")
+    await page.click(f"{letter} button.redrive")
+    await page.wait_for("#status", lambda t: shown(t, "handled"))
+    await page.wait_for(letter, lambda t: t is None)
+    assert await app.dead_letters() == []
+    assert await page.text("#dead-letters") == "no dead letters"
+    await page.wait_for('tr[data-worker="fragile"] td.dead', lambda t: t == "0")
+    assert app.workers["fragile"].metrics().dead_lettered == 1  # it happened, once
+    await page.wait_for("#detail-state", lambda t: shown(t, "Resolved"))
+
 
 @needs_browser
-async def test_live_dashboard_in_chromium(tmp_path: Path) -> None:
+async def test_live_dashboard_mounted_under_ops_in_chromium(tmp_path: Path) -> None:
+    """`http_app` mounted under /ops in an application of one's own: every request of the
+    page stays under /ops, and the whole page works there, re-drive included."""
     pytest.importorskip("selenium", reason="selenium is in the dev extra")
     app, switch = build()
-    async with served(app, token=TOKEN) as url, httpx.AsyncClient(base_url=url) as client:
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        driver = await trio.to_thread.run_sync(open_browser, tmp_path / "profile")
-        page = Page(driver)
-        try:
-            with trio.fail_after(90):
-                await page.call(driver.get, f"{url}/")
-                processed = 'tr[data-worker="counter"] td.processed'
-                await page.wait_for(processed, lambda t: t == "0")
+    asgi = mounted(pt.http_app(app, token=TOKEN))
+    async with (
+        served_asgi(app, asgi) as url,
+        httpx.AsyncClient(
+            base_url=f"{url}/ops/", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as client,
+        browsing(tmp_path / "profile") as page,
+    ):
+        # Outside the prefix there is nothing: a page that left it would fail loudly.
+        assert (await client.get(f"{url}/dashboard.json")).status_code == 404
+        with trio.fail_after(90):
+            await page.call(page.driver.get, f"{url}/ops/")
+            processed = 'tr[data-worker="counter"] td.processed'
+            await page.wait_for(processed, lambda t: t == "0")
 
-                # The page follows the app without being reloaded.
-                response = await client.post(
-                    "/commands/dash-test/count", json={"n": 1}, headers=auth
-                )
-                assert response.status_code == 201
-                await page.wait_for(processed, lambda t: t == "1")
-                await page.wait_for(
-                    'tr[data-message-id="1"]', lambda t: t is not None and "dash-test/count" in t
-                )
+            # The page follows the app without being reloaded.
+            response = await client.post("commands/dash-test/count", json={"n": 1})
+            assert response.status_code == 201
+            await page.wait_for(processed, lambda t: t == "1")
+            await page.wait_for('tr[data-message-id="1"]', lambda t: shown(t, "dash-test/count"))
+            await page.wait_for("#summary", lambda t: shown(t, "head 1", "serving"))
 
-                # A dead letter gets a button.
-                poke = await client.post("/commands/dash-test/poke", json={"n": 2}, headers=auth)
-                letter = f'tr[data-dead-letter="fragile/{poke.json()["id"]}"]'
-                await page.wait_for(letter, lambda t: t is not None and "broken on 2" in t)
-                await page.wait_for(
-                    'tr[data-worker="fragile"] td.last_error',
-                    lambda t: bool(t and "broken on 2" in t),
-                )
+            # A dead letter gets a row, counted as the worker's one dead letter.
+            poke = await client.post("commands/dash-test/poke", json={"n": 2})
+            letter = f'tr[data-dead-letter="fragile/{poke.json()["id"]}"]'
+            await page.wait_for(letter, lambda t: shown(t, "broken on 2"))
+            fragile = 'tr[data-worker="fragile"]'
+            await page.wait_for(f"{fragile} td.last_error", lambda t: shown(t, "broken on 2"))
+            assert await page.text(f"{fragile} td.dead") == "1"
+            assert await page.text("#dead-count") == "(1)"
 
-                # Without the token the app refuses, and the page says what is missing.
-                switch.broken = False
-                await page.click(f"{letter} button.redrive")
-                await page.wait_for("#status", lambda t: bool(t and "needs the token" in t))
-                assert len(await app.dead_letters()) == 1
+            # Its detail: the payload and the traceback of its last failure.
+            await page.click(f"{letter} button.details")
+            await page.wait_for("#detail-payload", lambda t: shown(t, '"n": 2'))
+            traceback = await page.text("#detail-traceback")
+            assert shown(traceback, "Traceback", "RuntimeError: broken on 2")
 
-                # With it, the button re-drives the message and the dead letter goes.
-                await page.type("#token", TOKEN)
-                await page.click("#token-save")
-                await page.click(f"{letter} button.redrive")
-                await page.wait_for("#status", lambda t: bool(t and "handled" in t))
-                await page.wait_for(letter, lambda t: t is None)
-                assert await app.dead_letters() == []
-                assert (await page.text("#dead-letters")) == "no dead letters"
+            await redrive_from_the_page(page, app, switch, letter)
 
-                # Self-contained: the browser reported no failed load or script error.
-                errors = [
-                    entry
-                    for entry in await page.call(driver.get_log, "browser")
-                    if entry["level"] == "SEVERE" and "/redrive" not in entry["message"]
-                ]
-                assert errors == []
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(driver.quit)
+            # Charts: a sample per refresh for each worker.
+            points = await page.run(
+                "return Number(document.querySelector(arguments[0]).dataset.points)",
+                'div.chart[data-worker="counter"] figure.rate',
+            )
+            assert points >= 2
+
+            # Every request stayed under /ops (the page itself at /ops/ included).
+            fetched = await page.resources()
+            assert all(u.startswith(f"{url}/ops/") for u in fetched), fetched
+            assert any("dashboard.json" in u for u in fetched)
+            assert await page.severe_errors("/redrive") == []
+
+
+async def traffic(app: pt.App, switch: Switch, seconds: float) -> None:
+    """A rate that rises and falls, a burst for the partitions now and then, and a spell
+    of failures, so that every chart has something to show."""
+    started = trio.current_time()
+    tick = 0
+    while (elapsed := trio.current_time() - started) < seconds:
+        tick += 1
+        rate = 20 + 15 * math.sin(elapsed / 12)
+        await app.execute(Count(tick))
+        if tick % 150 == 0:
+            for i in range(40):
+                await app.execute(Split(f"k{i}"))
+        switch.broken = 30 < elapsed < 45  # a spell of failures
+        if switch.broken and tick % 10 == 0:
+            await app.execute(Poke(tick))
+        await trio.sleep(1 / rate)
+
+
+async def capture(page: Page, directory: Path, name: str, width: int) -> None:
+    """A PNG of the page from its top at ``width``, the window grown to the page's height."""
+    driver = page.driver
+    await page.call(driver.set_window_size, width, 900)
+    await trio.sleep(1.5)  # a refresh or two at the new width
+    height = await page.run("return document.documentElement.scrollHeight")
+    await page.call(driver.set_window_size, width, min(int(height) + 120, 2400))
+    await page.run("window.scrollTo(0, 0)")
+    await trio.sleep(1.5)
+    await page.call(driver.save_screenshot, str(directory / name))
+
+
+async def screenshots(page: Page, app: pt.App, switch: Switch, directory: Path) -> None:
+    """Run traffic until the charts have something to show, then take both pictures."""
+    await traffic(app, switch, SCREENSHOT_SECONDS)
+    # A short dead letter's detail reads better than the long one's.
+    await page.click("#detail-close")
+    first = min(d.message_id for d in await app.dead_letters("fragile"))
+    await page.click(f'tr[data-dead-letter="fragile/{first}"] button.details')
+    await trio.to_thread.run_sync(partial(directory.mkdir, parents=True, exist_ok=True))
+    await capture(page, directory, "dashboard-narrow.png", NARROW)
+    await capture(page, directory, "dashboard.png", 1280)
+
+
+async def assert_it_fits(page: Page, width: int) -> None:
+    """Nothing overflows sideways, and every control is on screen."""
+    sizes = await page.run("return [window.innerWidth, document.documentElement.scrollWidth]")
+    assert sizes[0] == width
+    assert sizes[1] <= width
+    rights = await page.run(
+        "return Array.from(document.querySelectorAll('button, input'))"
+        ".filter((e) => e.offsetParent !== null)"
+        ".map((e) => e.getBoundingClientRect().right)"
+    )
+    assert rights
+    assert max(rights) <= width
+
+
+@needs_browser
+async def test_partitions_circuits_and_dead_letters_at_700_px(tmp_path: Path) -> None:
+    """At 700 px nothing overflows sideways and every control is in reach; partitions,
+    open circuits and skipped runs show. Behind a proxy that forwards /ops without
+    redirecting, so the page is reached as /ops, without its trailing slash."""
+    pytest.importorskip("selenium", reason="selenium is in the dev extra")
+    app, switch = scene(str(tmp_path / "scene.db"))
+    asgi = behind_proxy(pt.http_app(app))
+    async with (
+        served_asgi(app, asgi) as url,
+        httpx.AsyncClient(base_url=f"{url}/ops/") as client,
+        browsing(tmp_path / "profile", f"--window-size={NARROW},900") as page,
+    ):
+        with trio.fail_after(90 + (SCREENSHOT_SECONDS + 30 if SCREENSHOTS else 0)):
+            await page.call(page.driver.get, f"{url}/ops")
+            for n in range(6):
+                await client.post("commands/dash-test/count", json={"n": n})
+                await client.post("commands/dash-test/split", json={"key": f"k{n}"})
+            await client.post("commands/dash-test/poke", json={"n": 7})
+            big = await client.post("commands/dash-test/big", json={"text": "y" * 600})
+            strict = "strict-worker-with-a-rather-long-name"
+            letter = f'tr[data-dead-letter="{strict}/{big.json()["id"]}"]'
+            await app.caught_up()
+            head = app.log.head.value
+
+            # Each partition of the partitioned worker has its row, at the head.
+            for index in range(3):
+                row = f'tr[data-partition="splitter#{index}/3"]'
+                await page.wait_for(f"{row} td.position", lambda t: t == str(head))
+                assert shown(await page.text(row), f"partition {index + 1}/3", "healthy")
+            # The circuit is open, and the runs it skipped are counted where they
+            # belong, though nothing failed.
+            service = 'tr[data-service="flaky-api"]'
+            await page.wait_for(f"{service} td.circuit", lambda t: t == "open")
+            assert shown(await page.text(service), "poller")
+            skipped = 'tr[data-worker="poller"] td.skipped'
+            await page.wait_for(skipped, lambda t: t is not None and int(t) > 3)
+            await page.wait_for("#summary", lambda t: shown(t, "1 circuit not closed"))
+            await page.wait_for(letter, lambda t: shown(t, "cannot take yyy"))
+            await page.wait_for("#dead-count", lambda t: t == "(2)")
+
+            await page.click(f"{letter} button.details")
+            await page.wait_for("#detail-traceback", lambda t: shown(t, "ValueError"))
+            assert shown(await page.text("#detail-payload"), "y" * 600)
+
+            await assert_it_fits(page, NARROW)
+            assert all(u.startswith(f"{url}/ops") for u in await page.resources())
+            assert await page.severe_errors() == []
+            if SCREENSHOTS:
+                await screenshots(page, app, switch, Path(SCREENSHOTS))
 
 
 def insert_rows_of_another_program(path: Path) -> None:
