@@ -88,6 +88,12 @@ def merge_metrics(snapshots: list[WorkerMetrics]) -> WorkerMetrics:
     return WorkerMetrics(**merged)
 
 
+def _partitions(indexes: list[int]) -> str:
+    if len(indexes) == 1:
+        return f"partition {indexes[0]}"
+    return f"partitions {', '.join(map(str, indexes))}"
+
+
 class RunGroup:
     """The runs of one worker in this process, by partition."""
 
@@ -151,8 +157,17 @@ class RunGroup:
             return HealthReport(Health.HEALTHY)
         if self.count == 1:
             return runs[0].health()
-        return HealthReport.worst(
-            [run.health() for run in runs], prefix=[f"partition {run.partition}" for run in runs]
+        reports = [(run.partition, run.health()) for run in runs]
+        status = max((r.status for _, r in reports), key=lambda s: s.rank)
+        # One line per reason, naming the partitions that have it: an open circuit
+        # degrades every partition, and sixteen lines that say so help nobody.
+        by_reason: dict[str, list[int]] = {}
+        for partition, report in reports:
+            if report.status is status:
+                for reason in report.reasons:
+                    by_reason.setdefault(reason, []).append(partition)
+        return HealthReport(
+            status, tuple(f"{_partitions(ps)}: {reason}" for reason, ps in by_reason.items())
         )
 
     def replay_progress(self) -> tuple[int, int]:

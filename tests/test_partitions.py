@@ -480,3 +480,28 @@ async def test_metrics_show_each_partition(autojump_clock: Any) -> None:
         assert samples["petrock_partition_lag_messages", partition] == 0
         assert samples["petrock_partition_running", partition] == 1
     assert samples["petrock_worker_position", None] == 2
+
+
+async def test_a_reason_shared_by_partitions_is_said_once(autojump_clock: Any) -> None:
+    service = pt.ExternalService("api", failure_threshold=1, reset_timeout=60.0)
+
+    async def fail() -> None:
+        raise OSError("down")
+
+    worker: pt.PatternWorker[None] = pt.PatternWorker(
+        "calls", partitions=4, key=lambda c: c.key, services=[service]
+    )
+
+    @worker.on_command(Add)
+    async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+        await service.call(fail)
+
+    app = app_with(":memory:", worker)
+    async with serving(app):
+        await app.execute(Add("a"))
+        await trio.sleep(1)
+        report = worker.health()
+    assert report.status is pt.Health.DEGRADED
+    unavailable = [r for r in report.reasons if "api" in r]
+    assert len(unavailable) == 1
+    assert unavailable[0].startswith("partitions 0, 1, 2, 3: ")
