@@ -12,6 +12,7 @@ from ._app import LegacyWorker as LegacyWorker
 from ._clock import SystemClock as SystemClock
 from ._clock import TrioWallClock as TrioWallClock
 from ._clock import WallClock as WallClock
+from ._commands import Command as Command
 from ._commands import CommandRegistry as CommandRegistry
 from ._commands import command as command
 from ._commands import command_name as command_name
@@ -67,6 +68,7 @@ __all__ = [
     "App",
     "Backoff",
     "Circuit",
+    "Command",
     "CommandError",
     "CommandRegistry",
     "ConfigurationError",

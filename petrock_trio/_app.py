@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import trio
 
 from ._clock import WallClock, default_clock
 from ._commands import CommandRegistry, command_name, validate
+from ._dead_letter import DeadLetter
 from ._errors import ConfigurationError, NotRunning, UnknownCommand
 from ._events import Hook, StructlogHook
 from ._health import Health, HealthReport
 from ._legacy import LegacyRunner, WorkerInfo
+from ._lifespan import Lifespan, check_lifespan
 from ._log import MessageLog
 from ._message import Message
 from ._projection import Applier, Projection
+from ._routes import route_classes
 from ._run import WorkerRun
 from ._runtime import Run, Runtime
 from ._services import check_service_names, service_report
 from ._totals import Totals
 from ._worker import PatternWorker
-from .stores import DeadLetterRecord, Store
+from .stores import Store
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
 
 __all__ = ["App", "DeadLetter", "Feature", "LegacyWorker"]
 
@@ -50,43 +55,6 @@ class Feature(Protocol):
     def register(self, app: App) -> None: ...
 
 
-@attrs.frozen
-class DeadLetter:
-    """A message a worker gave up on; :meth:`App.redrive` hands it to the worker again.
-
-    ``error`` is the last failure's repr and ``traceback`` its formatted traceback
-    (``None`` for a dead letter written before tracebacks were kept).
-    """
-
-    worker: str
-    message_id: int
-    command_name: str
-    error: str
-    attempts: int
-    first_failed_at: datetime
-    last_failed_at: datetime
-    traceback: str | None = None
-
-    @classmethod
-    def from_record(cls, r: DeadLetterRecord) -> DeadLetter:
-        return cls(
-            r.worker,
-            r.message_id,
-            r.command_name,
-            r.error,
-            r.attempts,
-            datetime.fromtimestamp(r.first_failed_at, UTC),
-            datetime.fromtimestamp(r.last_failed_at, UTC),
-            r.traceback,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
-        data["first_failed_at"] = self.first_failed_at.isoformat()
-        data["last_failed_at"] = self.last_failed_at.isoformat()
-        return data
-
-
 AnyWorker = PatternWorker[Any] | LegacyRunner
 
 
@@ -109,6 +77,10 @@ class App:
     ``store_unhealthy_after`` seconds, or the database file is deleted or replaced.
     ``clock`` gives wall time (message timestamps, retry due times, lease expiry): by
     default the system's, or under Trio's MockClock one that moves with it.
+    ``lifespan(app)``, an async context manager, is entered by ``serve`` before the
+    workers start and left after they stop; what it yields is ``app.resources`` and
+    ``ctx.resources`` while serving. ``routes`` (Starlette routes) are served beside
+    the HTTP API by ``http_app``, ``serve_http`` and ``petrock-trio serve``.
     Run it with ``trio.run(petrock_trio.serve, app)`` or ``await nursery.start(serve, app)``.
     """
 
@@ -129,6 +101,8 @@ class App:
         lease_ttl: float = 5.0,
         store_degraded_after: float = 5.0,
         store_unhealthy_after: float = 30.0,
+        lifespan: Lifespan | None = None,
+        routes: Iterable[BaseRoute] = (),
     ) -> None:
         _require(page_size >= 1, "page_size must be at least 1")
         _require(max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
@@ -168,6 +142,9 @@ class App:
         self._rt: Runtime | None = None
         self._validate_lock = trio.Lock()
         self.totals = Totals()  # what /metrics counts, since the process started
+        self.lifespan = check_lifespan(lifespan)
+        self.resources: Any = None  # what the lifespan yielded, while serving
+        self.routes: tuple[BaseRoute, ...] = tuple(routes)
 
     def __repr__(self) -> str:
         status = "serving" if self.running else "stopped"
@@ -203,7 +180,12 @@ class App:
     def register_worker(
         self, worker: PatternWorker[Any] | LegacyWorker, *, tick: float = 1.0
     ) -> None:
-        """Add a worker: a :class:`PatternWorker`, or an old-style worker run every ``tick`` s."""
+        """Add a worker: a :class:`PatternWorker`, or an old-style worker run every ``tick`` s.
+
+        The command classes a pattern worker routes with ``on(cls)`` are registered
+        (once: registering the same class again changes nothing); a different class
+        already registered under one of their names is a :class:`ConfigurationError`.
+        """
         self._not_running("register workers")
         runner: AnyWorker
         if isinstance(worker, PatternWorker):
@@ -219,7 +201,10 @@ class App:
             raise ConfigurationError(f"a worker named {runner.name!r} is already registered")
         check_service_names(self.workers.values(), runner)
         if isinstance(runner, PatternWorker):
+            missing = route_classes(runner.name, runner.route_table.values(), self.registry)
             runner.freeze()
+            for cls in missing:
+                self.register_command(cls)
         self.workers[runner.name] = runner
 
     def _not_running(self, what: str) -> None:
@@ -240,6 +225,7 @@ class App:
             "validate_lock": self._validate_lock,
             "hooks": self.hooks,
             "totals": self.totals,
+            "resources": self.resources,
         }
 
     def run_names(self) -> dict[str, tuple[str, int]]:

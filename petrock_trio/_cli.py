@@ -7,8 +7,9 @@ commands that read one (``inspect``, ``dead-letters``, ``log tail``) are in ``_c
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ def main(log_level: str, json_logs: bool | None) -> None:
 # --- serving ----------------------------------------------------------------------------
 
 
-def _load_app(target: str) -> App:
+def _load_app(target: str) -> App | Awaitable[Any]:
+    """The App ``target`` names, or what an ``async def`` factory returned, to be awaited
+    inside Trio (where it may open what it needs)."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise click.BadParameter("expected MODULE:APP, e.g. myproject.app:app", param_hint="APP")
@@ -68,6 +71,12 @@ def _load_app(target: str) -> App:
             ) from None
     if callable(found) and not isinstance(found, (App, type)):
         found = found()
+    if inspect.isawaitable(found):
+        return found
+    return _an_app(target, found)
+
+
+def _an_app(target: str, found: object) -> App:
     if not isinstance(found, App):
         raise click.BadParameter(
             f"{target} is {type(found).__name__}, not an App or a function returning one",
@@ -77,8 +86,21 @@ def _load_app(target: str) -> App:
 
 
 async def _serve_with_http(
-    app: App, host: str, port: int, *, token: str | None, hosts: tuple[str, ...], insecure: bool
+    loaded: App | Awaitable[Any],
+    host: str,
+    port: int,
+    *,
+    target: str,
+    database: str | None,
+    token: str | None,
+    hosts: tuple[str, ...],
+    insecure: bool,
 ) -> None:
+    app = loaded if isinstance(loaded, App) else _an_app(target, await loaded)
+    if database is not None:
+        if app.store is not None:
+            raise click.UsageError(f"{target} brings its own store; --database cannot replace it")
+        app.database = database
     out = console()
     serving = partial(
         serve_http, app, host, port, token=token, allowed_hosts=hosts, allow_no_token=insecure
@@ -170,9 +192,10 @@ def serve_command(
     """Serve an app with its HTTP API and dashboard until SIGINT or SIGTERM.
 
     MODULE:APP names an App object, or a function taking no arguments that returns one
-    (e.g. myproject.app:app or myproject.app:create_app); modules in the current
-    directory can be imported. Start-up shows replay progress; the first signal stops
-    gracefully, a second one at once.
+    (e.g. myproject.app:app or myproject.app:create_app), or an async function that
+    does (awaited once Trio runs); modules in the current directory can be imported.
+    Its own routes (App(routes=...)) are served beside the API. Start-up shows replay
+    progress; the first signal stops gracefully, a second one at once.
 
     Beyond loopback (--host 0.0.0.0, or any other address) it needs --token, or
     --insecure-no-token; reads stay open either way, and a warning says so.
@@ -185,17 +208,15 @@ def serve_command(
             "can reach it could submit commands; give --token (or PETROCK_TRIO_TOKEN), or "
             "--insecure-no-token to serve it open anyway"
         )
-    app = _load_app(target)
-    if database is not None:
-        if app.store is not None:
-            raise click.UsageError(f"{target} brings its own store; --database cannot replace it")
-        app.database = database
+    loaded = _load_app(target)
     run_trio(
         partial(
             _serve_with_http,
-            app,
+            loaded,
             host,
             port,
+            target=target,
+            database=database,
             token=token,
             hosts=allowed_hosts,
             insecure=insecure_no_token,

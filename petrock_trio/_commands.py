@@ -18,7 +18,7 @@ from ._errors import (
     ValidationError,
 )
 
-__all__ = ["CommandRegistry", "command", "command_name"]
+__all__ = ["Command", "CommandRegistry", "command", "command_name"]
 
 _NAME_ATTR: Final = "__petrock_command__"
 
@@ -28,6 +28,22 @@ C = TypeVar("C", bound=type[Any])
 # told about a name explicitly: a command written to the log by one app must still
 # decode in a process that imported the class but never registered it.
 _CATALOG: dict[str, type[Any]] = {}
+
+
+class Command(Protocol):
+    """A command instance, as far as a type checker can tell: what ``ctx.emit`` takes.
+
+    ``@command`` marks attrs classes only, and attrs gives each of them
+    ``__match_args__``: mypy and pyright accept instances of attrs classes here and
+    refuse a name (``"orders/place"``), an ``object()`` or a class. A decorator cannot
+    add a member a type checker sees, so whether the class is marked with ``@command``
+    and registered with the app is checked at run time: :class:`UnknownCommand`, a
+    programming error that dead-letters its message at once. (An attrs class declared
+    with ``match_args=False`` satisfies the engine but not this protocol.)
+    """
+
+    @property
+    def __match_args__(self) -> tuple[str, ...]: ...
 
 
 def command(name: str) -> Callable[[C], C]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from ._commands import Command
 from ._logging import EngineLogger, get_logger
 from ._message import Message
 
@@ -12,7 +13,10 @@ __all__ = ["Emitter", "HandlerContext", "PeriodicContext"]
 
 
 class Emitter(Protocol):
-    """What a context needs of the serving app: checking a command, and the wall clock."""
+    """What a context needs of the serving app: checking a command, the wall clock, and
+    what the app's lifespan yielded."""
+
+    resources: Any
 
     def encode_valid(self, cmd: object) -> tuple[str, bytes]:
         """Encode ``cmd`` after checking it against current state; raises the typed errors."""
@@ -78,6 +82,13 @@ class HandlerContext:
         )
 
     @property
+    def resources(self) -> Any:
+        """What the app's ``lifespan`` yielded (``None`` without one): shared clients and
+        pools, opened before the workers start and closed after they stop. Typed
+        ``Any``: annotate it where it is read (``client: httpx.AsyncClient = ...``)."""
+        return self._rt.resources
+
+    @property
     def idempotency_key(self) -> str:
         return f"{self.worker_name}:{self.message.id}"
 
@@ -93,11 +104,14 @@ class HandlerContext:
             )
         return self._log
 
-    def emit(self, cmd: object) -> None:
+    def emit(self, cmd: Command) -> None:
         """Append ``cmd`` together with this message's position (no-op during replay).
 
         Raises :class:`UnknownCommand`, :class:`PayloadTooLarge` or
         :class:`ValidationError` at once, inside the handler, if ``cmd`` is not valid now.
+        An unknown command is a programming error: its message is dead-lettered at
+        once, not retried. Type checkers refuse names and other non-commands (see
+        :class:`Command`).
         """
         if self.is_replay:
             return
@@ -136,7 +150,12 @@ class PeriodicContext:
             )
         return self._log
 
-    def emit(self, cmd: object) -> None:
+    @property
+    def resources(self) -> Any:
+        """What the app's ``lifespan`` yielded (see :attr:`HandlerContext.resources`)."""
+        return self._rt.resources
+
+    def emit(self, cmd: Command) -> None:
         """Append ``cmd`` when this run ends, with the run's other emits (also when the
         run fails or times out afterwards: what was emitted is a result it has)."""
         self.emitted.append(self._rt.encode_valid(cmd))

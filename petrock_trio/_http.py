@@ -24,7 +24,7 @@ import trio
 # they load with the package (about 25 ms); only Hypercorn waits until serve_http.
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from ._app import App
 from ._errors import ConfigurationError
@@ -54,7 +54,10 @@ def http_app(
     defaults to the app's ``max_payload_bytes``. ``allowed_hosts`` names the hosts
     requests may be addressed to besides loopback's (``localhost``, ``127.0.0.1``,
     ``[::1]``, any port): ``name``, ``name:port``, an address, or ``"*"`` for any.
-    ``max_page_bytes`` bounds one page of ``GET /messages``. ``registry`` (a
+    ``max_page_bytes`` bounds one page of ``GET /messages``. The app's own
+    ``App(routes=...)`` are served after the API's, behind the same Host check; they
+    find the :class:`App` as ``request.app.state.petrock_app``.
+    ``registry`` (a
     prometheus_client ``CollectorRegistry``) is what ``GET /metrics`` serves, with the
     app's metrics added to it (:class:`ConfigurationError` if it has an app's already):
     pass one that holds the application's own metrics and, say, a
@@ -82,28 +85,46 @@ def http_app(
         raise ConfigurationError("allowed_hosts is a list of names, not one string")
     hosts = AllowedHosts(allowed_hosts)
     api = Api(app, token, limit, hosts=hosts, page_bytes=max_page_bytes, registry=registry)
-    return Starlette(
-        routes=[
-            Route("/", api.dashboard, methods=["GET"]),
-            Route("/commands/{name:path}", api.post_command, methods=["POST"]),
-            Route("/inspect", api.inspect, methods=["GET"]),
-            Route("/dashboard.json", api.dashboard_json, methods=["GET"]),
-            Route("/health", api.health, methods=["GET"]),
-            Route("/metrics", api.metrics, methods=["GET"]),
-            Route("/messages", api.messages, methods=["GET"]),
-            Route("/dead-letters", api.dead_letters, methods=["GET"]),
-            Route("/dead-letters/{worker:path}/{message_id:int}", api.dead_letter, methods=["GET"]),
-            # Worker names are free text and may hold a slash.
-            Route(
-                "/dead-letters/{worker:path}/{message_id:int}/redrive",
-                api.redrive,
-                methods=["POST"],
-            ),
-        ],
+    routes = [
+        Route("/", api.dashboard, methods=["GET"]),
+        Route("/commands/{name:path}", api.post_command, methods=["POST"]),
+        Route("/inspect", api.inspect, methods=["GET"]),
+        Route("/dashboard.json", api.dashboard_json, methods=["GET"]),
+        Route("/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/messages", api.messages, methods=["GET"]),
+        Route("/dead-letters", api.dead_letters, methods=["GET"]),
+        Route("/dead-letters/{worker:path}/{message_id:int}", api.dead_letter, methods=["GET"]),
+        # Worker names are free text and may hold a slash.
+        Route(
+            "/dead-letters/{worker:path}/{message_id:int}/redrive",
+            api.redrive,
+            methods=["POST"],
+        ),
+    ]
+    asgi = Starlette(
+        routes=[*routes, *_own_routes(app, routes)],
         exception_handlers=EXCEPTION_HANDLERS,
         # Outside the routes and their error handlers: a refused Host reaches nothing.
         middleware=[Middleware(HostGuard, hosts=hosts)],
     )
+    # The app's own routes reach it (its resources, execute) from their request.
+    asgi.state.petrock_app = app
+    return asgi
+
+
+def _own_routes(app: App, api: list[Route]) -> list[BaseRoute]:
+    """The app's own routes (``App(routes=...)``), served after the API's; one whose
+    path the API would answer instead is refused rather than never reached."""
+    for route in app.routes:
+        if not isinstance(route, BaseRoute):
+            raise ConfigurationError(f"App(routes=...) takes Starlette routes, not {route!r}")
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and any(r.path_regex.match(path) for r in api):
+            raise ConfigurationError(
+                f"the app's route {path!r} is a path of the HTTP API; give it another"
+            )
+    return list(app.routes)
 
 
 async def serve_http(

@@ -125,9 +125,10 @@ def decide(
     else waits the policy's backoff.
     """
     found = leaves(error)
-    permanent = (Permanent, UnknownCommand, *policy.never_retry)
-    if any(isinstance(leaf, permanent) for leaf in found):
-        return GiveUp("permanent failure")
+    if any(isinstance(leaf, (Permanent, UnknownCommand, *policy.never_retry)) for leaf in found):
+        # Emitting a name, an object or an unregistered class fails every attempt alike.
+        unknown = any(isinstance(leaf, UnknownCommand) for leaf in found)
+        return GiveUp("programming error: not a command" if unknown else "permanent failure")
     for leaf in found:
         if isinstance(leaf, ServiceUnavailable):
             return WaitForService(leaf.service, leaf.retry_after or policy.delay(1))

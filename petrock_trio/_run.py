@@ -217,7 +217,7 @@ class WorkerRun(RunState):
         stopping = self.rt.stopping
         feed = self.feed
         partitioned = self.decl.partitions > 1
-        replay = self.decl.replay
+        replay = self.replays
         key_hash: int | Exception = 0
         for index in list(page.routed(self.routes, after=feed.position.value)):
             if stopping.is_set():
@@ -247,6 +247,9 @@ class WorkerRun(RunState):
     async def _replay_one(self, page: Page, index: int) -> None:
         rt = self.rt
         row = page.rows[index]
+        if not self.routes[row.name].replay:
+            await trio.lowlevel.checkpoint()
+            return  # a live-only route: its effects happened when it was live
         if row.id in rt.dead_letter_ids.get(self.name, ()):
             await trio.lowlevel.checkpoint()
             return  # it never took effect live, so it does not take effect in replay

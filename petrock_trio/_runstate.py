@@ -57,7 +57,9 @@ class RunState:
         # Replayed up to here, live after: what the store says this partition has
         # handled (between low and high, Coverage.done decides message by message).
         self.saved = self.coverage.high
-        start = 0 if decl.replay else self.coverage.low
+        # Whether replay runs any handler: not when every route is live only (replay=False).
+        self.replays = decl.replay and any(r.replay for r in decl.route_table.values())
+        start = 0 if self.replays else self.coverage.low
         self.feed = rt.pump.feed(self.key, decl.routes, start, decl.page_capacity)
         rt.flusher.feeds[self.key] = self.feed.position
         # Positions up to ``low`` are true already (see Coverage): not worth writing.

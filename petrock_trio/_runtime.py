@@ -76,6 +76,8 @@ class Runtime:
     applied: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     # The app's counters since the process started, which every run adds to.
     totals: Totals = attrs.Factory(Totals)
+    # What the app's lifespan yielded: handlers and periodic work read it from ctx.
+    resources: Any = None
 
     def __attrs_post_init__(self) -> None:
         # Metrics count the dead letters still in the store from the set kept here.

@@ -12,13 +12,16 @@ import trio
 from ._app import App
 from ._errors import ConfigurationError, PetrockError
 from ._leases import LeaseKeeper
+from ._lifespan import lifespan_of
 from ._log import MessageLog
 from ._logging import get_logger
 from ._loopwatch import Block, Culprit, LoopWatch
 from ._positions import PositionFlusher
 from ._pump import LogPump
+from ._routes import unregistered
 from ._runstate import RunState
 from ._runtime import Run, Runtime
+from ._worker import PatternWorker
 from .stores import open_store
 
 __all__ = ["serve"]
@@ -50,11 +53,17 @@ async def serve(
     logs ``petrock.loop_blocked`` naming the handler or task, and the worker whose
     handler blocked is degraded for its health's ``dead_letter_window``.
 
+    ``app.lifespan`` is entered first, before the store opens, and left last, after
+    the store closed; what it yields is ``app.resources`` meanwhile.
+
     Error handling: handler and periodic errors never reach here; a failing store
-    raises :class:`StoreError` out of ``serve``.
+    raises :class:`StoreError` out of ``serve``, a failure entering the lifespan its
+    own error. A route that names no registered command raises
+    :class:`ConfigurationError` before anything starts.
     """
     if loop_block_threshold is not None and not loop_block_threshold > 0:
         raise ConfigurationError("loop_block_threshold must be positive (or None)")
+    _check_routes(app)
     runs: dict[str, Run] = {}
     watch = None
     if loop_block_threshold is not None:
@@ -65,10 +74,27 @@ async def serve(
         )
         watch.start()
     try:
-        await _serve(app, runs, handle_signals=handle_signals, task_status=task_status)
+        async with lifespan_of(app, app.lifespan, grace=app.shutdown_grace) as resources:
+            app.resources = resources
+            try:
+                await _serve(app, runs, handle_signals=handle_signals, task_status=task_status)
+            finally:
+                app.resources = None
     finally:
         if watch is not None:
             watch.stop()
+
+
+def _check_routes(app: App) -> None:
+    """Every route names a command the app registered: a typo (``"orders/plcae"``)
+    would serve silently, handling nothing. An error, not a warning: commands are
+    registered per app, and every process that serves a log builds the same app."""
+    known = app.registry.names()
+    for worker in app.workers.values():
+        if isinstance(worker, PatternWorker):
+            problem = unregistered(worker.name, worker.routes, known)
+            if problem is not None:
+                raise ConfigurationError(problem)
 
 
 async def _serve(

@@ -9,23 +9,34 @@ from __future__ import annotations
 
 import copy
 import types
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, Unpack, overload
 
 import attrs
 
-from ._commands import command_name
-from ._context import HandlerContext, PeriodicContext
+from ._commands import Command, command_name
 from ._errors import ConfigurationError
 from ._group import RunGroup, RunView, Shown, WorkerStatistics
 from ._health import HealthThresholds
 from ._partition import KeyFn, check_worker_name, partition_name
 from ._retry import Backoff
+from ._routes import (
+    Handler,
+    Periodic,
+    PeriodicWork,
+    Route,
+    RouteOptions,
+    TypedHandler,
+    check_options,
+    class_route,
+    new_route,
+)
 from ._services import ExternalService
 
 __all__ = [
     "Handler",
     "PatternWorker",
+    "Periodic",
     "PeriodicWork",
     "Route",
     "RunView",
@@ -33,42 +44,25 @@ __all__ = [
 ]
 
 S = TypeVar("S")
-Handler = Callable[[HandlerContext, Any, Any], Awaitable[None]]
-PeriodicWork = Callable[[PeriodicContext, Any], Awaitable[None]]
+C = TypeVar("C", bound=Command)
 H = TypeVar("H", bound=Handler)
-
-
-@attrs.frozen
-class Route:
-    """One route: command name, handler, and its own timeout and retry policy."""
-
-    name: str
-    handler: Handler
-    timeout: float | None
-    retry: Backoff | None
-    # Partitioned workers: the message's partition key, from the command.
-    key: KeyFn | None = None
-
-
-@attrs.frozen
-class Periodic:
-    work: PeriodicWork
-    interval: float
-    timeout: float | None
 
 
 class PatternWorker(Shown[S]):
     """A background worker declared by command patterns.
 
-    Handlers are ``async def handler(ctx, cmd, state)``; periodic work is
-    ``async def work(ctx, state)``. Handlers and periodic work of one worker never run
-    at the same time, so they share ``state`` without locks.
+    Handlers are ``async def handler(ctx, cmd, state)``, routed by command class with
+    :meth:`on` (typed: ``PatternWorker[S]`` binds them to ``S`` and to the class) or
+    by name with :meth:`on_command`; periodic work is ``async def work(ctx, state)``.
+    Handlers and periodic work of one worker never run at the same time, so they
+    share ``state`` without locks.
 
     On start the worker replays messages up to its saved position with
     ``ctx.is_replay=True`` (emits suppressed) to rebuild ``state``, then handles later
     messages live, one at a time in id order. A live handler that raises or overruns
     its timeout is retried with ``retry`` backoff and dead-lettered after
-    ``retry.max_attempts``. With ``replay=False`` the rebuild is skipped.
+    ``retry.max_attempts``. With ``replay=False`` the rebuild is skipped; a route
+    declared with ``replay=False`` is skipped in replay (live only).
 
     A live message's position is durable before the worker starts its next live
     message, so a crash or a failover re-handles at most one message.
@@ -140,50 +134,63 @@ class PatternWorker(Shown[S]):
     # --- declaration ------------------------------------------------------------------
 
     @overload
+    def on(
+        self, command: type[C], handler: None = None, **options: Unpack[RouteOptions[C]]
+    ) -> Callable[[TypedHandler[C, S]], TypedHandler[C, S]]: ...
+
+    @overload
+    def on(
+        self, command: type[C], handler: TypedHandler[C, S], **options: Unpack[RouteOptions[C]]
+    ) -> TypedHandler[C, S]: ...
+
+    def on(self, command: type[C], handler: Handler | None = None, **options: Any) -> Any:
+        """Route the commands of class ``command`` to ``handler(ctx, cmd, state)``, typed
+        with the class and the worker's state; without ``handler``, a decorator.
+
+        The options are :meth:`on_command`'s. ``register_worker`` registers the class
+        with the app, unless it is already.
+        """
+        return self._router(class_route(command), command, handler, **options)
+
+    @overload
     def on_command(
-        self,
-        name: str | type[Any],
-        handler: None = None,
-        *,
-        timeout: float | None = None,
-        retry: Backoff | None = None,
-        key: KeyFn | None = None,
+        self, name: str | type[Any], handler: None = None, **options: Unpack[RouteOptions[Any]]
     ) -> Callable[[H], H]: ...
 
     @overload
     def on_command(
-        self,
-        name: str | type[Any],
-        handler: H,
-        *,
-        timeout: float | None = None,
-        retry: Backoff | None = None,
-        key: KeyFn | None = None,
+        self, name: str | type[Any], handler: H, **options: Unpack[RouteOptions[Any]]
     ) -> H: ...
 
     def on_command(
+        self, name: str | type[Any], handler: Handler | None = None, **options: Any
+    ) -> Any:
+        """Route commands called ``name`` (for commands defined elsewhere) to ``handler``;
+        without ``handler``, a decorator. ``timeout=`` and ``retry=`` replace the
+        worker's for this route; ``key=`` (``key(cmd)``) is the partition key of these
+        commands instead of the worker's; ``replay=False`` runs the handler live only
+        (replay skips it): the place for external calls."""
+        route_name = command_name(name) if isinstance(name, type) else name
+        return self._router(route_name, None, handler, **options)
+
+    def _router(
         self,
-        name: str | type[Any],
-        handler: H | None = None,
+        name: str,
+        command: type[Any] | None,
+        handler: Handler | None,
         *,
         timeout: float | None = None,
         retry: Backoff | None = None,
         key: KeyFn | None = None,
-    ) -> H | Callable[[H], H]:
-        """Route commands called ``name`` (or of a command class) to ``handler``;
-        without ``handler``, a decorator. ``key(cmd)`` is the partition key of these
-        commands (instead of the worker's ``key``)."""
-        route_name = command_name(name) if isinstance(name, type) else name
-        if timeout is not None and timeout <= 0:
-            raise ConfigurationError("a handler timeout must be positive")
+        replay: bool = True,
+    ) -> Any:
+        check_options(name, timeout, key, replay)
+        fields = {"name": name, "timeout": timeout, "retry": retry, "key": key}
 
-        def register(fn: H) -> H:
-            if not callable(fn):
-                raise ConfigurationError(f"the handler for {route_name!r} is not callable")
-            if route_name in self._routes:
-                raise ConfigurationError(f"worker {self.name!r} already routes {route_name!r}")
+        def register(fn: Handler) -> Handler:
+            route = new_route(self.name, self._routes, fn, replay=replay, command=command, **fields)
             self._check_open("routes")
-            self._routes[route_name] = Route(route_name, fn, timeout, retry, key)
+            self._routes[name] = route
             return fn
 
         return register if handler is None else register(handler)
