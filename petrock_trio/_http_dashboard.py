@@ -109,6 +109,8 @@ async def dashboard_snapshot(app: App, *, messages: int, max_bytes: int) -> byte
     taken_at = datetime.fromtimestamp(app.clock(), UTC).isoformat()
     head: int | None = report["head"]
     if letters is None or head is None or not report["running"]:
+        # Refused at once, maybe without awaiting anything: still a checkpoint.
+        await trio.lowlevel.checkpoint()
         body: dict[str, Any] = {
             "taken_at": taken_at,
             "clock": clock,

@@ -10,8 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 import petrock_trio as pt
+from petrock_trio._http_dashboard import dashboard_snapshot
+from petrock_trio.testing import serving
 from tests.test_dashboard import Count, Poke, build, served
 
 
@@ -187,3 +190,19 @@ async def test_while_the_app_is_not_serving_the_report_alone() -> None:
     assert body["dead_letters"] is None
     assert body["dead_letter_counts"] is None
     assert body["messages"] is None
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["serving", "not-serving"])
+async def test_a_snapshot_is_a_checkpoint(
+    autojump_clock: trio.testing.MockClock, *, running: bool
+) -> None:
+    app, _ = build()
+    if not running:
+        with trio.testing.assert_checkpoints():
+            await dashboard_snapshot(app, messages=5, max_bytes=1 << 16)
+        return
+    async with serving(app):
+        await app.execute(Count(1))
+        await app.caught_up()
+        with trio.testing.assert_checkpoints():
+            await dashboard_snapshot(app, messages=5, max_bytes=1 << 16)
