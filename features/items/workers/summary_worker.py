@@ -63,9 +63,9 @@ async def on_request(  # noqa: PLR0917 - the first three are bound by the factor
     state: SummaryState,
 ) -> None:
     content = state.contents.get(cmd.item_id)  # as it was when the summary was requested
-    # In replay the outcome is in the log already. A deleted item, or one created again
-    # since, has no use for the result: the command's validate would refuse it.
-    if ctx.is_replay or content is None or not items.awaits(cmd.item_id, cmd.request_id):
+    # A deleted item, or one created again since, has no use for the result: the
+    # command's validate would refuse it.
+    if content is None or not items.awaits(cmd.item_id, cmd.request_id):
         return
     result: SetGeneratedSummary | FailSummaryGeneration
     if ctx.now() - ctx.message.timestamp > MAX_AGE:
@@ -89,14 +89,16 @@ def new_summary_worker(
         partitions=PARTITIONS,
         key=lambda cmd: cmd.name,
     )
-    worker.on_command("items/create", on_create)
-    worker.on_command("items/update", on_update)
-    worker.on_command("items/delete", on_delete)
-    worker.on_command(
-        "items/request-summary-generation",
+    worker.on(CreateItem, on_create)
+    worker.on(UpdateItem, on_update)
+    worker.on(DeleteItem, on_delete)
+    worker.on(
+        RequestSummaryGeneration,
         partial(on_request, summarizer, service, items),
         timeout=REQUEST_TIMEOUT,
         retry=REQUEST_RETRY,
         key=lambda cmd: cmd.item_id,
+        # Live only: replay skips it, since its outcome is in the log already.
+        replay=False,
     )
     return worker
