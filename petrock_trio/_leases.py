@@ -78,6 +78,7 @@ class LeaseKeeper:
         # Every lease of the log as last read (partitioned workers only): who holds what.
         self.records: list[LeaseRecord] = []
         self.handoffs = 0
+        self._member_gone = False
         self.held: dict[str, int] = {}
         self.failures = 0
         self.takeovers = 0
@@ -118,6 +119,11 @@ class LeaseKeeper:
                 self.lose(list(self.held))
             task_status.started()
             task_status = trio.TASK_STATUS_IGNORED
+            if self._member_gone:
+                # A member died: its partitions are shared out now, not a round later.
+                self._member_gone = False
+                await trio.lowlevel.checkpoint()
+                continue
             await trio.sleep_until(started + self.interval)
 
     async def _round(self, started: float) -> None:
@@ -147,6 +153,7 @@ class LeaseKeeper:
             # Another member's lease was ours to take: that process is gone. It no longer
             # counts as a member, so the next round's shares cover its partitions.
             now_held = {w: e for w, e in now_held.items() if w not in dead}
+            self._member_gone = True
             await self._release_quietly(dead)
         gained = {w: e for w, e in now_held.items() if w not in self.held}
         if gained:
