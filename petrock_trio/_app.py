@@ -81,6 +81,7 @@ class App:
     workers start and left after they stop; what it yields is ``app.resources`` and
     ``ctx.resources`` while serving. ``routes`` (Starlette routes) are served beside
     the HTTP API by ``http_app``, ``serve_http`` and ``petrock-trio serve``.
+    ``snapshot_every=N`` and ``state_version`` snapshot the projection's state (see Snapshots).
     Run it with ``trio.run(petrock_trio.serve, app)`` or ``await nursery.start(serve, app)``.
     """
 
@@ -101,6 +102,8 @@ class App:
         lease_ttl: float = 5.0,
         store_degraded_after: float = 5.0,
         store_unhealthy_after: float = 30.0,
+        snapshot_every: int | None = None,
+        state_version: str = "1",
         lifespan: Lifespan | None = None,
         routes: Iterable[BaseRoute] = (),
     ) -> None:
@@ -136,7 +139,7 @@ class App:
         self.store_degraded_after = store_degraded_after
         self.store_unhealthy_after = store_unhealthy_after
         self.registry = CommandRegistry(max_payload_bytes=max_payload_bytes)
-        self.projection = Projection()
+        self.projection = Projection(snapshot_every=snapshot_every, state_version=state_version)
         self.workers: dict[str, AnyWorker] = {}
         self._command_state: dict[str, Any] = {}
         self._rt: Runtime | None = None
@@ -168,7 +171,7 @@ class App:
         target = self.state if state is None else state
         self._command_state[name] = target
         if apply is not None:
-            self.projection.appliers[name] = (apply, target)
+            self.projection.add(name, apply, target)
 
     def register_feature(self, feature: Feature) -> None:
         """Let a feature (a module or object with ``register(app)``) register itself."""
@@ -376,10 +379,7 @@ class App:
             "running": self.running,
             "head": head,
             "commands": self.registry.names(),
-            "projection": {
-                "position": self.projection.position,
-                "errors": self.projection.errors,
-            },
+            "projection": self.projection.describe(),
             "positions": {name: w["position"] for name, w in workers.items()},
             "pump": attrs.asdict(rt.pump.statistics()) if rt is not None else None,
             "leases": rt.leases.statistics() if rt is not None and rt.leases else None,

@@ -141,16 +141,26 @@ async def _commit(
     rt, name, key = run.rt, run.name, run.key
     try:
         if redrive:
+            extra = run.redrive_snapshot()
             await rt.commit_validated(
-                key, ctx.to_validate, encoded=ctx.emitted, resolved=[(name, message_id)]
+                key, ctx.to_validate, encoded=ctx.emitted, resolved=[(name, message_id)], **extra
             )
+            run.snapshots_committed(extra.get("snapshots", ()))
             rt.dead_letter_ids.get(name, set()).discard(message_id)
             return None
-        if ctx.emitted or not run.decl.batch_positions:
+        # Encoded now, before the commit: state as this message left it.
+        snapshot = run.snapshot_at(message_id)
+        if ctx.emitted or not run.decl.batch_positions or snapshot is not None:
+            snapshots = () if snapshot is None else (snapshot,)
             await rt.commit_validated(
-                key, ctx.to_validate, encoded=ctx.emitted, positions={key: message_id}
+                key,
+                ctx.to_validate,
+                encoded=ctx.emitted,
+                positions={key: message_id},
+                snapshots=snapshots,
             )
             rt.flusher.committed(key, message_id)
+            run.snapshots_committed(snapshots)
         else:
             await trio.lowlevel.checkpoint()  # nothing to write: still a checkpoint
     except LeaseLost:

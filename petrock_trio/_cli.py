@@ -22,6 +22,7 @@ from ._cli_errors import EXIT_CODES, CannotListen, NotOnLoopback, run_trio
 from ._cli_options import complete_file
 from ._cli_options import database as database_value
 from ._cli_read import dead_letters, inspect_command, log_group
+from ._cli_workers import workers_group
 from ._console import console, start_serving
 from ._errors import ConfigurationError
 from ._http import serve_http
@@ -284,6 +285,7 @@ def demo(
 main.add_command(inspect_command)
 main.add_command(dead_letters)
 main.add_command(log_group)
+main.add_command(workers_group)
 
 
 def run(argv: list[str] | None = None) -> Any:

@@ -61,10 +61,15 @@ async def _offline_report(database: str, worker: str | None = None) -> dict[str,
         head = await log.store.head()
         positions = await log.store.positions()
         letters = await log.store.dead_letters(worker)
+        snapshots = await log.store.snapshots()
     return {
         "database": database,
         "head": head,
         "positions": positions,
+        # The newest of each name (snapshots come newest first).
+        "snapshots": {
+            s.name: {"position": s.position, "taken_at": s.taken_at} for s in snapshots[::-1]
+        },
         "dead_letters": [DeadLetter.from_record(d).to_dict() for d in letters],
     }
 
@@ -87,6 +92,13 @@ def _health(status: str, reasons: list[str]) -> Text:
     return Text.assemble(
         (status, _HEALTH_STYLES.get(status, "")), f" ({'; '.join(reasons)})" if reasons else ""
     )
+
+
+def _snapshot_cell(snapshot: dict[str, Any] | None) -> Text:
+    """Where a worker's latest snapshot is, and how old: a restart replays after it."""
+    if snapshot is None or snapshot["position"] is None:
+        return Text("" if snapshot is None else "none yet")
+    return Text(f"{snapshot['position']} ({snapshot['age_seconds']:.0f} s ago)")
 
 
 def _dead_letter_table(letters: list[dict[str, Any]]) -> Table:
@@ -116,7 +128,9 @@ def _live_tables(report: dict[str, Any], letters: list[dict[str, Any]]) -> list[
         )
     )
     workers.add_column("worker", no_wrap=True)
-    for column in ("health", "position", "lag", "processed", "failed", "dead", "msg/s", "p95 ms"):
+    for column in ("health", "position", "lag", "snapshot", "processed", "failed", "dead"):
+        workers.add_column(column)
+    for column in ("msg/s", "p95 ms"):
         workers.add_column(column)
     workers.add_column("last error", overflow="fold")
     for name, info in report["workers"].items():
@@ -125,9 +139,9 @@ def _live_tables(report: dict[str, Any], letters: list[dict[str, Any]]) -> list[
         workers.add_row(
             Text(name),
             _health(info["health"]["status"], reasons),
+            *_plain(str(info["position"]), str(info["lag"])),
+            _snapshot_cell(info.get("snapshot")),
             *_plain(
-                str(info["position"]),
-                str(info["lag"]),
                 str(m["processed"]),
                 str(m["failed"]),
                 str(m["dead_lettered"]),
@@ -147,7 +161,7 @@ def _partition_tables(report: dict[str, Any]) -> list[Table]:
         if not partitions:
             continue
         table = Table(title=Text(f"{name}: {len(partitions)} partitions"))
-        for column in ("partition", "health", "position", "lag", "holder"):
+        for column in ("partition", "health", "position", "lag", "holder", "snapshot"):
             table.add_column(column, overflow="fold")
         for part in partitions:
             health = part["health"]
@@ -157,6 +171,7 @@ def _partition_tables(report: dict[str, Any]) -> list[Table]:
                 if health is None
                 else _health(health["status"], health["reasons"]),
                 *_plain(str(part["position"]), str(part["lag"]), part["holder"] or ""),
+                _snapshot_cell(part.get("snapshot")),
             )
         tables.append(table)
     return tables
@@ -195,11 +210,15 @@ def _offline_tables(report: dict[str, Any]) -> list[Table]:
     head = report["head"]
     letters = report["dead_letters"]
     workers = Table(title=Text(f"{report['database']}: head {head} (read from the database)"))
-    for column in ("worker", "position", "lag", "dead letters"):
+    for column in ("worker", "position", "lag", "snapshot", "dead letters"):
         workers.add_column(column)
+    snapshots = report["snapshots"]
     for name, position in sorted(report["positions"].items()):
         dead = sum(1 for d in letters if d["worker"] == name)
-        workers.add_row(*_plain(name, str(position), str(max(0, head - position)), str(dead)))
+        snapshot = str(snapshots[name]["position"]) if name in snapshots else ""
+        workers.add_row(
+            *_plain(name, str(position), str(max(0, head - position)), snapshot, str(dead))
+        )
     return [workers, _dead_letter_table(letters)]
 
 

@@ -60,6 +60,8 @@ class RunView(Protocol):
 
     async def owner_of(self, message_id: int) -> int: ...
 
+    async def snapshot_now(self) -> dict[str, Any]: ...
+
 
 # Merging partitions' metrics: the lowest position, the largest lag and handler
 # times (the slowest partition is what an operator looks for), the sum of the rest.
@@ -201,6 +203,12 @@ class RunGroup:
             )
         await run.redrive(message_id)
 
+    async def snapshot_now(self) -> list[dict[str, Any]]:
+        runs = self._sorted()
+        if not runs:
+            raise NotRunning(f"worker {self.name!r} is not running")
+        return [await run.snapshot_now() for run in runs]
+
 
 class Shown(Generic[S]):
     """What a worker's declaration shows of its current runs (a base of PatternWorker:
@@ -266,3 +274,9 @@ class Shown(Generic[S]):
     async def redrive(self, message_id: int) -> None:
         """Handle a dead-lettered message again, live; returns when it is done."""
         await self._current.redrive(message_id)
+
+    async def snapshot_now(self) -> list[dict[str, Any]]:
+        """Save the state of each partition served here now, after the message it is
+        handling (a message waiting to retry: once it is done); each snapshot as
+        inspect shows it. Raises :class:`NotRunning` when no partition runs here."""
+        return await self._current.snapshot_now()

@@ -101,6 +101,7 @@ def http_app(
             api.redrive,
             methods=["POST"],
         ),
+        Route("/workers/{name:path}/snapshot", api.snapshot, methods=["POST"]),
     ]
     asgi = Starlette(
         routes=[*routes, *_own_routes(app, routes)],

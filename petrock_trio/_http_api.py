@@ -34,6 +34,7 @@ from ._http_guard import AllowedHosts
 from ._http_metrics import CollectorRegistry, app_registry, exposition
 from ._http_rows import LISTED_PAYLOAD_BYTES, Listing, describe_letter, letter_rows
 from ._logging import get_logger
+from ._worker import PatternWorker
 
 __all__ = ["EXCEPTION_HANDLERS", "MAX_MESSAGES", "Api"]
 
@@ -355,6 +356,23 @@ class Api:
         budget = self.page_bytes if max_bytes is None else min(max_bytes, self.page_bytes)
         body = await dashboard_snapshot(self.app, messages=count, max_bytes=budget)
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    async def snapshot(self, request: Request) -> Response:
+        """Have a worker save its state now (``petrock-trio workers snapshot``): each
+        partition served here, as inspect shows its snapshot."""
+        self.guard(request)
+        name: str = request.path_params["name"]
+        worker = self.app.workers.get(name)
+        if not isinstance(worker, PatternWorker):
+            raise _Refused(404, "NotFound", f"no pattern worker named {name!r}")
+        if worker.snapshots is None:
+            raise _Refused(
+                409,
+                "NoSnapshots",
+                f"worker {name!r} takes no snapshots: declare snapshot_every= or "
+                "snapshot_interval=",
+            )
+        return _JSON({"worker": name, "snapshots": await worker.snapshot_now()})
 
     async def dashboard(self, _: Request) -> Response:
         return HTMLResponse(

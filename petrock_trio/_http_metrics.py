@@ -88,6 +88,13 @@ LAG_SECONDS: Final = _Family(
     _W,
     "seconds",
 )
+SNAPSHOT_AGE: Final = _Family(
+    _G,
+    "petrock_snapshot_age_seconds",
+    "Age of the worker's latest snapshot, its oldest partition's (NaN before the first)",
+    _W,
+    "seconds",
+)
 OUTSTANDING: Final = _Family(
     _G, "petrock_dead_letters_outstanding", "Dead letters not resolved (in the store)", _W
 )
@@ -170,6 +177,7 @@ FAMILIES: Final = (
     POSITION,
     LAG,
     LAG_SECONDS,
+    SNAPSHOT_AGE,
     OUTSTANDING,
     LEASE,
     PARTITION_POSITION,
@@ -251,6 +259,10 @@ def _worker_gauges(
         lag = metrics.get("lag_seconds")
         families[LAG_SECONDS.name].add_metric([name], _NAN if lag is None else lag)
         families[OUTSTANDING.name].add_metric([name], outstanding.get(name, 0))
+        snapshot = info.get("snapshot")  # workers that take snapshots only
+        if snapshot is not None:
+            age = snapshot["age_seconds"]
+            families[SNAPSHOT_AGE.name].add_metric([name], _NAN if age is None else age)
         if leases is not None:
             # With several processes, which of them runs each worker (or how many of its
             # partitions): 1 here, 0 elsewhere.

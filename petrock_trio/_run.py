@@ -16,7 +16,7 @@ import trio
 
 from ._attempt import handle
 from ._context import HandlerContext
-from ._errors import NotRunning
+from ._errors import ConfigurationError, LeaseLost, NotRunning, PetrockError
 from ._events import Replayed, WorkerCrashed
 from ._group import WorkerStatistics
 from ._health import HealthReport, Signals, judge
@@ -29,6 +29,7 @@ from ._retry import Backoff
 from ._runstate import RunState
 from ._runtime import Runtime, Stop
 from ._settle import dead_letter, settle
+from ._snapshots import SnapshotKeeper
 from ._worker import PatternWorker
 
 __all__ = ["WorkerRun"]
@@ -106,7 +107,7 @@ class WorkerRun(RunState):
 
     def describe(self) -> dict[str, Any]:
         """This partition as inspect shows it."""
-        leases = self.rt.leases
+        leases, keeper = self.rt.leases, self.snapshots
         position = self.position
         return {
             "partition": self.partition,
@@ -117,6 +118,7 @@ class WorkerRun(RunState):
             "health": self.health().to_dict(),
             "in_flight": self.in_flight,
             "retrying_message": self.retrying[0] if self.retrying else None,
+            "snapshot": None if keeper is None else keeper.describe(self.rt.clock()),
         }
 
     # --- running ---------------------------------------------------------------------
@@ -137,6 +139,8 @@ class WorkerRun(RunState):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._supervise)
                 nursery.start_soon(self._watch_replay)
+                if self.snapshots is not None:
+                    nursery.start_soon(self._snapshot_loop, self.snapshots)
                 await self.replayed.wait()
                 self.live = True
                 if self.decl.periodic is not None:
@@ -297,3 +301,79 @@ class WorkerRun(RunState):
         await request.done.wait()
         if request.error is not None:
             raise request.error
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    async def snapshot_now(self) -> dict[str, Any]:
+        """Save ``state`` now, after the message in hand; the snapshot as inspect shows
+        it. A message waiting to retry may have left ``state`` half changed: its commit
+        takes the snapshot instead, once it succeeds (``"pending": true``)."""
+        keeper = self.snapshots
+        if keeper is None:
+            raise ConfigurationError(
+                f"worker {self.name!r} takes no snapshots: declare snapshot_every= or "
+                "snapshot_interval="
+            )
+        if self.stopped:
+            raise NotRunning(f"worker {self.name!r} is not running")
+        async with self.lock:
+            keeper.requested = True
+            pending = self.retrying is not None
+            if not pending:
+                await self._take_snapshot(keeper, quiet=False)
+        return {**keeper.describe(self.rt.clock()), "partition": self.partition, "pending": pending}
+
+    async def _snapshot_loop(self, keeper: SnapshotKeeper) -> None:
+        """Snapshots that no commit carried: when the position moved ``snapshot_every``
+        messages in memory (messages this run does not route, batched positions,
+        replay), or ``snapshot_interval`` came round; taken between messages."""
+        while True:
+            try:
+                await self.interruptible(self._until_snapshot_due, keeper)
+            except Stop:
+                return
+            async with self.lock:
+                await self._take_snapshot(keeper, quiet=True)
+
+    async def _until_snapshot_due(self, keeper: SnapshotKeeper) -> None:
+        every = keeper.policy.every
+        with trio.move_on_at(keeper.next_due()):
+            if every is None:
+                await trio.sleep_forever()
+            else:
+                await self.feed.position.wait_value(lambda p: p - keeper.tried >= every)
+
+    async def _take_snapshot(self, keeper: SnapshotKeeper, *, quiet: bool) -> None:
+        """Commit a snapshot at the position in memory, if one is due (under the lock:
+        ``state`` reflects every message up to that position). ``quiet``: a failed
+        write is logged, not raised (the next one is due all the same)."""
+        position = self.feed.position.value
+        record = None
+        if self.retrying is not None:
+            # Half changed, maybe: the retried message's commit takes it.
+            keeper.requested = True
+            keeper.tried = position
+        elif keeper.due(position):
+            record = keeper.record(self.state, position, self.rt.clock())
+        if record is None:
+            keeper.since = trio.current_time()  # the interval starts again
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await self.rt.commit(self.key, positions={self.key: position}, snapshots=[record])
+        except LeaseLost:
+            raise
+        except PetrockError as exc:
+            if not quiet:
+                raise
+            _log.warning(
+                "petrock.snapshot_not_saved",
+                worker_name=self.name,
+                snapshot=self.key,
+                position=position,
+                error_details=repr(exc),
+                exc_info=exc,
+            )
+            return
+        self.rt.flusher.committed(self.key, position)
+        keeper.committed(record)

@@ -7,7 +7,7 @@ object; it holds data and the waits that graceful shutdown ends, nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -18,7 +18,10 @@ from ._message import Page
 from ._metrics import MetricsRecorder
 from ._partition import Coverage, partition_name, stable_hash
 from ._runtime import Runtime, Stop
+from ._snapshots import SnapshotKeeper, choose
+from ._statecodec import restore
 from ._worker import PatternWorker
+from .stores import SnapshotRecord
 
 __all__ = ["RunState"]
 
@@ -60,6 +63,7 @@ class RunState:
         # Whether replay runs any handler: not when every route is live only (replay=False).
         self.replays = decl.replay and any(r.replay for r in decl.route_table.values())
         start = 0 if self.replays else self.coverage.low
+        start = self._load_snapshot(start)
         self.feed = rt.pump.feed(self.key, decl.routes, start, decl.page_capacity)
         rt.flusher.feeds[self.key] = self.feed.position
         # Positions up to ``low`` are true already (see Coverage): not worth writing.
@@ -82,6 +86,55 @@ class RunState:
         self.running: tuple[str, int | None, str, Awaitable[None]] | None = None
         # Its last block of the event loop: (Trio time it was reported, reason).
         self.blocked: tuple[float, str] | None = None
+
+    def _load_snapshot(self, start: int) -> int:
+        """Load the latest usable snapshot into ``state``; where the feed starts then
+        (``start`` without one: a full replay)."""
+        policy = self.decl.snapshots
+        self.snapshots = None if policy is None else SnapshotKeeper(policy, self.key, self.name)
+        if self.snapshots is None or policy is None:
+            return start
+        # Never past what the store says is handled: replay must reach the saved position.
+        limit = min(self.rt.saved_positions.get(self.key, 0), self.rt.log.head.value)
+        records = self.rt.snapshots.get(self.key, ())
+        found = choose(records, policy, limit=limit, worker_name=self.name)
+        if found is None:
+            return start
+        record, state = found
+        self.state = restore(self.state, state)
+        self.snapshots.loaded(record)
+        return max(start, record.position)
+
+    def snapshot_at(self, position: int) -> SnapshotRecord | None:
+        """The snapshot a commit of ``position`` carries, if one is due: ``state`` must
+        reflect every message of this run up to ``position`` and nothing after."""
+        keeper = self.snapshots
+        if keeper is None or not keeper.due(position):
+            return None
+        return keeper.record(self.state, position, self.rt.clock())
+
+    def redrive_snapshot(self) -> dict[str, Any]:
+        """What a re-drive's commit carries when this run takes snapshots: the message it
+        handles again changed ``state`` behind every snapshot, so they go, and one of
+        ``state`` as it is now, at the position in memory, takes their place."""
+        keeper = self.snapshots
+        if keeper is None:
+            return {}
+        position = self.feed.position.value
+        keeper.forget()
+        record = keeper.record(self.state, position, self.rt.clock())
+        if record is None:
+            return {"forget_snapshots": [self.key]}
+        return {
+            "forget_snapshots": [self.key],
+            "snapshots": [record],
+            "positions": {self.key: position},
+        }
+
+    def snapshots_committed(self, records: Sequence[SnapshotRecord]) -> None:
+        if self.snapshots is not None:
+            for record in records:
+                self.snapshots.committed(record)
 
     def key_hash(self, page: Page, index: int) -> int | Exception:
         """The stable hash of the partition key of row ``index`` (computed once per page

@@ -23,7 +23,7 @@ from ._message import Row
 from ._positions import PositionFlusher
 from ._pump import LogPump
 from ._totals import Totals
-from .stores import RetryRecord
+from .stores import RetryRecord, SnapshotRecord
 
 __all__ = ["Run", "Runtime", "Stop"]
 
@@ -68,6 +68,8 @@ class Runtime:
     hooks: list[Hook] = attrs.Factory(list)
     # Retry state saved by an earlier run (or another process), by worker.
     retries: dict[str, RetryRecord] = attrs.Factory(dict)
+    # Stored snapshots by name (a worker's, a partition's), newest first.
+    snapshots: dict[str, list[SnapshotRecord]] = attrs.Factory(dict)
     leases: LeaseKeeper | None = None
     stopping: trio.Event = attrs.field(factory=trio.Event)
     waiters: set[trio.CancelScope] = attrs.Factory(set)
@@ -134,14 +136,15 @@ class Runtime:
             return await self.commit(worker, **commit)
 
     async def reload(self, stored: str, worker: str) -> None:
-        """Read positions, ``worker``'s dead letters and the retry state stored under
-        ``stored`` (the worker's or one partition's name) from the store again: before
-        taking over, whatever its previous holder committed counts."""
+        """Read positions, ``worker``'s dead letters, and the retry state and snapshots
+        stored under ``stored`` (the worker's or one partition's name) from the store
+        again: before taking over, whatever its previous holder committed counts."""
         store = self.log.store
         self.log.publish_head(await store.head())
         # All of them: a partition's coverage reads the other partitions' positions.
         self.saved_positions.update(await store.positions())
         self.dead_letter_ids[worker] = {d.message_id for d in await store.dead_letters(worker)}
+        self.snapshots[stored] = await store.snapshots(stored)
         self.retries.pop(stored, None)
         for record in await store.retries():
             if record.worker == stored:

@@ -21,8 +21,9 @@ from ._pump import LogPump
 from ._routes import unregistered
 from ._runstate import RunState
 from ._runtime import Run, Runtime
+from ._snapshots import PROJECTION
 from ._worker import PatternWorker
-from .stores import open_store
+from .stores import SnapshotRecord, open_store
 
 __all__ = ["serve"]
 
@@ -183,6 +184,10 @@ async def _runtime(app: App, log: MessageLog) -> Runtime:
     """Everything one serving shares, with what the store holds of earlier ones."""
     store = log.store
     letters: dict[str, set[int]] = {}
+    # By name, newest first: a run loads the first it can use (see _snapshots).
+    snapshots: dict[str, list[SnapshotRecord]] = {}
+    for record in await store.snapshots():
+        snapshots.setdefault(record.name, []).append(record)
     for letter in await store.dead_letters():
         letters.setdefault(letter.worker, set()).add(letter.message_id)
     leases = (
@@ -200,7 +205,10 @@ async def _runtime(app: App, log: MessageLog) -> Runtime:
         dead_letter_ids=letters,
         retries={r.worker: r for r in await store.retries()},
         leases=leases,
-        applied=app.projection.prepare(pump).position,
+        snapshots=snapshots,
+        applied=app.projection.prepare(
+            pump, head=log.head.value, snapshots=snapshots.get(PROJECTION, ())
+        ).position,
         **app.runtime_options(),
     )
 

@@ -32,6 +32,7 @@ from ._routes import (
     new_route,
 )
 from ._services import ExternalService
+from ._snapshots import SnapshotOptions, SnapshotPolicy, oldest
 
 __all__ = [
     "Handler",
@@ -72,7 +73,9 @@ class PatternWorker(Shown[S]):
     messages handled since the last group write.
 
     Each serving starts ``state`` again from a deep copy of the state the worker was
-    constructed with.
+    constructed with, or from its latest snapshot: with ``snapshot_every=N`` (messages)
+    or ``snapshot_interval`` (seconds), ``state`` is saved with the position it
+    reflects, and a restart replays only what came after (docs/workers.md#snapshots).
     """
 
     def __init__(
@@ -91,6 +94,9 @@ class PatternWorker(Shown[S]):
         batch_positions: bool = False,
         partitions: int = 1,
         key: KeyFn | None = None,
+        snapshot_every: int | None = None,
+        snapshot_interval: float | None = None,
+        state_version: str = "1",
     ) -> None:
         if not name.strip():
             raise ConfigurationError("a worker needs a name")
@@ -115,6 +121,10 @@ class PatternWorker(Shown[S]):
         self.batch_positions = batch_positions
         self.partitions = partitions
         self.key = key
+        self.snapshot_options = SnapshotOptions.checked(
+            snapshot_every, snapshot_interval, state_version, replay=replay
+        )
+        self.snapshots: SnapshotPolicy | None = None  # known once registered
         self._routes: dict[str, Route] = {}
         self.route_table: Mapping[str, Route] = types.MappingProxyType(self._routes)
         self.periodic: Periodic | None = None
@@ -225,6 +235,7 @@ class PatternWorker(Shown[S]):
                     f"worker {self.name!r} has {self.partitions} partitions but no key for "
                     f"{', '.join(map(repr, keyless))}: pass key= to the worker or the route"
                 )
+        self.snapshots = self.snapshot_options.policy(f"worker {self.name!r}", self._initial_state)
         self._frozen = True
 
     def partition_names(self) -> list[str]:
@@ -278,4 +289,6 @@ class PatternWorker(Shown[S]):
             "periodic_interval": self.periodic.interval if self.periodic else None,
             "services": [s.name for s in self.services],
             "partition_count": self.partitions,
+            # The oldest of its partitions' latest snapshots (None: none yet, or none asked).
+            "snapshot": oldest([p.get("snapshot") for p in self.partition_details()]),
         }

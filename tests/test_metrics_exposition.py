@@ -419,9 +419,9 @@ class TestNames:
             pass
 
         worker.set_periodic_work(work, interval=1.0)
-        # A partitioned worker too, for the per-partition series.
+        # A partitioned worker too, for the per-partition series, taking snapshots.
         parts: pt.PatternWorker[None] = pt.PatternWorker(
-            "parts", partitions=2, key=lambda cmd: str(cmd.seconds)
+            "parts", partitions=2, key=lambda cmd: str(cmd.seconds), snapshot_every=100
         )
 
         @parts.on_command("metrics-test/sleep")

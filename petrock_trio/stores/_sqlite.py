@@ -363,8 +363,9 @@ class SQLiteStore:
             if conn.execute(sql.HAS_SNAPSHOTS).fetchone() is None:
                 return []
             return [
-                SnapshotRecord(n, p, v, shape, bytes(state), t)
-                for n, p, v, shape, state, t in conn.execute(query, args).fetchall()
+                # Text where another program wrote text: the bytes, which then do not decode.
+                SnapshotRecord(n, p, v, shape, s if isinstance(s, bytes) else str(s).encode(), t)
+                for n, p, v, shape, s, t in conn.execute(query, args).fetchall()
             ]
 
         return await self._read(run)
