@@ -18,6 +18,7 @@ from ._commands import command as command
 from ._commands import command_name as command_name
 from ._context import HandlerContext as HandlerContext
 from ._context import PeriodicContext as PeriodicContext
+from ._errors import BadPosition as BadPosition
 from ._errors import CommandError as CommandError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DecodeError as DecodeError
@@ -25,17 +26,21 @@ from ._errors import ForeignDatabase as ForeignDatabase
 from ._errors import HandlerError as HandlerError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import LeaseLost as LeaseLost
+from ._errors import NotPaused as NotPaused
 from ._errors import NotRunning as NotRunning
+from ._errors import OperatorError as OperatorError
 from ._errors import OutcomeUnknown as OutcomeUnknown
 from ._errors import PayloadTooLarge as PayloadTooLarge
 from ._errors import Permanent as Permanent
 from ._errors import PetrockError as PetrockError
+from ._errors import RedriveBacklog as RedriveBacklog
 from ._errors import Retry as Retry
 from ._errors import ServiceUnavailable as ServiceUnavailable
 from ._errors import StoreError as StoreError
 from ._errors import StoreGone as StoreGone
 from ._errors import UnknownCommand as UnknownCommand
 from ._errors import ValidationError as ValidationError
+from ._errors import WorkerPaused as WorkerPaused
 from ._events import DeadLettered as DeadLettered
 from ._events import Event as Event
 from ._events import HandlerCompleted as HandlerCompleted
@@ -67,6 +72,7 @@ from ._worker import WorkerStatistics as WorkerStatistics
 __all__ = [
     "App",
     "Backoff",
+    "BadPosition",
     "Circuit",
     "Command",
     "CommandError",
@@ -92,7 +98,9 @@ __all__ = [
     "LegacyWorker",
     "Message",
     "MessageLog",
+    "NotPaused",
     "NotRunning",
+    "OperatorError",
     "OutcomeUnknown",
     "PatternWorker",
     "PayloadTooLarge",
@@ -102,6 +110,7 @@ __all__ = [
     "PeriodicSkipped",
     "Permanent",
     "PetrockError",
+    "RedriveBacklog",
     "Replayed",
     "Retry",
     "ServiceStatistics",
@@ -117,6 +126,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerInfo",
     "WorkerMetrics",
+    "WorkerPaused",
     "WorkerStatistics",
     "command",
     "command_name",

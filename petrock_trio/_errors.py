@@ -19,6 +19,11 @@ The hierarchy::
      │    ├── StoreGone                        the database file was deleted or replaced
      │    └── ForeignDatabase                  the database holds no petrock_trio log
      ├── NotRunning (RuntimeError)      the app is not serving (not started, or stopping)
+     ├── OperatorError                  an operator's verb cannot be done as asked
+     │    ├── WorkerPaused (RuntimeError)       the worker is paused: it handles nothing now
+     │    ├── NotPaused (RuntimeError)          resetting a position needs the worker paused
+     │    ├── RedriveBacklog                    too many re-drives are unfinished to add more
+     │    └── BadPosition (ValueError)          a position outside the log
      └── ConfigurationError (ValueError)   a worker, command or app is set up wrongly
 
 All are ``Exception`` subclasses: none of them must slip past ``except Exception``,
@@ -34,18 +39,23 @@ __all__ = [
     "ForeignDatabase",
     "HandlerError",
     "HandlerTimeout",
+    "BadPosition",
     "LeaseLost",
+    "NotPaused",
     "NotRunning",
+    "OperatorError",
     "OutcomeUnknown",
     "PayloadTooLarge",
     "Permanent",
     "PetrockError",
+    "RedriveBacklog",
     "Retry",
     "ServiceUnavailable",
     "StoreError",
     "StoreGone",
     "UnknownCommand",
     "ValidationError",
+    "WorkerPaused",
 ]
 
 
@@ -180,3 +190,31 @@ class ForeignDatabase(StoreError):
 
 class NotRunning(PetrockError, RuntimeError):
     """The app is not serving: ``serve`` has not started it yet, or it is shutting down."""
+
+
+class OperatorError(PetrockError):
+    """An operator's verb (pause, resume, reset, re-drive, discard) cannot be done as
+    asked; nothing was changed. ``worker`` names the worker it was asked of, if any."""
+
+    def __init__(self, message: str, *, worker: str | None = None) -> None:
+        super().__init__(message)
+        self.worker = worker
+
+
+class WorkerPaused(OperatorError, RuntimeError):
+    """The worker is paused by an operator, so it handles nothing now (a re-drive, a
+    periodic run asked for); resume it first."""
+
+
+class NotPaused(OperatorError, RuntimeError):
+    """A worker's position is reset only while it is paused, so that nothing it is
+    doing races the new position; pause it first."""
+
+
+class RedriveBacklog(OperatorError):
+    """So many re-drives are unfinished that their tickets would not be kept: wait for
+    some to finish, or re-drive fewer at once."""
+
+
+class BadPosition(OperatorError, ValueError):
+    """A position that is not in the log: negative, or beyond its head."""

@@ -19,6 +19,7 @@ from ._health import Health, HealthReport
 from ._message import Row
 from .stores import (
     Commit,
+    ControlRecord,
     DeadLetterRecord,
     LeaseRecord,
     RetryRecord,
@@ -210,6 +211,32 @@ class MonitoredStore:
 
     async def dead_letters(self, worker: str | None = None) -> list[DeadLetterRecord]:
         return await self.health.read(self.inner.dead_letters(worker))
+
+    async def controls(self) -> list[ControlRecord]:
+        return await self.health.read(self.inner.controls())
+
+    async def set_paused(self, worker: str, *, paused: bool, now: float) -> ControlRecord:
+        call = self.inner.set_paused(worker, paused=paused, now=now)
+        return await self.health.write("pause", call)
+
+    async def reset_positions(
+        self, worker: str, names: Sequence[str], to: int, *, now: float
+    ) -> ControlRecord:
+        reset = self.inner.reset_positions(worker, names, to, now=now)
+        return await self.health.write("reset", reset)
+
+    async def discard_dead_letters(
+        self, letters: Sequence[tuple[str, int]], *, now: float
+    ) -> list[DeadLetterRecord]:
+        return await self.health.write("discard", self.inner.discard_dead_letters(letters, now=now))
+
+    async def discarded(self, worker: str | None = None) -> list[tuple[str, int]]:
+        return await self.health.read(self.inner.discarded(worker))
+
+    async def count_messages(
+        self, after: int, upto: int, names: Sequence[str]
+    ) -> tuple[int, int | None, int | None]:
+        return await self.health.read(self.inner.count_messages(after, upto, names))
 
     async def snapshots(self, name: str | None = None) -> list[SnapshotRecord]:
         return await self.health.read(self.inner.snapshots(name))

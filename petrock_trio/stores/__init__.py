@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import ConfigurationError
 from ._base import (
     Commit,
+    ControlRecord,
     DeadLetterRecord,
     LeaseRecord,
     RetryRecord,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Commit",
+    "ControlRecord",
     "DeadLetterRecord",
     "LeaseRecord",
     "PostgresStore",

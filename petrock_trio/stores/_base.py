@@ -14,6 +14,7 @@ __all__ = [
     "LOG_TABLES",
     "SNAPSHOTS_KEPT",
     "Commit",
+    "ControlRecord",
     "DeadLetterRecord",
     "LeaseRecord",
     "RetryRecord",
@@ -87,6 +88,22 @@ class LeaseRecord:
     holder: str
     epoch: int
     expires_at: float
+
+
+@attrs.frozen
+class ControlRecord:
+    """What the operators asked of one worker, for every process that serves the log.
+
+    ``paused``: the worker handles nothing until resumed. ``generation`` counts the
+    resets of its position, the last of them to ``reset_to``. ``updated_at`` is the
+    wall-clock time of the last change.
+    """
+
+    worker: str
+    paused: bool
+    generation: int = 0
+    reset_to: int | None = None
+    updated_at: float = 0.0
 
 
 @attrs.frozen
@@ -206,6 +223,49 @@ class Store(Protocol):
 
         A database older than snapshots (opened read-only, so not given the table) has
         none."""
+        ...
+
+    async def controls(self) -> list[ControlRecord]:
+        """Every worker's controls (pause, resets), by worker; none from a read-only
+        opening of a log older than them."""
+        ...
+
+    async def set_paused(self, worker: str, *, paused: bool, now: float) -> ControlRecord:
+        """Pause or resume ``worker`` for every process; the record as it now stands."""
+        ...
+
+    async def reset_positions(
+        self, worker: str, names: Sequence[str], to: int, *, now: float
+    ) -> ControlRecord:
+        """Set ``worker``'s position to ``to``, in one transaction, while it is paused.
+
+        Raises :class:`NotPaused` (nothing written) unless its controls say paused.
+        Every stored position of the worker (under any partitioning) is replaced by
+        ``to`` under each of ``names``; its retry state and the snapshots after ``to``
+        are dropped, and its dead letters (discarded ones too) after ``to``, since
+        those messages are handled live again. The leases of its names move to a new
+        epoch and are freed, so a process still running it is fenced off and starts
+        again from the store. Raises the generation; ``reset_to`` becomes ``to``.
+        """
+        ...
+
+    async def discard_dead_letters(
+        self, letters: Sequence[tuple[str, int]], *, now: float
+    ) -> list[DeadLetterRecord]:
+        """Remove these (worker, message id) dead letters without handling them; the
+        ones that were there. Each is remembered as discarded: its message stays done
+        for that worker, and replay skips it as it skips a dead letter."""
+        ...
+
+    async def discarded(self, worker: str | None = None) -> list[tuple[str, int]]:
+        """(worker, message id) of the discarded dead letters (of ``worker`` only)."""
+        ...
+
+    async def count_messages(
+        self, after: int, upto: int, names: Sequence[str]
+    ) -> tuple[int, int | None, int | None]:
+        """(count, first id, last id) of the messages named ``names`` with
+        ``after < id <= upto``."""
         ...
 
     def gone(self) -> str | None:

@@ -29,6 +29,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .._errors import ConfigurationError, StoreError
 from .._logging import get_logger
 from .._message import Row
+from . import _pgcontrols as controls
 from . import _pgsql as sql
 from ._base import (
     Commit,
@@ -67,7 +68,7 @@ _SCHEMA: Final = sql.SCHEMA
 _log = get_logger("petrock_trio")
 
 
-class PostgresStore:
+class PostgresStore(controls.Controlled):
     """Messages, worker positions and dead letters in a PostgreSQL database.
 
     Three connections: one for writes (group commits), one for reads, and one that
@@ -140,7 +141,10 @@ class PostgresStore:
         self._open = True
         try:
             await self._write(
-                [(sql.LOCK, [int8(self.SCHEMA_LOCK)]), *((s, ()) for s in sql.SCHEMA)],
+                [
+                    (sql.LOCK, [int8(self.SCHEMA_LOCK)]),
+                    *((s, ()) for s in (*sql.SCHEMA, *controls.SCHEMA)),
+                ],
                 prepare=False,
             )
             self._traceback_column = True

@@ -21,6 +21,7 @@ import trio
 
 from .._errors import LeaseLost, StoreError, StoreGone
 from .._message import Row
+from . import _sqlitecontrols as controls
 from . import _sqlitesql as sql
 from ._base import (
     SNAPSHOTS_KEPT,
@@ -42,7 +43,7 @@ T = TypeVar("T")
 _SCHEMA: Final = sql.SCHEMA
 
 
-class SQLiteStore:
+class SQLiteStore(controls.Controlled):
     """Messages, worker positions and dead letters in one SQLite file (WAL).
 
     Several processes may share the file: ``watch`` notices their appends through
@@ -142,6 +143,7 @@ class SQLiteStore:
             conn = self._connect()
             try:
                 conn.executescript(sql.SCHEMA)
+                conn.executescript(controls.SCHEMA)
                 sql.migrate(conn)
             except sqlite3.Error as exc:
                 conn.close()

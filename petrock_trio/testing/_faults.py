@@ -11,6 +11,7 @@ from .._errors import StoreError
 from .._message import Row
 from ..stores import (
     Commit,
+    ControlRecord,
     DeadLetterRecord,
     LeaseRecord,
     RetryRecord,
@@ -139,6 +140,30 @@ class FaultyStore:
 
     async def retries(self) -> list[RetryRecord]:
         return await self.inner.retries()
+
+    async def controls(self) -> list[ControlRecord]:
+        return await self.inner.controls()
+
+    async def set_paused(self, worker: str, *, paused: bool, now: float) -> ControlRecord:
+        return await self.inner.set_paused(worker, paused=paused, now=now)
+
+    async def reset_positions(
+        self, worker: str, names: Sequence[str], to: int, *, now: float
+    ) -> ControlRecord:
+        return await self.inner.reset_positions(worker, names, to, now=now)
+
+    async def discard_dead_letters(
+        self, letters: Sequence[tuple[str, int]], *, now: float
+    ) -> list[DeadLetterRecord]:
+        return await self.inner.discard_dead_letters(letters, now=now)
+
+    async def discarded(self, worker: str | None = None) -> list[tuple[str, int]]:
+        return await self.inner.discarded(worker)
+
+    async def count_messages(
+        self, after: int, upto: int, names: Sequence[str]
+    ) -> tuple[int, int | None, int | None]:
+        return await self.inner.count_messages(after, upto, names)
 
     async def snapshots(self, name: str | None = None) -> list[SnapshotRecord]:
         return await self.inner.snapshots(name)
