@@ -61,6 +61,10 @@ from ._logging import configure_logging as configure_logging
 from ._message import Message as Message
 from ._metrics import WorkerMetrics as WorkerMetrics
 from ._open import open_log as open_log
+from ._operator import BulkRedrive as BulkRedrive
+from ._redrive import RedriveTicket as RedriveTicket
+from ._reset import MessageRange as MessageRange
+from ._reset import ResetPlan as ResetPlan
 from ._retry import Backoff as Backoff
 from ._serve import serve as serve
 from ._services import Circuit as Circuit
@@ -73,6 +77,7 @@ __all__ = [
     "App",
     "Backoff",
     "BadPosition",
+    "BulkRedrive",
     "Circuit",
     "Command",
     "CommandError",
@@ -98,6 +103,7 @@ __all__ = [
     "LegacyWorker",
     "Message",
     "MessageLog",
+    "MessageRange",
     "NotPaused",
     "NotRunning",
     "OperatorError",
@@ -111,7 +117,9 @@ __all__ = [
     "Permanent",
     "PetrockError",
     "RedriveBacklog",
+    "RedriveTicket",
     "Replayed",
+    "ResetPlan",
     "Retry",
     "ServiceStatistics",
     "ServiceUnavailable",

@@ -19,6 +19,7 @@ from ._legacy import LegacyRunner, WorkerInfo
 from ._lifespan import Lifespan, check_lifespan
 from ._log import MessageLog
 from ._message import Message
+from ._operator import OperatorVerbs
 from ._projection import Applier, Projection
 from ._routes import route_classes
 from ._run import WorkerRun
@@ -63,7 +64,7 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigurationError(message)
 
 
-class App:
+class App(OperatorVerbs):
     """Commands, feature state and workers over one log.
 
     ``database`` is a SQLite file path, ``":memory:"`` or a ``postgresql://`` URL
@@ -371,6 +372,7 @@ class App:
                 "lag": metrics.lag,
                 "health": worker.health().to_dict(),
                 "metrics": metrics.to_dict(),
+                "paused": rt is not None and rt.controls.paused(name),
             }
             if isinstance(worker, PatternWorker) and worker.partitions > 1:
                 workers[name]["partitions"] = self._partitions(worker)
@@ -421,15 +423,3 @@ class App:
         """Messages the workers gave up on, oldest failure first."""
         rt = self._runtime()
         return [DeadLetter.from_record(r) for r in await rt.log.store.dead_letters(worker)]
-
-    async def redrive(self, worker: str, message_id: int) -> None:
-        """Have ``worker`` handle dead-lettered message ``message_id`` again, live.
-
-        On success the dead letter is removed; on failure it stays, with its attempts
-        added up. Returns when the worker is done with it.
-        """
-        self._runtime()
-        runner = self.workers.get(worker)
-        if not isinstance(runner, PatternWorker):
-            raise LookupError(f"no pattern worker named {worker!r}")  # noqa: TRY004 - a missing name
-        await runner.redrive(message_id)

@@ -33,13 +33,13 @@ which is reserved for trio's ``Cancelled`` and ``KeyboardInterrupt``.
 from __future__ import annotations
 
 __all__ = [
+    "BadPosition",
     "CommandError",
     "ConfigurationError",
     "DecodeError",
     "ForeignDatabase",
     "HandlerError",
     "HandlerTimeout",
-    "BadPosition",
     "LeaseLost",
     "NotPaused",
     "NotRunning",

@@ -56,7 +56,7 @@ class RunView(Protocol):
 
     async def run_periodic_now(self) -> None: ...
 
-    async def redrive(self, message_id: int) -> None: ...
+    async def redrive(self, message_id: int, ticket: Any = None) -> None: ...
 
     async def owner_of(self, message_id: int) -> int: ...
 
@@ -190,8 +190,9 @@ class RunGroup:
         for run in runs:
             await run.run_periodic_now()
 
-    async def redrive(self, message_id: int) -> None:
-        """Re-drive ``message_id`` on the partition its key belongs to."""
+    async def redrive(self, message_id: int, ticket: Any = None) -> None:
+        """Re-drive ``message_id`` on the partition its key belongs to (``ticket``, a
+        ``RedriveTicket``, follows it)."""
         runs = self._sorted()
         if not runs:
             raise NotRunning(f"worker {self.name!r} is not running")
@@ -201,7 +202,7 @@ class RunGroup:
             raise NotRunning(
                 f"partition {owner} of worker {self.name!r} is served by another process"
             )
-        await run.redrive(message_id)
+        await run.redrive(message_id, ticket)
 
     async def snapshot_now(self) -> list[dict[str, Any]]:
         runs = self._sorted()
@@ -271,9 +272,12 @@ class Shown(Generic[S]):
             raise NotRunning(f"worker {self.name!r} has no periodic work")
         await self._current.run_periodic_now()
 
-    async def redrive(self, message_id: int) -> None:
-        """Handle a dead-lettered message again, live; returns when it is done."""
-        await self._current.redrive(message_id)
+    async def redrive(self, message_id: int, ticket: Any = None) -> None:
+        """Handle a dead-lettered message again, live; returns when it is done.
+
+        ``ticket`` (a ``RedriveTicket``) is told when it starts running; see
+        ``App.start_redrive``, which returns at once."""
+        await self._current.redrive(message_id, ticket)
 
     async def snapshot_now(self) -> list[dict[str, Any]]:
         """Save the state of each partition served here now, after the message it is

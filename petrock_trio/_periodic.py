@@ -26,7 +26,8 @@ async def periodic_loop(run: RunState, periodic: Periodic) -> None:
     """Run ``periodic`` every ``interval`` seconds until graceful shutdown.
 
     Later runs start ``interval`` seconds after the previous start; a run that
-    overruns delays the next one (never overlapping it), and missed starts are skipped.
+    overruns delays the next one (never overlapping it), and missed starts are skipped,
+    as are the starts that come while an operator has the worker paused.
     """
     next_at = trio.current_time()
     while not run.rt.stopping.is_set():
@@ -36,7 +37,9 @@ async def periodic_loop(run: RunState, periodic: Periodic) -> None:
             return
         started = trio.current_time()
         unavailable = [s.name for s in run.decl.services if not s.available]
-        if unavailable:
+        if run.rt.controls.paused(run.name):
+            pass  # a worker paused by an operator does nothing, periodic work included
+        elif unavailable:
             run.recorder.periodic_skip()
             run.rt.report(PeriodicSkipped(run.name, tuple(unavailable)))
         else:

@@ -59,6 +59,11 @@ class Feed:
         state = "attached" if self.attached else "detached"
         return f"<Feed {self.name!r} {state} position={self.position.value}>"
 
+    @property
+    def idle(self) -> bool:
+        """Whether its subscriber waits for a page with nothing in hand."""
+        return self._idle
+
     # --- called by the pump, synchronously -------------------------------------------
 
     def _offer(self, page: Page) -> bool:

@@ -23,8 +23,9 @@ from ._health import HealthReport, Signals, judge
 from ._logging import get_logger
 from ._message import Page
 from ._metrics import WorkerMetrics, lag_seconds
+from ._pause import follow_pause, paused_health, refuse_if_paused, wait_at_gate
 from ._periodic import periodic_loop, periodic_once
-from ._redrive import RedriveRequest, redrive_loop
+from ._redrive import RedriveRequest, RedriveTicket, redrive_loop
 from ._retry import Backoff
 from ._runstate import RunState
 from ._runtime import Runtime, Stop
@@ -51,6 +52,8 @@ class WorkerRun(RunState):
         self.recorder.totals = rt.totals.of(self.name)
         # The page it handles, or last handled: what its lag in seconds is read from.
         self.page: Page | None = None
+        # Around its wait for the next page: a pause ends the wait (see _pause).
+        self.page_wait: trio.CancelScope | None = None
         decl.attach(self)
 
     def __repr__(self) -> str:
@@ -90,16 +93,18 @@ class WorkerRun(RunState):
         now = trio.current_time()
         last = self.recorder.last_dead_letter_at
         blocked = self.blocked
+        paused = self.rt.controls.paused(self.name)
         signals = Signals(
             crashed=self.crashed,
             errors_per_minute=self.recorder.rates(now)[1],
             dead_letter_age=None if last is None else now - last,
             unavailable=tuple(s.name for s in self.decl.services if not s.available),
-            lag=max(0, self.rt.log.head.value - self.position),
+            # While paused, lag is expected: the pause itself degrades it.
+            lag=0 if paused else max(0, self.rt.log.head.value - self.position),
             retrying=self.retrying,
             blocked=None if blocked is None else (now - blocked[0], blocked[1]),
         )
-        return judge(signals, self.decl.thresholds)
+        return paused_health(self, judge(signals, self.decl.thresholds))
 
     def replay_progress(self) -> tuple[int, int]:
         """(replayed up to, replay target): start-up progress."""
@@ -137,6 +142,7 @@ class WorkerRun(RunState):
         self._redrives = send
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(follow_pause, self, lambda: self.page_wait)
                 nursery.start_soon(self._supervise)
                 nursery.start_soon(self._watch_replay)
                 if self.snapshots is not None:
@@ -155,6 +161,7 @@ class WorkerRun(RunState):
             self.live = False
             self.stopped = True
             self.stop()
+            self.rt.controls.leave(self.key)
             if self.decl.partitions > 1 and not self.rt.stopping.is_set():
                 # A partition that stops while the app goes on (a lost lease) is no
                 # longer this process's to show; after a shutdown, the last runs stay.
@@ -200,13 +207,19 @@ class WorkerRun(RunState):
 
     async def _message_loop(self) -> None:
         feed = self.feed
+        controls = self.rt.controls
         while True:
-            try:
-                # Graceful shutdown closes the feed (see stop): cheaper than a cancel
-                # scope around every wait for a page.
-                self.page = page = await feed.next_page()
-            except trio.EndOfChannel:
-                return
+            if self.replayed.is_set() and controls.paused(self.name):
+                await wait_at_gate(self, holding_lock=False)
+            # Graceful shutdown closes the feed (see stop): EndOfChannel. A pause ends a
+            # wait with nothing in hand (see _pause), and no page is taken then.
+            with trio.CancelScope() as self.page_wait:
+                try:
+                    self.page = page = await feed.next_page()
+                except trio.EndOfChannel:
+                    return
+            if self.page_wait.cancelled_caught:
+                continue
             async with self.lock:
                 await self._handle_page(page)
             feed.advance(page.last)
@@ -240,6 +253,8 @@ class WorkerRun(RunState):
                 self.replay_position = row.id
                 continue
             self.replayed.set()
+            if self.rt.controls.paused(self.name):
+                await wait_at_gate(self, holding_lock=True)
             if isinstance(key_hash, Exception):
                 await dead_letter(self, row, key_hash, attempts=1, first_failed_at=self.rt.clock())
             else:
@@ -254,7 +269,9 @@ class WorkerRun(RunState):
         if not self.routes[row.name].replay:
             await trio.lowlevel.checkpoint()
             return  # a live-only route: its effects happened when it was live
-        if row.id in rt.dead_letter_ids.get(self.name, ()):
+        if row.id in rt.dead_letter_ids.get(self.name, ()) or rt.controls.is_discarded(
+            self.name, row.id
+        ):
             await trio.lowlevel.checkpoint()
             return  # it never took effect live, so it does not take effect in replay
         try:
@@ -274,6 +291,7 @@ class WorkerRun(RunState):
         periodic = self.decl.periodic
         if periodic is None or self.stopped:
             raise NotRunning(f"worker {self.name!r} is not running or has no periodic work")
+        refuse_if_paused(self, "run its periodic work")
         self.periodic_runs += 1
         async with self.lock:
             await periodic_once(self, periodic, self.periodic_runs)
@@ -289,11 +307,12 @@ class WorkerRun(RunState):
         page = Page(message_id - 1, message_id, rows[:1])
         return self.owner(self.key_hash(page, 0))
 
-    async def redrive(self, message_id: int) -> None:
-        """Handle a dead-lettered message again, live; returns when it is done."""
+    async def redrive(self, message_id: int, ticket: RedriveTicket | None = None) -> None:
+        """Handle a dead-lettered message again, live; returns when it is done
+        (``ticket`` says when it starts running)."""
         if self._redrives is None:
             raise NotRunning(f"worker {self.name!r} is not running")
-        request = RedriveRequest(message_id)
+        request = RedriveRequest(message_id, ticket)
         try:
             await self._redrives.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):

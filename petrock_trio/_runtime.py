@@ -14,6 +14,7 @@ import trio
 from trio_util import AsyncValue
 
 from ._commands import CommandRegistry, command_name, validate
+from ._controls import Controls
 from ._errors import LeaseLost, NotRunning
 from ._events import Event, Hook, StructlogHook, event_fields
 from ._leases import LeaseKeeper
@@ -72,6 +73,8 @@ class Runtime:
     snapshots: dict[str, list[SnapshotRecord]] = attrs.Factory(dict)
     leases: LeaseKeeper | None = None
     stopping: trio.Event = attrs.field(factory=trio.Event)
+    # What operators asked of the workers (pause, resets), as the store holds it.
+    controls: Controls = attrs.Factory(lambda self: Controls(self.log.store), takes_self=True)
     waiters: set[trio.CancelScope] = attrs.Factory(set)
     closed: bool = False
     # The state projection's position: everything up to it is applied to app state.
@@ -142,13 +145,17 @@ class Runtime:
         store = self.log.store
         self.log.publish_head(await store.head())
         # All of them: a partition's coverage reads the other partitions' positions.
-        self.saved_positions.update(await store.positions())
+        # Replaced, not added to: a reset deletes a worker's positions under other names.
+        positions = await store.positions()
+        self.saved_positions.clear()
+        self.saved_positions.update(positions)
         self.dead_letter_ids[worker] = {d.message_id for d in await store.dead_letters(worker)}
         self.snapshots[stored] = await store.snapshots(stored)
         self.retries.pop(stored, None)
         for record in await store.retries():
             if record.worker == stored:
                 self.retries[stored] = record
+        self.controls.discarded[worker] = {m for _, m in await store.discarded(worker)}
 
     def wants_completed(self) -> bool:
         """Whether any hook would use a HandlerCompleted event (built per message)."""

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 
 from ._app import App
+from ._controls import Controls
 from ._errors import ConfigurationError, PetrockError
 from ._leases import LeaseKeeper
 from ._lifespan import lifespan_of
@@ -18,6 +19,7 @@ from ._logging import get_logger
 from ._loopwatch import Block, Culprit, LoopWatch
 from ._positions import PositionFlusher
 from ._pump import LogPump
+from ._reset import run_resettable
 from ._routes import unregistered
 from ._runstate import RunState
 from ._runtime import Run, Runtime
@@ -122,7 +124,9 @@ async def _serve(
                 async with trio.open_nursery() as engine:
                     await engine.start(rt.pump.run)
                     engine.start_soon(rt.flusher.run)
-                    engine.start_soon(store.watch, log.publish_head)
+                    engine.start_soon(store.watch, partial(_published, log, rt.controls))
+                    engine.start_soon(rt.controls.run)
+                    await engine.start(app.redrive_tickets.run)
                     if rt.leases is not None:
                         await engine.start(rt.leases.run)
                     if handle_signals and threading.current_thread() is threading.main_thread():
@@ -205,12 +209,30 @@ async def _runtime(app: App, log: MessageLog) -> Runtime:
         dead_letter_ids=letters,
         retries={r.worker: r for r in await store.retries()},
         leases=leases,
+        controls=await _controls(app, log, leases),
         snapshots=snapshots,
         applied=app.projection.prepare(
             pump, head=log.head.value, snapshots=snapshots.get(PROJECTION, ())
         ).position,
         **app.runtime_options(),
     )
+
+
+async def _controls(app: App, log: MessageLog, leases: LeaseKeeper | None) -> Controls:
+    """The workers' controls as the store holds them (a worker paused there starts
+    paused), and which runs a reset of each worker restarts here."""
+    names: dict[str, list[str]] = {}
+    for stored, (worker, _) in app.run_names().items():
+        names.setdefault(worker, []).append(stored)
+    store = log.store
+    records, discarded = await store.controls(), await store.discarded()
+    return Controls(store, records, names=names, leases=leases, discarded=discarded)
+
+
+def _published(log: MessageLog, controls: Controls, head: int) -> None:
+    """Another process committed: the head it reached, and maybe changes of controls."""
+    log.publish_head(head)
+    controls.poke()
 
 
 def redact(url: str) -> str:
@@ -264,7 +286,9 @@ async def _start_parts(
                 starting.start_soon(outer.start, app.projection.bind(rt).run)
                 for stored in app.run_names():
                     if rt.leases is None:
-                        starting.start_soon(nursery.start, runs[stored].run)
+                        worker = app.run_names()[stored][0]
+                        resettable = partial(run_resettable, app.open_run, rt, stored, worker, runs)
+                        starting.start_soon(nursery.start, resettable)
                     else:
                         run_leased = partial(_run_leased, app, rt, rt.leases, stored, runs)
                         starting.start_soon(nursery.start, run_leased)

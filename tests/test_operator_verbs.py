@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
+import trio.testing
 
 import petrock_trio as pt
+from petrock_trio._partition import stable_hash
 from petrock_trio.stores import Commit, DeadLetterRecord, Store, open_store
+from petrock_trio.testing import memory_database, serving
+from tests.support import Add, Note, Unrouted
 
 
 @pytest.fixture(params=["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -188,3 +195,495 @@ async def test_store_calls_are_checkpoints() -> None:
             assert scope.cancelled_caught
     finally:
         await store.aclose()
+
+
+# --- the engine: an app with a worker that fails while told to ------------------------
+
+
+@attrs.define
+class Shop:
+    """What the `orders` worker does: it fails on the keys in ``broken``."""
+
+    broken: set[str] = attrs.Factory(set)
+    live: list[int] = attrs.Factory(list)
+    replayed: list[int] = attrs.Factory(list)
+    periodic: int = 0
+    hold: trio.Event | None = None
+    permanent: bool = False  # broken keys fail for good (dead-lettered at once)
+
+
+def shop_app(
+    database: str = ":memory:",
+    *,
+    shop: Shop | None = None,
+    attempts: int = 4,
+    initial: float = 1.0,
+    partitions: int = 1,
+    **kw: Any,
+) -> tuple[pt.App, pt.PatternWorker[list[str]], Shop]:
+    """`orders` handles test/add (retrying 1 + 2 + 4 s with 4 attempts) and keeps the
+    keys it handled in its state; test/note and test/unrouted are nobody's."""
+    shop = shop if shop is not None else Shop()
+    app = pt.App(database=database, hooks=[], **kw)
+    for cls in (Add, Note, Unrouted):
+        app.register_command(cls)
+    worker: pt.PatternWorker[list[str]] = pt.PatternWorker(
+        "orders",
+        state=[],
+        retry=pt.Backoff(initial=initial, factor=2.0, max_attempts=attempts),
+        partitions=partitions,
+        health=pt.HealthThresholds(degraded_errors_per_minute=1e9, unhealthy_errors_per_minute=1e9),
+    )
+
+    async def on_add(ctx: pt.HandlerContext, cmd: Add, state: list[str]) -> None:
+        if shop.hold is not None and not ctx.is_replay:
+            await shop.hold.wait()
+        if cmd.key in shop.broken and not ctx.is_replay:
+            if shop.permanent:
+                raise pt.Permanent(f"broken for good: {cmd.key}")
+            raise RuntimeError(f"broken: {cmd.key}")
+        state.append(cmd.key)
+        (shop.replayed if ctx.is_replay else shop.live).append(ctx.message.id)
+
+    worker.on_command("test/add", on_add, key=lambda cmd: cmd.key if partitions > 1 else None)
+
+    async def tick(ctx: pt.PeriodicContext, state: list[str]) -> None:
+        shop.periodic += 1
+
+    worker.set_periodic_work(tick, interval=10.0)
+    app.register_worker(worker)
+    return app, worker, shop
+
+
+async def dead_letter_of(app: pt.App, key: str) -> int:
+    message = await app.execute(Add(key))
+    await app.caught_up()
+    (letter,) = [d for d in await app.dead_letters("orders") if d.message_id == message.id]
+    return letter.message_id
+
+
+def status_of(ticket: pt.RedriveTicket) -> str:
+    return ticket.status  # read again: the re-drive moves it on meanwhile
+
+
+class TestStartRedrive:
+    """A re-drive returns a ticket at once; the ticket follows it to its end."""
+
+    async def test_a_still_failing_redrive_answers_at_once(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, _, shop = shop_app()
+        shop.broken.add("vase")
+        async with serving(app):
+            message_id = await dead_letter_of(app, "vase")
+            started = trio.current_time()
+            ticket = await app.start_redrive("orders", message_id)
+            assert trio.current_time() == started  # no virtual time at all
+            assert (ticket.status, ticket.done) == ("queued", False)
+            assert app.redrive_tickets.get(ticket.id) is ticket
+            await trio.sleep(0.5)
+            assert status_of(ticket) == "running"
+            assert (await ticket.wait()) is ticket
+            # The whole schedule again: 1 + 2 + 4 s between its four attempts.
+            assert trio.current_time() - started == 7.0
+            assert ticket.status == "failed"
+            assert ticket.dead_letter is not None
+            assert ticket.dead_letter.attempts == 8
+            assert ticket.error == ticket.dead_letter.error
+            answer = ticket.to_dict()
+            assert (answer["status"], answer["resolved"]) == ("failed", False)
+            assert answer["dead_letter"]["attempts"] == 8
+
+    async def test_a_fixed_redrive_resolves(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, _, shop = shop_app()
+        shop.broken.add("vase")
+        async with serving(app):
+            message_id = await dead_letter_of(app, "vase")
+            shop.broken.clear()
+            ticket = await (await app.start_redrive("orders", message_id)).wait()
+            assert (ticket.status, ticket.error, ticket.dead_letter) == ("resolved", None, None)
+            assert ticket.to_dict()["resolved"] is True
+            assert await app.dead_letters() == []
+            assert shop.live == [message_id]
+
+    async def test_redrive_still_waits(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, _, shop = shop_app()
+        shop.broken.add("vase")
+        async with serving(app):
+            message_id = await dead_letter_of(app, "vase")
+            started = trio.current_time()
+            await app.redrive("orders", message_id)
+            assert trio.current_time() - started == 7.0
+            (letter,) = await app.dead_letters()
+            assert letter.attempts == 8
+
+    async def test_refusals(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, _, shop = shop_app()
+        shop.broken.add("vase")
+        async with serving(app):
+            message_id = await dead_letter_of(app, "vase")
+            with pytest.raises(LookupError, match="no pattern worker"):
+                await app.start_redrive("nobody", message_id)
+            with pytest.raises(LookupError, match="no dead letter"):
+                await app.start_redrive("orders", message_id + 1)
+            await app.pause_worker("orders")
+            with pytest.raises(pt.WorkerPaused, match="resume it"):
+                await app.start_redrive("orders", message_id)
+            with pytest.raises(pt.WorkerPaused):
+                await app.redrive("orders", message_id)
+            assert app.redrive_tickets.tickets == {}
+        with pytest.raises(pt.NotRunning):
+            await app.start_redrive("orders", message_id)
+
+    async def test_a_stop_ends_the_ticket(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, _, shop = shop_app()
+        shop.broken.add("vase")
+        async with serving(app):
+            message_id = await dead_letter_of(app, "vase")
+            ticket = await app.start_redrive("orders", message_id)
+            await trio.sleep(1.5)  # between its first and second attempt
+            assert ticket.status == "running"
+        assert status_of(ticket) == "failed"
+        assert ticket.error is not None
+        assert "NotRunning" in ticket.error
+
+    async def test_tickets_are_bounded(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, _, shop = shop_app()
+        shop.broken.update({"a", "b", "c"})
+        app.redrive_tickets.capacity = 2
+        async with serving(app):
+            ids = [await dead_letter_of(app, key) for key in "abc"]
+            first = await app.start_redrive("orders", ids[0])
+            second = await app.start_redrive("orders", ids[1])
+            with pytest.raises(pt.RedriveBacklog, match="2 re-drives are unfinished"):
+                await app.start_redrive("orders", ids[2])
+            await first.wait()
+            third = await app.start_redrive("orders", ids[2])
+            # The oldest finished ticket made room.
+            assert list(app.redrive_tickets.tickets) == [second.id, third.id]
+            assert app.redrive_tickets.get(first.id) is None
+
+
+class TestBulk:
+    """Dead letters re-driven or discarded by worker, by command, or all of them."""
+
+    async def test_redrive_by_filter(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, _, shop = shop_app(attempts=1)
+        shop.broken.update({"a", "b"})
+        async with serving(app):
+            ids = [await dead_letter_of(app, key) for key in "ab"]
+            # A dead letter of a worker this app does not have (it was removed).
+            await app.log.commit(app.log.new_commit(dead_letters=[letter("gone", 1, "old/cmd")]))
+            with pytest.raises(pt.OperatorError, match="name a worker or a command"):
+                await app.start_redrives()
+            shop.broken.clear()
+            bulk = await app.start_redrives(command="test/add")
+            assert sorted(t.message_id for t in bulk.tickets) == ids
+            assert bulk.skipped == ()
+            for ticket in bulk.tickets:
+                await ticket.wait()
+            assert [t.status for t in bulk.tickets] == ["resolved", "resolved"]
+            everything = await app.start_redrives(every=True)
+            assert everything.tickets == ()
+            assert everything.skipped == (("gone", 1, "no pattern worker of that name here"),)
+            assert everything.to_dict()["count"] == 0
+
+    async def test_bulk_fits_whole_or_not_at_all(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, _, shop = shop_app(attempts=1)
+        shop.broken.update({"a", "b", "c"})
+        app.redrive_tickets.capacity = 2
+        async with serving(app):
+            for key in "abc":
+                await dead_letter_of(app, key)
+            with pytest.raises(pt.RedriveBacklog):
+                await app.start_redrives(worker="orders")
+            assert app.redrive_tickets.tickets == {}
+
+    async def test_discard_keeps_the_message_done(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        shop = Shop(broken={"vase"})
+        with memory_database() as database:
+            app, worker, _ = shop_app(database, shop=shop)
+            async with serving(app):
+                vase = await dead_letter_of(app, "vase")
+                await app.execute(Add("cup"))
+                await app.caught_up()
+                with pytest.raises(pt.OperatorError):
+                    await app.discard_dead_letters()
+                (gone,) = await app.discard_dead_letters(worker="orders")
+                assert (gone.worker, gone.message_id, gone.attempts) == ("orders", vase, 4)
+                assert await app.dead_letters() == []
+                assert app.inspect()["workers"]["orders"]["position"] == vase + 1
+                assert await app.discard_dead_letters(every=True) == []
+            # Replay skips it as it skips a dead letter: it never took effect.
+            shop.broken.clear()
+            again, worker, _ = shop_app(database, shop=shop)
+            async with serving(again):
+                assert worker.state == ["cup"]
+                assert shop.replayed == [vase + 1]
+
+
+VERBS: list[Any] = [
+    pytest.param(lambda app, m: app.start_redrive("orders", m), id="start_redrive"),
+    pytest.param(lambda app, m: app.start_redrives(every=True), id="start_redrives"),
+    pytest.param(lambda app, m: app.discard_dead_letters(command="none"), id="discard"),
+    pytest.param(lambda app, m: app.pause_worker("orders"), id="pause_worker"),
+    pytest.param(lambda app, m: app.resume_worker("orders"), id="resume_worker"),
+    pytest.param(lambda app, m: app.reset_plan("orders", to=1), id="reset_plan"),
+]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+async def test_verbs_are_checkpoints(autojump_clock: trio.testing.MockClock, verb: Any) -> None:
+    app, _, shop = shop_app(attempts=1)
+    shop.broken.add("vase")
+    async with serving(app):
+        message_id = await dead_letter_of(app, "vase")
+        with trio.testing.assert_checkpoints():
+            await verb(app, message_id)
+        await app.pause_worker("orders")
+        with trio.testing.assert_checkpoints():
+            await app.reset_position("orders", to=message_id)
+
+
+class TestPause:
+    """A paused worker finishes its message, then handles nothing until resumed."""
+
+    async def test_pause_and_resume(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, worker, shop = shop_app()
+        async with serving(app):
+            await app.execute(Add("a"))
+            await app.caught_up()
+            position = worker.position
+            record = await app.pause_worker("orders", wait=True)
+            assert (record.worker, record.paused) == ("orders", True)
+            assert app.inspect()["workers"]["orders"]["paused"] is True
+            health = worker.health()
+            assert health.status is pt.Health.DEGRADED
+            assert health.reasons == ("paused by an operator",)
+            assert app.health().reasons == ("orders: paused by an operator",)
+            ticks = shop.periodic
+            late = await app.execute(Add("b"))
+            for _ in range(3):
+                await app.execute(Unrouted())  # nobody's: even these leave it where it is
+            await trio.sleep(60)
+            assert shop.live == [1]
+            assert worker.position == position
+            assert shop.periodic == ticks  # periodic work is skipped
+            await app.resume_worker("orders")
+            await app.caught_up()
+            assert shop.live == [1, late.id]
+            assert worker.position == app.log.head.value
+            assert worker.health().status is pt.Health.HEALTHY
+            assert app.inspect()["workers"]["orders"]["paused"] is False
+            await trio.sleep(15)
+            assert shop.periodic > ticks
+
+    async def test_the_message_in_hand_is_finished(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, worker, shop = shop_app()
+        shop.hold = trio.Event()
+        async with serving(app):
+            first = await app.execute(Add("a"))
+            await app.execute(Add("b"))
+            await trio.sleep(1)
+            assert worker.statistics().in_flight == 1
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(app.pause_worker, "orders", wait=True))
+                await trio.sleep(1)
+                shop.hold.set()  # the handler in flight goes on and commits
+            assert shop.live == [first.id]
+            assert worker.position == first.id
+            await trio.sleep(30)
+            assert shop.live == [first.id]
+            await app.resume_worker("orders")
+            await app.caught_up()
+            assert len(shop.live) == 2
+
+    async def test_a_pause_outlives_a_restart(self, autojump_clock: trio.testing.MockClock) -> None:
+        shop = Shop()
+        with memory_database() as database:
+            app, _, _ = shop_app(database, shop=shop)
+            async with serving(app):
+                await app.execute(Add("a"))
+                await app.caught_up()
+                await app.pause_worker("orders")
+                waiting = await app.execute(Add("b"))
+            again, worker, _ = shop_app(database, shop=shop)
+            async with serving(again):  # start-up replays, then the worker stays paused
+                assert worker.state == ["a"]
+                await trio.sleep(30)
+                assert shop.live == [1]
+                assert worker.health().reasons == ("paused by an operator",)
+                await again.resume_worker("orders")
+                await again.caught_up()
+                assert shop.live == [1, waiting.id]
+
+    async def test_a_redrive_taken_before_the_pause_waits(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, _, shop = shop_app()
+        shop.broken.add("vase")
+        shop.hold = trio.Event()
+        async with serving(app):
+            vase = await app.execute(Add("vase"))
+            shop.hold.set()
+            await app.caught_up()
+            shop.broken.clear()
+            shop.hold = trio.Event()
+            await app.execute(Add("cup"))  # held in its handler
+            await trio.sleep(1)
+            ticket = await app.start_redrive("orders", vase.id)
+            await app.pause_worker("orders")
+            shop.hold.set()
+            await trio.sleep(30)
+            assert ticket.status == "queued"
+            await app.resume_worker("orders")
+            assert (await ticket.wait()).status == "resolved"
+
+    async def test_unknown_workers(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, _, _ = shop_app()
+        with pytest.raises(pt.NotRunning):
+            await app.pause_worker("orders")
+        async with serving(app):
+            with pytest.raises(LookupError):
+                await app.pause_worker("nobody")
+            with pytest.raises(LookupError):
+                await app.reset_position("nobody", to=0)
+
+
+class TestReset:
+    """A reset, only while paused, restarts the worker from the new position."""
+
+    async def test_refused_unless_paused_and_in_the_log(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, worker, _ = shop_app()
+        async with serving(app):
+            await app.execute(Add("a"))
+            await app.caught_up()
+            with pytest.raises(pt.NotPaused, match="pause it"):
+                await app.reset_position("orders", to=0)
+            await app.pause_worker("orders")
+            for to in (-1, 2):
+                with pytest.raises(pt.BadPosition, match=r"0 to 1"):
+                    await app.reset_position("orders", to=to)
+            await app.resume_worker("orders")
+            with pytest.raises(pt.NotPaused):
+                await app.reset_position("orders", to=0)
+            assert worker.position == 1
+
+    async def test_back_handles_again_live_and_forward_skips(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, worker, shop = shop_app(attempts=1)
+        async with serving(app):
+            for key in "abcde":
+                await app.execute(Add(key))
+                await app.execute(Note(key))  # nobody's
+            await app.caught_up()
+            assert shop.live == [1, 3, 5, 7, 9]
+            await app.pause_worker("orders")
+            plan = await app.reset_plan("orders", to=4)
+            assert (plan.replayed, plan.again, plan.skipped, plan.pending) == (
+                pt.MessageRange(2, 1, 3),
+                pt.MessageRange(3, 5, 9),
+                pt.MessageRange(),
+                pt.MessageRange(),
+            )
+            assert plan.positions == {"orders": 10}
+            assert "handled live again: 3 messages (ids 5 to 9)" in plan.describe()
+            done = await app.reset_position("orders", to=4)
+            assert done == plan
+            await trio.sleep(1)
+            # Restarted from the store while still paused: state rebuilt up to 4.
+            assert worker.state == ["a", "b"]
+            assert shop.replayed == [1, 3]
+            assert shop.live == [1, 3, 5, 7, 9]
+            assert worker.position == 4
+            await app.resume_worker("orders")
+            await app.caught_up()
+            assert shop.live == [1, 3, 5, 7, 9, 5, 7, 9]
+            assert worker.state == ["a", "b", "c", "d", "e"]
+
+            # Reset to where it is: nothing again, nothing skipped; it replays.
+            fresh = await app.execute(Add("f"))
+            await app.caught_up()
+            await app.pause_worker("orders", wait=True)
+            late = await app.execute(Add("g"))
+            shop.live.clear()
+            shop.replayed.clear()
+            plan = await app.reset_position("orders", to=fresh.id)
+            assert (plan.again, plan.skipped) == (pt.MessageRange(), pt.MessageRange())
+            assert plan.pending == pt.MessageRange(1, late.id, late.id)
+            assert shop.replayed == [1, 3, 5, 7, 9, fresh.id]
+            await app.resume_worker("orders")
+            await app.caught_up()
+            assert shop.live == [late.id]
+
+    async def test_forward_skips_what_was_not_handled(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, worker, shop = shop_app()
+        async with serving(app):
+            await app.execute(Add("a"))
+            await app.caught_up()
+            await app.pause_worker("orders", wait=True)
+            skipped = [await app.execute(Add(key)) for key in "bc"]
+            later = await app.execute(Add("d"))
+            plan = await app.reset_position("orders", to=skipped[-1].id)
+            assert plan.again == pt.MessageRange()
+            assert plan.skipped == pt.MessageRange(2, skipped[0].id, skipped[1].id)
+            assert plan.pending == pt.MessageRange(1, later.id, later.id)
+            await app.resume_worker("orders")
+            await app.caught_up()
+            assert shop.live == [1, later.id]
+            # Replayed, never handled live: their effects never happen.
+            assert shop.replayed == [1, skipped[0].id, skipped[1].id]
+            assert worker.state == ["a", "b", "c", "d"]
+
+    async def test_dead_letters_after_the_position_go(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app, _, shop = shop_app(attempts=1)
+        shop.broken.update({"a", "b"})
+        async with serving(app):
+            first = await dead_letter_of(app, "a")
+            second = await dead_letter_of(app, "b")
+            await app.pause_worker("orders")
+            plan = await app.reset_position("orders", to=first)
+            assert plan.dead_letters == 1
+            assert [d.message_id for d in await app.dead_letters()] == [first]
+            shop.broken.clear()
+            await app.resume_worker("orders")
+            await app.caught_up()
+            assert shop.live == [second]
+
+    async def test_every_partition(self, autojump_clock: trio.testing.MockClock) -> None:
+        app, worker, shop = shop_app(partitions=3)
+        async with serving(app):
+            for key in "abcdefgh":
+                await app.execute(Add(key))
+            await app.caught_up()
+            await app.pause_worker("orders", wait=True)
+            plan = await app.reset_position("orders", to=3)
+            assert plan.again == pt.MessageRange(5, 4, 8)
+            assert plan.replayed == pt.MessageRange(3, 1, 3)
+            await trio.sleep(1)
+            # Each partition is back at 3, and went on at most past other partitions'
+            # messages, never past its own first one after 3: it waits paused.
+            owner = {i: stable_hash(key) % 3 for i, key in enumerate("abcdefgh", 1)}
+            firsts = [min((m for m in range(4, 9) if owner[m] == i), default=9) for i in range(3)]
+            positions = await app.log.store.positions()
+            assert sorted(positions) == [f"orders#{i}/3" for i in range(3)]
+            for i, first in enumerate(firsts):
+                assert 3 <= positions[f"orders#{i}/3"] < first
+            await app.resume_worker("orders")
+            await app.caught_up()
+            assert sorted(shop.live) == [1, 2, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8]
+            states = worker.partition_states().values()
+            assert sorted(k for s in states for k in s) == list("abcdefgh")
