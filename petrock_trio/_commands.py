@@ -35,11 +35,13 @@ class Command(Protocol):
 
     ``@command`` marks attrs classes only, and attrs gives each of them
     ``__match_args__``: mypy and pyright accept instances of attrs classes here and
-    refuse a name (``"orders/place"``), an ``object()`` or a class. A decorator cannot
-    add a member a type checker sees, so whether the class is marked with ``@command``
-    and registered with the app is checked at run time: :class:`UnknownCommand`, a
-    programming error that dead-letters its message at once. (An attrs class declared
-    with ``match_args=False`` satisfies the engine but not this protocol.)
+    refuse a name (``"orders/place"``) or an ``object()``; mypy refuses the class
+    itself too, pyright lets it through (the class has ``__match_args__``). A decorator
+    cannot add a member a type checker sees, so whether the class is marked with
+    ``@command`` and registered with the app is checked at run time:
+    :class:`UnknownCommand`, a programming error that dead-letters its message at once.
+    (An attrs class declared with ``match_args=False`` satisfies the engine but not
+    this protocol.)
     """
 
     @property

@@ -741,7 +741,7 @@ class TestTheChecker:
         page = self.page(
             """
             ```python from=features/items/workers/summary_worker.py
-            worker.on_command("items/create", on_create)
+            worker.on(CreateItem, on_create)
             ```
             """,
             tmp_path,
