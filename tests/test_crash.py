@@ -14,3 +14,4 @@ def test_kill_9_trials_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     assert report.kills == 6
     assert report.accepted > 0
     assert report.checks > report.accepted
+    assert report.from_snapshot > 0  # restarts replayed from a snapshot, and checked

@@ -5,6 +5,7 @@ one line per fact the parent checks, flushed at once so that a kill -9 loses non
 that happened:
 
     ready <head> <state-json>     serving; the state after replay
+    snapshot <position>           where the echo worker's replay started (0: from the start)
     accepted <id> <key>           execute() returned for Add(key)
     idle <head>                   everything appended so far has been handled
 """
@@ -37,7 +38,10 @@ def build(database: str, rng: random.Random) -> pt.App:
     app.register_command(Echoed)
     app.register_command(Note)
 
-    echo: pt.PatternWorker[Totals] = pt.PatternWorker("echo", state=Totals())
+    # Snapshots every few messages: most restarts after a kill load one and replay the tail.
+    echo: pt.PatternWorker[Totals] = pt.PatternWorker(
+        "echo", state=Totals(), snapshot_every=rng.randrange(2, 10)
+    )
 
     @echo.on_command("test/add")
     async def on_add(ctx: pt.HandlerContext, cmd: Add, state: Totals) -> None:
@@ -47,7 +51,9 @@ def build(database: str, rng: random.Random) -> pt.App:
             await trio.sleep(rng.random() * 0.004)
         ctx.emit(Echoed(ctx.message.id, cmd.key))
 
-    notes: pt.PatternWorker[Totals] = pt.PatternWorker("notes", state=Totals())
+    notes: pt.PatternWorker[Totals] = pt.PatternWorker(
+        "notes", state=Totals(), snapshot_every=rng.randrange(2, 10)
+    )
 
     @notes.on_command("test/echoed")
     async def on_echoed(ctx: pt.HandlerContext, cmd: Echoed, state: Totals) -> None:
@@ -75,6 +81,7 @@ async def main(database: str, seed: int) -> None:
         echo = app.workers["echo"]
         assert isinstance(echo, pt.PatternWorker)
         say("ready", app.inspect()["head"], json.dumps(echo.state.totals, sort_keys=True))
+        say("snapshot", app.inspect()["workers"]["echo"]["snapshot"]["loaded_from"] or 0)
         for i in range(rng.randrange(50, 400)):
             key = f"k{rng.randrange(5)}"
             message = await app.execute(Add(key, 1))

@@ -11,6 +11,9 @@ inside a graceful shutdown). After every trial the log alone is checked:
 - committed positions never go back;
 - at the end, after a last clean run: every Add has exactly one Echoed, and the
   state the app reports equals the state rebuilt from the log.
+
+The workers take snapshots every few messages, so most starts after a kill load one
+and replay only the tail: the final state check is snapshot + tail against the log.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Report:
     accepted: int = 0
     messages: int = 0
     checks: int = 0
+    from_snapshot: int = 0  # starts whose replay began at a snapshot
     failures: list[str] = attrs.Factory(list)
 
     def __str__(self) -> str:
@@ -51,7 +55,8 @@ class Report:
         return (
             f"{self.trials} trials, {self.kills} kill -9 ({self.kills_in_shutdown} during "
             f"shutdown), {self.accepted} commands accepted, {self.messages} messages in the "
-            f"log, {self.checks} invariant checks: {verdict}"
+            f"log, {self.from_snapshot} starts from a snapshot, {self.checks} invariant "
+            f"checks: {verdict}"
         )
 
 
@@ -129,6 +134,8 @@ def run_trials(trials: int, seed: int, directory: str) -> Report:
             parts = line.split()
             if parts and parts[0] == "accepted":
                 accepted[int(parts[1])] = parts[2]
+            if parts and parts[0] == "snapshot" and int(parts[1]) > 0:
+                report.from_snapshot += 1
         positions = _check(report, database, accepted, positions)
         report.trials = trial + 1
     report.accepted = len(accepted)
@@ -161,27 +168,33 @@ def _final_run(
     totals = Counter[str]()
     for m in adds:
         totals[m.command.key] += m.command.amount
-    state = _reported_state(database)
+    state, loaded = _reported_state(database)
+    if loaded > 0:
+        report.from_snapshot += 1
     report.checks += 1
     if state != dict(totals):
         report.failures.append(f"reported state {state} != state from the log {dict(totals)}")
     report.accepted = len(accepted)
 
 
-def _reported_state(database: str) -> dict[str, Any]:
-    """Start the app once more and read the state it reports after replay."""
+def _reported_state(database: str) -> tuple[dict[str, Any], int]:
+    """Start the app once more: the state it reports after replay, and where its replay
+    started (the snapshot it loaded; 0 for none)."""
     reported: dict[str, Any] = {}
+    loaded = 0
     with _start(database, 1) as process:
         assert process.stdout is not None
         for line in process.stdout:
             parts = line.split(maxsplit=2)
             if parts[0] == "ready":
                 reported = json.loads(parts[2])
+            if parts[0] == "snapshot":
+                loaded = int(parts[1])
                 break
         process.kill()
         process.wait()
     # That run may have appended before it was killed; its adds are replayed next time.
-    return reported
+    return reported, loaded
 
 
 def main() -> int:
