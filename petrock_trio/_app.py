@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import trio
 
+from . import _tracing
 from ._clock import WallClock, default_clock
 from ._commands import CommandRegistry, command_name, validate
 from ._dead_letter import DeadLetter
@@ -220,6 +221,8 @@ class App(OperatorVerbs):
     def attach(self, rt: Runtime | None) -> None:
         """Serve on ``rt`` from now on (``None``: no longer serving); called by ``serve``."""
         self._rt = rt
+        if rt is not None:
+            _tracing.refresh()  # a tracer provider set up before serving counts
 
     def runtime_options(self) -> dict[str, Any]:
         """What a Runtime needs of the app (``serve`` builds one per serving)."""
@@ -299,18 +302,25 @@ class App(OperatorVerbs):
         :class:`NotRunning` (the app stopped before state applied the command, which is
         in the log) or a store error can come.
         """
+        tracing = _tracing.ACTIVE
+        if tracing is not None:
+            return await tracing.execute(self._execute, cmd)
+        return await self._execute(cmd)
+
+    async def _execute(self, cmd: object, metadata: Sequence[str | None] = ()) -> Message:
         rt = self._runtime()
         if getattr(cmd, "validate", None) is None:
             # Nothing to check: go straight to group commit with concurrent callers.
             encoded = self.encode_valid(cmd)
-            (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded]))
+            (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded], metadata=metadata))
         else:
             # Validation must see every earlier command applied, so validated commands
             # go one at a time: wait for state to reach the head, check, append.
             async with self._validate_lock:
                 await rt.wait_applied(rt.log.head.value)
                 encoded = self.encode_valid(cmd)
-                (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded]))
+                commit = rt.log.new_commit(encoded=[encoded], metadata=metadata)
+                (row,) = await rt.log.commit(commit)
         await rt.wait_applied(row.id)
         return Message.from_row(row, cmd)
 

@@ -9,11 +9,13 @@ messages.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from . import _tracing
 from ._context import HandlerContext
 from ._errors import HandlerTimeout, LeaseLost, OutcomeUnknown, StoreError
 from ._events import HandlerCompleted
@@ -110,14 +112,38 @@ async def handle(
 
 
 async def attempt(
-    run: RunState, message: Message, number: int, *, started: float, redrive: bool = False
+    run: RunState,
+    message: Message,
+    number: int,
+    *,
+    started: float,
+    redrive: bool = False,
+    in_span: bool = False,
 ) -> BaseException | None:
     """Run the handler for ``message`` once and commit its outcome; the error if either
     failed. On success the message's position is durable (with its emits), unless the
-    worker batches positions and the handler emitted nothing."""
+    worker batches positions and the handler emitted nothing.
+
+    With tracing, the attempt runs again inside its span (``in_span``), which covers
+    the commit too: an attempt whose commit fails has failed. Without, the body runs
+    here, with no other frame between the message loop and the handler.
+    """
     rt = run.rt
-    if rt.leases is not None:
-        await rt.leases.ensure(run.key)
+    if not in_span:
+        if rt.leases is not None:
+            await rt.leases.ensure(run.key)
+        tracing = _tracing.ACTIVE
+        if tracing is not None:
+            return await tracing.attempt(
+                functools.partial(
+                    attempt, run, message, number, started=started, redrive=redrive, in_span=True
+                ),
+                message,
+                worker=run.name,
+                attempt=number,
+                partition=run.partition,
+                redrive=redrive,
+            )
     ctx = HandlerContext(
         rt, run.name, message, is_replay=False, attempt=number, partition=run.partition
     )
@@ -143,7 +169,12 @@ async def _commit(
         if redrive:
             extra = run.redrive_snapshot()
             await rt.commit_validated(
-                key, ctx.to_validate, encoded=ctx.emitted, resolved=[(name, message_id)], **extra
+                key,
+                ctx.to_validate,
+                encoded=ctx.emitted,
+                metadata=ctx.emitted_metadata,
+                resolved=[(name, message_id)],
+                **extra,
             )
             run.snapshots_committed(extra.get("snapshots", ()))
             rt.dead_letter_ids.get(name, set()).discard(message_id)
@@ -156,6 +187,7 @@ async def _commit(
                 key,
                 ctx.to_validate,
                 encoded=ctx.emitted,
+                metadata=ctx.emitted_metadata,
                 positions={key: message_id},
                 snapshots=snapshots,
             )

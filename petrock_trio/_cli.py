@@ -19,6 +19,15 @@ import trio
 
 from ._app import App
 from ._cli_errors import EXIT_CODES, CannotListen, NotOnLoopback, run_trio
+from ._cli_ops import (
+    discard_command,
+    pause_command,
+    reset_command,
+    resume_command,
+    retry_all_command,
+    retry_command,
+    status_command,
+)
 from ._cli_options import complete_file
 from ._cli_options import database as database_value
 from ._cli_read import dead_letters, inspect_command, log_group
@@ -285,7 +294,11 @@ def demo(
 main.add_command(inspect_command)
 main.add_command(dead_letters)
 main.add_command(log_group)
+for _verb in (retry_command, status_command, retry_all_command, discard_command):
+    dead_letters.add_command(_verb)
 main.add_command(workers_group)
+for _verb in (pause_command, resume_command, reset_command):
+    workers_group.add_command(_verb)
 
 
 def run(argv: list[str] | None = None) -> Any:

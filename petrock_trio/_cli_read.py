@@ -6,7 +6,6 @@ They are attached to the ``petrock-trio`` group in ``_cli``.
 from __future__ import annotations
 
 import signal
-import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -253,8 +252,8 @@ def inspect_command(url: str | None, database: str | None, as_json: bool) -> Non
 
 @click.group("dead-letters")
 def dead_letters() -> None:
-    """List dead letters, show one with its payload and traceback, or re-drive one
-    through a running app."""
+    """List dead letters, show one with its payload and traceback, re-drive them
+    through a running app, or discard them."""
 
 
 @dead_letters.command("list", epilog=EXIT_CODES)
@@ -276,40 +275,6 @@ def dead_letters_list(
         _echo_json(letters)
     else:
         console().print(_dead_letter_table(letters))
-
-
-@dead_letters.command("retry", epilog=EXIT_CODES)
-@click.argument("worker")
-@click.argument("message_id", type=click.IntRange(min=1))
-@url_option(required=True)
-@click.option(
-    "--token",
-    envvar="PETROCK_TRIO_TOKEN",
-    help="The app's bearer token, if it has one (also read from PETROCK_TRIO_TOKEN).",
-)
-@json_option("Print the app's answer as JSON.")
-def dead_letters_retry(
-    worker: str, message_id: int, url: str, token: str | None, as_json: bool
-) -> None:
-    """Have WORKER handle dead-lettered message MESSAGE_ID again, in a running app.
-
-    Exits 0 when the worker handled it (the dead letter is gone) and 1 when it failed
-    again (the dead letter stays, with its attempts added up).
-    """
-    path = f"/dead-letters/{quote(worker, safe='')}/{message_id}/redrive"
-    result = _call("POST", url, path, token)
-    if as_json:
-        _echo_json(result)
-        sys.exit(0 if result["resolved"] else 1)
-    if result["resolved"]:
-        click.echo(f"message {message_id} handled by {worker}; dead letter resolved")
-        return
-    letter = result["dead_letter"]
-    click.echo(
-        f"message {message_id} failed again in {worker} "
-        f"({letter['attempts']} attempts): {letter['error']}"
-    )
-    sys.exit(1)
 
 
 async def _offline_letter(database: str, worker: str, message_id: int) -> dict[str, Any]:

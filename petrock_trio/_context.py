@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from . import _tracing
 from ._commands import Command
 from ._logging import EngineLogger, get_logger
 from ._message import Message
@@ -42,8 +43,10 @@ class HandlerContext:
     __slots__ = (
         "_log",
         "_rt",
+        "_tracing",
         "attempt",
         "emitted",
+        "emitted_metadata",
         "is_replay",
         "message",
         "partition",
@@ -69,6 +72,10 @@ class HandlerContext:
         self.is_replay = is_replay
         self.attempt = attempt
         self.emitted: list[tuple[str, bytes]] = []
+        # With tracing, each emitted command's metadata: the span current at its emit
+        # (the attempt's, or one the handler opened) becomes its handlers' parent.
+        self._tracing = _tracing.ACTIVE
+        self.emitted_metadata: list[str | None] = []
         # Emitted commands with a validate method: checked again when they commit,
         # one at a time with execute, against the state they will be appended to.
         self.to_validate: list[object] = []
@@ -116,6 +123,8 @@ class HandlerContext:
         if self.is_replay:
             return
         self.emitted.append(self._rt.encode_valid(cmd))
+        if self._tracing is not None:
+            self.emitted_metadata.append(self._tracing.current())
         if _needs_validation(cmd):
             self.to_validate.append(cmd)
 

@@ -30,6 +30,7 @@ from ._app import App
 from ._errors import ConfigurationError
 from ._http_api import EXCEPTION_HANDLERS, MAX_MESSAGES, Api
 from ._http_guard import AllowedHosts, HostGuard, bound_hosts, check_exposure, warn_exposure
+from ._http_ops import operator_routes
 from ._http_rows import LISTED_PAYLOAD_BYTES, MAX_PAGE_BYTES
 
 if TYPE_CHECKING:
@@ -95,12 +96,7 @@ def http_app(
         Route("/messages", api.messages, methods=["GET"]),
         Route("/dead-letters", api.dead_letters, methods=["GET"]),
         Route("/dead-letters/{worker:path}/{message_id:int}", api.dead_letter, methods=["GET"]),
-        # Worker names are free text and may hold a slash.
-        Route(
-            "/dead-letters/{worker:path}/{message_id:int}/redrive",
-            api.redrive,
-            methods=["POST"],
-        ),
+        *operator_routes(api),
         Route("/workers/{name:path}/snapshot", api.snapshot, methods=["POST"]),
     ]
     asgi = Starlette(

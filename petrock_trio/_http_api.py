@@ -323,29 +323,6 @@ class Api:
         rows = await letter_rows(self.app.log.store, letters)
         return _JSON(describe_letter(letters[0], rows.get(message_id), None))
 
-    async def redrive(self, request: Request) -> Response:
-        self.guard(request)
-        worker: str = request.path_params["worker"]
-        message_id: int = request.path_params["message_id"]
-        # Only dead letters: re-driving any other message would handle it a second time.
-        if not any(d.message_id == message_id for d in await self.app.dead_letters(worker)):
-            raise _Refused(
-                404, "NotFound", f"worker {worker!r} has no dead letter for message {message_id}"
-            )
-        try:
-            await self.app.redrive(worker, message_id)
-        except LookupError as exc:
-            raise _Refused(404, "NotFound", str(exc)) from exc
-        left = [d for d in await self.app.dead_letters(worker) if d.message_id == message_id]
-        return _JSON(
-            {
-                "worker": worker,
-                "message_id": message_id,
-                "resolved": not left,
-                "dead_letter": left[0].to_dict() if left else None,
-            }
-        )
-
     async def dashboard_json(self, request: Request) -> Response:
         """Everything one refresh of the dashboard shows, taken at one moment
         (:func:`~petrock_trio._http_dashboard.dashboard_snapshot`); ``messages`` (at most 100) and

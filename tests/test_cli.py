@@ -49,6 +49,9 @@ COMMANDS = [
     ["dead-letters"],
     ["dead-letters", "list"],
     ["dead-letters", "retry"],
+    ["dead-letters", "retry-all"],
+    ["dead-letters", "status"],
+    ["dead-letters", "discard"],
     ["log"],
     ["log", "tail"],
 ]
@@ -398,7 +401,7 @@ class TestDeadLetters:
         only = run_json("dead-letters", "list", "--url", url, "--worker", "nobody", cwd=where)
         assert only == []
 
-        retry = ("dead-letters", "retry", "packer", str(message_id), "--url", url)
+        retry = ("dead-letters", "retry", "packer", str(message_id), "--url", url, "--wait")
         no_token = run(*retry, cwd=where)
         assert no_token.returncode == 1
         assert "401" in no_token.stderr

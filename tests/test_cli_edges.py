@@ -199,7 +199,9 @@ class TestCompletion:
         ("words", "expected"),
         [
             pytest.param("petrock-trio dead", ["plain,dead-letters"], id="command"),
-            pytest.param("petrock-trio dead-letters s", ["plain,show"], id="subcommand"),
+            pytest.param(
+                "petrock-trio dead-letters s", ["plain,show", "plain,status"], id="subcommand"
+            ),
             pytest.param("petrock-trio inspect --database lo", ["file,lo"], id="database-file"),
         ],
     )
@@ -220,6 +222,7 @@ class TestJson:
         message_id = order(url, "broken-lamp")
         wait_for_dead_letter(url, message_id)
         retry = ("dead-letters", "retry", "packer", str(message_id), "--url", url, "--json")
+        retry += ("--wait",)  # the final answer: resolved, or failed again
         again = invoke(*retry, "--token", TOKEN)
         assert again.exit_code == 1
         answer = json.loads(again.stdout)

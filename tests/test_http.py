@@ -83,6 +83,16 @@ async def api(
             nursery.cancel_scope.cancel()
 
 
+async def finished(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    """A re-drive ticket polled until it is resolved or failed."""
+    with trio.fail_after(10):
+        while True:
+            ticket: dict[str, Any] = (await client.get(url)).json()
+            if ticket["status"] in {"resolved", "failed"}:
+                return ticket
+            await trio.sleep(0.01)
+
+
 def error_of(response: httpx.Response) -> tuple[int, str]:
     assert response.headers["content-type"].startswith("application/json")
     error = response.json()["error"]
@@ -430,15 +440,19 @@ class TestDeadLetters:
             only_tally = await client.get("/dead-letters", params={"worker": "tally"})
             assert only_tally.json() == {"dead_letters": []}
 
+            # A re-drive answers at once (202) with a ticket to poll.
             again = await client.post("/dead-letters/fragile/1/redrive", headers=auth)
-            assert again.status_code == 200
-            assert again.json()["resolved"] is False
-            assert again.json()["dead_letter"]["attempts"] == 2
+            assert again.status_code == 202
+            assert again.headers["location"] == again.json()["url"]
+            failed = await finished(client, again.json()["url"])
+            assert (failed["status"], failed["resolved"]) == ("failed", False)
+            assert failed["dead_letter"]["attempts"] == 2
 
             switch.broken = False
             fixed = await client.post("/dead-letters/fragile/1/redrive", headers=auth)
-            assert fixed.status_code == 200
-            assert fixed.json() == {
+            assert fixed.status_code == 202
+            done = await finished(client, fixed.json()["url"])
+            assert {k: done[k] for k in ("worker", "message_id", "resolved", "dead_letter")} == {
                 "worker": "fragile",
                 "message_id": 1,
                 "resolved": True,

@@ -3,13 +3,19 @@ resume (persisted, obeyed by every process sharing the log), reset of a position
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import sqlite3
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -17,8 +23,11 @@ import trio.testing
 import petrock_trio as pt
 from petrock_trio._partition import stable_hash
 from petrock_trio.stores import Commit, DeadLetterRecord, Store, open_store
-from petrock_trio.testing import memory_database, serving
+from petrock_trio.testing import memory_database, serving, wait_until
 from tests.support import Add, Note, Unrouted
+from tests.test_cli import EXE, order, run, start_shop, wait_for_dead_letter
+from tests.test_cli import TOKEN as CLI_TOKEN
+from tests.test_http import TOKEN, api, error_of
 
 
 @pytest.fixture(params=["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -687,3 +696,362 @@ class TestReset:
             assert sorted(shop.live) == [1, 2, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8]
             states = worker.partition_states().values()
             assert sorted(k for s in states for k in s) == list("abcdefgh")
+
+
+# --- over HTTP ---------------------------------------------------------------------------
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def poll(client: httpx.AsyncClient, url: str, *, until: set[str]) -> dict[str, Any]:
+    with trio.fail_after(20):
+        while True:
+            ticket: dict[str, Any] = (await client.get(url)).json()
+            if ticket["status"] in until:
+                return ticket
+            await trio.sleep(0.01)
+
+
+class TestHTTP:
+    """The verbs through a real server and a real client."""
+
+    async def test_a_still_failing_redrive_answers_within_100_ms(self) -> None:
+        # The worker's schedule is 1 + 2 + 4 s: a re-drive that waited for it would
+        # answer after 7 s.
+        app, _, shop = shop_app(attempts=4, initial=1.0)
+        shop.broken.add("vase")
+        shop.permanent = True  # dead-lettered at once the first time
+        async with api(app, token=TOKEN) as client:
+            message = await client.post("/commands/test/add", json={"key": "vase"}, headers=AUTH)
+            await app.caught_up()
+            shop.permanent = False  # from now on it fails, and is retried
+            started = time.perf_counter()
+            answer = await client.post(
+                f"/dead-letters/orders/{message.json()['id']}/redrive", headers=AUTH
+            )
+            took = time.perf_counter() - started
+            print(f"202 after {took * 1000:.1f} ms")
+            assert took < 0.1
+            assert answer.status_code == 202
+            body = answer.json()
+            assert body["status"] in {"queued", "running"}
+            assert body["url"].endswith(f"/redrives/{body['ticket']}")
+            assert answer.headers["location"] == body["url"]
+            running = await poll(client, body["url"], until={"running"})
+            assert running["resolved"] is None
+            # Stopping the app ends the re-drive: its ticket says so.
+            app.stop()
+            failed = await poll(client, body["url"], until={"failed"})
+            assert "NotRunning" in failed["error"]
+
+    async def test_polls_to_failed_and_to_resolved(self) -> None:
+        app, _, shop = shop_app(attempts=3, initial=0.05)
+        shop.broken.add("vase")
+        async with api(app, token=TOKEN) as client:
+            message = await client.post("/commands/test/add", json={"key": "vase"}, headers=AUTH)
+            await app.caught_up()
+            path = f"/dead-letters/orders/{message.json()['id']}/redrive"
+            ticket = (await client.post(path, headers=AUTH)).json()
+            failed = await poll(client, ticket["url"], until={"failed"})
+            assert (failed["resolved"], failed["dead_letter"]["attempts"]) == (False, 6)
+            assert failed["error"] == failed["dead_letter"]["error"]
+            shop.broken.clear()
+            ticket = (await client.post(path, headers=AUTH)).json()
+            resolved = await poll(client, ticket["url"], until={"resolved", "failed"})
+            assert (resolved["status"], resolved["dead_letter"]) == ("resolved", None)
+            assert (await client.get("/dead-letters")).json() == {"dead_letters": []}
+            gone = await client.get("/redrives/no-such-ticket")
+            assert error_of(gone) == (404, "NotFound")
+
+    async def test_bulk(self) -> None:
+        app, _, shop = shop_app(attempts=1)
+        shop.broken.update({"a", "b", "c"})
+        async with api(app, token=TOKEN) as client:
+            for key in "abc":
+                await client.post("/commands/test/add", json={"key": key}, headers=AUTH)
+            await app.caught_up()
+            bodies: list[Any] = [{}, {"worker": 5}, {"nope": 1}, [], {"all": "yes"}, {"all": False}]
+            for body in bodies:
+                refused = await client.post("/dead-letters/redrive", json=body, headers=AUTH)
+                assert error_of(refused) == (400, "BadRequest"), body
+            refused = await client.post("/dead-letters/discard", content=b"{", headers=AUTH)
+            assert error_of(refused) == (400, "BadRequest")
+            unauthorized = await client.post("/dead-letters/redrive", json={"all": True})
+            assert error_of(unauthorized) == (401, "Unauthorized")
+
+            shop.broken.discard("a")
+            answer = await client.post(
+                "/dead-letters/redrive", json={"worker": "orders"}, headers=AUTH
+            )
+            assert answer.status_code == 202
+            body = answer.json()
+            assert (body["count"], body["skipped"]) == (3, [])
+            outcomes = sorted(
+                [
+                    (
+                        t["message_id"],
+                        (await poll(client, t["url"], until={"resolved", "failed"}))["status"],
+                    )
+                    for t in body["tickets"]
+                ]
+            )
+            assert outcomes == [(1, "resolved"), (2, "failed"), (3, "failed")]
+
+            discarded = await client.post(
+                "/dead-letters/discard", json={"command": "test/add"}, headers=AUTH
+            )
+            assert discarded.status_code == 200
+            assert discarded.json()["count"] == 2
+            assert sorted(d["message_id"] for d in discarded.json()["discarded"]) == [2, 3]
+            assert (await client.get("/dead-letters")).json() == {"dead_letters": []}
+
+    async def test_pause_resume_and_reset(self) -> None:
+        app, worker, shop = shop_app(attempts=1)
+        async with api(app, token=TOKEN) as client:
+            for key in "ab":
+                await client.post("/commands/test/add", json={"key": key}, headers=AUTH)
+            await app.caught_up()
+            early = await client.post("/workers/orders/reset", json={"to": 0}, headers=AUTH)
+            assert error_of(early) == (409, "NotPaused")
+            assert error_of(await client.post("/workers/orders/pause")) == (401, "Unauthorized")
+            assert error_of(await client.post("/workers/nobody/pause", headers=AUTH))[0] == 404
+
+            paused = await client.post("/workers/orders/pause", headers=AUTH)
+            assert paused.status_code == 200
+            assert (paused.json()["worker"], paused.json()["paused"]) == ("orders", True)
+            health = (await client.get("/health")).json()
+            assert (health["status"], health["reasons"]) == (
+                "degraded",
+                ["orders: paused by an operator"],
+            )
+            assert (await client.get("/inspect")).json()["workers"]["orders"]["paused"] is True
+            shop.broken.add("c")
+            shop.permanent = True
+
+            for query in ("", "?to=x", "?to=99", "?to=-1"):
+                bad = await client.get(f"/workers/orders/reset{query}")
+                assert error_of(bad) == (400, "BadRequest"), query
+            resets: list[Any] = [{}, {"to": "1"}, {"to": True}, {"to": 1, "more": 2}]
+            for body in resets:
+                bad = await client.post("/workers/orders/reset", json=body, headers=AUTH)
+                assert error_of(bad) == (400, "BadRequest"), body
+            plan = (await client.get("/workers/orders/reset?to=1")).json()
+            assert (plan["to"], plan["again"], plan["replayed"]["count"]) == (
+                1,
+                {"count": 1, "first": 2, "last": 2},
+                1,
+            )
+            assert plan["summary"][0].startswith("reset 'orders' to position 1")
+            done = await client.post("/workers/orders/reset", json={"to": 1}, headers=AUTH)
+            assert done.status_code == 200
+            assert done.json()["again"] == plan["again"]
+            assert worker.state == ["a"]
+
+            resumed = await client.post("/workers/orders/resume", headers=AUTH)
+            assert resumed.json()["paused"] is False
+            assert resumed.json()["resets"] == 1
+            await app.caught_up()
+            assert shop.live == [1, 2, 2]
+            assert (await client.get("/health")).json()["status"] == "healthy"
+
+    async def test_a_redrive_of_a_paused_worker_is_409(self) -> None:
+        app, _, shop = shop_app(attempts=1)
+        shop.broken.add("vase")
+        async with api(app, token=TOKEN) as client:
+            await client.post("/commands/test/add", json={"key": "vase"}, headers=AUTH)
+            await app.caught_up()
+            await client.post("/workers/orders/pause", headers=AUTH)
+            refused = await client.post("/dead-letters/orders/1/redrive", headers=AUTH)
+            assert error_of(refused) == (409, "WorkerPaused")
+            bulk = await client.post("/dead-letters/redrive", json={"all": True}, headers=AUTH)
+            assert bulk.json()["skipped"] == [
+                {"worker": "orders", "message_id": 1, "reason": "the worker is paused"}
+            ]
+
+
+# --- two processes sharing one log ---------------------------------------------------
+
+
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "shared.db")
+
+
+def two_apps(database: str, shop: Shop, *, partitions: int = 1) -> tuple[pt.App, pt.App]:
+    """Two app objects on one database with leases, standing for two processes."""
+    options: dict[str, Any] = {"leases": True, "lease_ttl": 1.0, "partitions": partitions}
+    first, _, _ = shop_app(database, shop=shop, attempts=1, **options)
+    second, _, _ = shop_app(database, shop=shop, attempts=1, **options)
+    return first, second
+
+
+def runs_here(app: pt.App) -> list[str]:
+    return sorted(n for n in app.inspect()["leases"]["held"] if n.startswith("orders"))
+
+
+async def noticed(app: pt.App, *, paused: bool) -> float:
+    """Seconds until ``app`` (another process) obeys the pause or the resume."""
+    started = time.perf_counter()
+    rt = app._rt
+    assert rt is not None
+    with trio.fail_after(10):
+        while rt.controls.paused("orders") != paused:  # noqa: ASYNC110 - another client's write
+            await trio.sleep(0.005)
+    return time.perf_counter() - started
+
+
+class TestAcrossProcesses:
+    """Every process that serves the log obeys a pause, a resume and a reset."""
+
+    @pytest.mark.parametrize("partitions", [1, 2])
+    async def test_pause_and_resume(self, shared: str, partitions: int) -> None:
+        shop = Shop()
+        first, second = two_apps(shared, shop, partitions=partitions)
+        async with serving(first), serving(second):
+            await wait_until(lambda: len(runs_here(first) + runs_here(second)) == partitions)
+            keys = [f"k{i}" for i in range(6)]
+            for key in keys:
+                await first.execute(Add(key))
+            await wait_until(lambda: len(shop.live) == len(keys))
+            # Paused through the process that may run none of it: both obey.
+            await second.pause_worker("orders")
+            took = await noticed(first, paused=True)
+            print(f"pause noticed by the other process after {took * 1000:.1f} ms")
+            assert took < 1.0
+            for key in keys:
+                await second.execute(Add(f"late-{key}"))
+            await trio.sleep(0.5)
+            assert len(shop.live) == len(keys)
+            health = [app.inspect()["health"] for app in (first, second)]
+            reasons = [r for h in health for r in h["reasons"]]
+            assert any("paused by an operator" in r for r in reasons)
+            await first.resume_worker("orders")
+            took = await noticed(second, paused=False)
+            print(f"resume noticed by the other process after {took * 1000:.1f} ms")
+            await wait_until(lambda: len(shop.live) == 2 * len(keys))
+            assert sorted(shop.live) == list(range(1, 2 * len(keys) + 1))
+
+    async def test_reset_from_the_process_that_does_not_run_it(self, shared: str) -> None:
+        shop = Shop()
+        first, second = two_apps(shared, shop)
+        async with serving(first):
+            await wait_until(lambda: runs_here(first) == ["orders"])
+            async with serving(second):
+                for key in "abcd":
+                    await first.execute(Add(key))
+                await wait_until(lambda: len(shop.live) == 4)
+                await second.pause_worker("orders")
+                await noticed(first, paused=True)
+                plan = await second.reset_position("orders", to=1)
+                assert plan.again == pt.MessageRange(3, 2, 4)
+                # The process that ran it is fenced off and starts again from the store,
+                # wherever the lease goes now.
+                await wait_until(lambda: shop.replayed == [1], timeout=10)
+                await second.resume_worker("orders")
+                await wait_until(lambda: len(shop.live) == 7, timeout=10)
+                assert shop.live == [1, 2, 3, 4, 2, 3, 4]
+                # Its position comes back to 4 (the last one's commit follows its handler).
+                store = first.log.store
+                with trio.fail_after(10):
+                    while (await store.positions())["orders"] != 4:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+
+
+# --- the command line, through real subprocesses ---------------------------------------
+
+
+class TestCommandLine:
+    """The verbs as `petrock-trio` runs them, against a served app and its database."""
+
+    def test_dead_letters(self, tmp_path: Path) -> None:
+        server, url = start_shop(tmp_path, "--token", CLI_TOKEN)
+        auth = {"PETROCK_TRIO_TOKEN": CLI_TOKEN, "PETROCK_TRIO_URL": url}
+        try:
+            vase = order(url, "broken-vase", CLI_TOKEN)
+            wait_for_dead_letter(url, vase)
+
+            # Returns at once with the ticket; status --wait follows it to its end.
+            queued = run("dead-letters", "retry", "packer", str(vase), cwd=tmp_path, env=auth)
+            assert queued.returncode == 0, queued.stderr
+            ticket = re.search(r"ticket ([0-9a-f]+)", queued.stdout)
+            assert ticket is not None, queued.stdout
+            followed = run("dead-letters", "status", ticket[1], "--wait", cwd=tmp_path, env=auth)
+            assert followed.returncode == 1
+            assert "failed again (2 attempts)" in followed.stdout
+
+            again = run("dead-letters", "retry-all", "--all", "--wait", cwd=tmp_path, env=auth)
+            assert again.returncode == 1
+            assert "1 re-drive(s) started" in again.stdout
+            assert "failed again (3 attempts)" in again.stdout
+            refused = run("dead-letters", "retry-all", cwd=tmp_path, env=auth)
+            assert refused.returncode == 2
+            assert "give --worker, --command or --all" in refused.stderr
+            discard = ("dead-letters", "discard", "--worker", "packer")
+            gone = run(*discard, "--yes", "--json", cwd=tmp_path, env=auth)
+            assert gone.returncode == 0, gone.stderr
+            assert [d["message_id"] for d in json.loads(gone.stdout)] == [vase]
+            nothing = run(*discard, cwd=tmp_path, env=auth)
+            assert (nothing.returncode, nothing.stdout) == (0, "0 dead letter(s) discarded\n")
+        finally:
+            assert server.stop() == 0
+            server.kill()
+
+    def test_workers(self, tmp_path: Path) -> None:
+        server, url = start_shop(tmp_path, "--token", CLI_TOKEN)
+        auth = {"PETROCK_TRIO_TOKEN": CLI_TOKEN, "PETROCK_TRIO_URL": url}
+        try:
+            first = order(url, "cup", CLI_TOKEN)
+            paused = run("workers", "pause", "packer", cwd=tmp_path, env=auth)
+            assert paused.returncode == 0, paused.stderr
+            assert "packer paused" in paused.stdout
+            held = order(url, "saucer", CLI_TOKEN)
+            time.sleep(0.5)
+            report = httpx.get(f"{url}/inspect").json()["workers"]["packer"]
+            assert report["paused"] is True
+            assert report["position"] < held
+
+            # Reset asks first, saying what it means; no answer is no.
+            reset = ("workers", "reset", "packer", "--to", "0")
+            declined = subprocess.run(
+                [EXE, *reset],
+                cwd=tmp_path,
+                env={**os.environ, **auth},
+                input="n\n",
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert declined.returncode == 1
+            assert "replayed to rebuild its state: no messages" in declined.stdout
+            assert f"handled live again: 1 message (ids {first})" in declined.stdout
+            done = run(*reset, "--yes", "--json", cwd=tmp_path, env=auth)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["again"] == {"count": 1, "first": first, "last": first}
+
+            resumed = run("workers", "resume", "packer", cwd=tmp_path, env=auth)
+            assert resumed.returncode == 0, resumed.stderr
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{url}/inspect").json()["workers"]["packer"]["position"] < held:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+            # Written straight to the database: the serving app obeys it all the same.
+            direct = run("workers", "pause", "packer", "--database", "shop.db", cwd=tmp_path)
+            assert direct.returncode == 0, direct.stderr
+            deadline = time.monotonic() + 10
+            while not httpx.get(f"{url}/inspect").json()["workers"]["packer"]["paused"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            nobody = run("workers", "pause", "nobody", "--database", "shop.db", cwd=tmp_path)
+            assert nobody.returncode == 1
+            assert "no worker named 'nobody'" in nobody.stderr
+        finally:
+            assert server.stop() == 0
+            server.kill()
+        offline = run(
+            "workers", "resume", "packer", "--database", "shop.db", "--json", cwd=tmp_path
+        )
+        assert json.loads(offline.stdout)["paused"] is False
