@@ -177,18 +177,32 @@ class Projection:
                     nursery.start_soon(self._save, rt, keeper, record)
 
     async def _save(self, rt: Runtime, keeper: SnapshotKeeper, record: SnapshotRecord) -> None:
+        """Write ``record``, then the next one if it came due meanwhile (pages applied
+        while this one was written): the latest is never left behind by a burst."""
+        feed = self.feed
         try:
-            await rt.log.commit(rt.log.new_commit(snapshots=[record]))
-        except PetrockError as exc:
-            # The log has everything: the next one is due all the same.
-            _log.warning(
-                "petrock.snapshot_not_saved",
-                worker_name=self.name,
-                snapshot=record.name,
-                position=record.position,
-                error_details=repr(exc),
-            )
-        else:
-            keeper.committed(record)
+            while True:
+                try:
+                    await rt.log.commit(rt.log.new_commit(snapshots=[record]))
+                except PetrockError as exc:
+                    # The log has everything: the next one is due all the same.
+                    _log.warning(
+                        "petrock.snapshot_not_saved",
+                        worker_name=self.name,
+                        snapshot=record.name,
+                        position=record.position,
+                        error_details=repr(exc),
+                    )
+                    return
+                keeper.committed(record)
+                # Between pages here (applying never awaits inside one): the states are
+                # those of the feed's position.
+                position = feed.position.value if feed is not None else 0
+                if not keeper.due(position):
+                    return
+                next_record = keeper.record(self._states(), position, rt.clock())
+                if next_record is None:
+                    return
+                record = next_record
         finally:
             self._saving = False

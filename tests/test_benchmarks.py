@@ -24,7 +24,7 @@ NEEDS = {"bench_peer.py": "eventsourcing"}
 def test_every_measurement_has_a_program() -> None:
     names = {p.stem for p in PROGRAMS}
     expected = {"catchup", "fanout", "latency", "idle", "append", "replay", "peer", "overhead"}
-    expected |= {"partitions"}
+    expected |= {"partitions", "restart"}
     assert names == {f"bench_{n}" for n in expected}
 
 

@@ -788,3 +788,20 @@ def inspect(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [EXE, "inspect", *args], capture_output=True, text=True, timeout=60, check=True, env=env
     )
+
+
+async def test_the_projection_saves_the_latest_after_a_burst(tmp_path: Path) -> None:
+    """Pages applied while a snapshot is written do not leave the latest unsaved: the
+    next one is written as soon as the first lands (start-up replay is such a burst)."""
+    db = str(tmp_path / "log.db")
+    async with pt.open_log(db, commands=[Add]) as log:
+        for _ in range(20):
+            await log.append(*(Add("k") for _ in range(500)))
+    app = pt.App(db, hooks=[], page_size=100, snapshot_every=100)
+    app.state = Tally()
+    app.register_command(Add, apply=_apply_add)
+    async with serving(app):
+        with trio.fail_after(10):
+            while app.inspect()["projection"]["snapshot"]["position"] != 10_000:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+    assert dict(reversed(await stored(db)))[PROJECTION] == 10_000
