@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from . import _tracing
 from ._app import App
 from ._errors import (
     DecodeError,
@@ -252,7 +253,9 @@ class Api:
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"{name}: body is not valid JSON: {exc}", command_name=name) from exc
         cmd = registry.structure(name, registry.lookup(name), data)
-        message = await self.app.execute(cmd)
+        # The caller's trace (a traceparent header) is the parent of execute's span.
+        with _tracing.remote_parent(request.headers):
+            message = await self.app.execute(cmd)
         return _JSON(
             {"id": message.id, "name": message.name, "timestamp": message.timestamp.isoformat()},
             201,
