@@ -191,7 +191,14 @@ class LeaseKeeper:
                 # Leases that look held may be free already (a holder whose PostgreSQL
                 # connection is gone): asking costs nothing, and takes only those.
                 others = [n for n in names if n not in self.held and n not in free]
-                take.update(random.sample(others, min(need - len(free), len(others))))
+                # Those of a holder that is no longer a member first (it died): they are
+                # the ones that can be free.
+                orphans = [n for n in others if records[n].holder not in members]
+                rest = [n for n in others if n not in orphans]
+                wanted_more = need - len(free)
+                picked = orphans[:wanted_more]
+                picked += random.sample(rest, min(wanted_more - len(picked), len(rest)))
+                take.update(picked)
         return take, extra
 
     async def _release_quietly(self, held: dict[str, int]) -> None:
