@@ -152,8 +152,10 @@ class Controls:
             self.records[worker] = record
             changed = True
             if record.paused != old.paused:
-                event = "petrock.worker_paused" if record.paused else "petrock.worker_resumed"
-                _log.info(event, worker_name=worker)
+                _log.info(
+                    "petrock.worker_paused" if record.paused else "petrock.worker_resumed",
+                    worker_name=worker,
+                )
             if record.generation > old.generation:
                 _log.info("petrock.position_reset", worker_name=worker, position=record.reset_to)
                 self._restart(worker)
