@@ -66,7 +66,7 @@ class PageLike(Protocol):
     def last(self) -> int: ...
 
     @property
-    def rows(self) -> Sequence[tuple[int, float, str, bytes]]: ...
+    def rows(self) -> Sequence[tuple[Any, ...]]: ...  # (id, timestamp, ...) per row
 
 
 def _row_id(row: tuple[int, float, str, bytes]) -> int:
@@ -98,7 +98,8 @@ def lag_seconds(
         rows = page.rows
         index = bisect_right(rows, position, key=_row_id)
         if index < len(rows):
-            return max(0.0, now - rows[index][1])
+            timestamp: float = rows[index][1]
+            return max(0.0, now - timestamp)
     return None
 
 

@@ -236,15 +236,19 @@ class WorkerRun(RunState):
         partitioned = self.decl.partitions > 1
         replay = self.replays
         key_hash: int | Exception = 0
-        for index in list(page.routed(self.routes, after=feed.position.value)):
+        after = feed.position.value
+        if partitioned:
+            # This partition's rows only: the page is split once for all partitions.
+            indexes = [i for i in self.own_rows(page) if rows[i].id > after]
+        else:
+            indexes = list(page.routed(self.routes, after=after))
+        for index in indexes:
             if stopping.is_set():
                 raise Stop
             row = rows[index]
             if partitioned or coverage.low < row.id <= coverage.high:
                 # After a change of partitions, whether a row is done depends on its key.
                 key_hash = self.key_hash(page, index)
-                if partitioned and self.owner(key_hash) != self.partition:
-                    continue
             if coverage.done(row.id, 0 if isinstance(key_hash, Exception) else key_hash):
                 if replay:
                     await self._replay_one(page, index)

@@ -154,6 +154,19 @@ class RunState:
         result: int | Exception = cached
         return result
 
+    def own_rows(self, page: Page) -> list[int]:
+        """Indexes of this partition's routed rows of ``page``, in id order: the first
+        partition to see the page splits it for all of them, so that no partition
+        walks the others' rows (with 64 partitions, 64 visits per message)."""
+        memo_key = (self.name, "partitions")
+        split: dict[int, list[int]] | None = page.memo.get(memo_key)
+        if split is None:
+            split = {}
+            for index in page.routed(self.routes):
+                split.setdefault(self.owner(self.key_hash(page, index)), []).append(index)
+            page.memo[memo_key] = split
+        return split.get(self.partition, [])
+
     def owner(self, key_hash: int | Exception) -> int:
         """The partition that handles a row with this key hash."""
         return 0 if isinstance(key_hash, Exception) else key_hash % self.decl.partitions
