@@ -28,7 +28,10 @@ READERS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("log", "tail"): (),
 }
 # Commands whose --database is what they serve and write.
-WRITERS = {("serve",), ("demo",)}
+WRITERS: set[tuple[str, ...]] = {("serve",), ("demo",)}
+# Operators' verbs that write what they change to a log, after a read-only look
+# refused, untouched, a database that is not one (tests/test_operator_verbs.py).
+WRITERS |= {("dead-letters", "discard"), ("workers", "pause"), ("workers", "resume")}
 
 
 @pytest.fixture(autouse=True)

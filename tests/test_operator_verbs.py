@@ -27,6 +27,14 @@ from petrock_trio.testing import memory_database, serving, wait_until
 from tests.support import Add, Note, Unrouted
 from tests.test_cli import EXE, order, run, start_shop, wait_for_dead_letter
 from tests.test_cli import TOKEN as CLI_TOKEN
+from tests.test_cli_readonly import (  # the fixture puts structlog back after invoke()
+    _structlog_as_it_was,  # noqa: F401
+    companions,
+    fingerprint,
+    foreign_file,
+    invoke,
+    petrock_file,
+)
 from tests.test_http import TOKEN, api, error_of
 
 
@@ -1055,3 +1063,26 @@ class TestCommandLine:
             "workers", "resume", "packer", "--database", "shop.db", "--json", cwd=tmp_path
         )
         assert json.loads(offline.stdout)["paused"] is False
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            pytest.param(("workers", "pause", "w"), id="pause"),
+            pytest.param(("workers", "resume", "w"), id="resume"),
+            pytest.param(("dead-letters", "discard", "--all", "--yes"), id="discard"),
+        ],
+    )
+    def test_a_database_that_is_no_log_is_refused_untouched(
+        self, tmp_path: Path, args: tuple[str, ...]
+    ) -> None:
+        theirs = foreign_file(tmp_path / "theirs.db", wal=False)
+        before = fingerprint(theirs)
+        refused = invoke(*args, "--database", str(theirs))
+        assert refused.exit_code == 3
+        assert "is not a petrock_trio database" in refused.stderr
+        assert fingerprint(theirs) == before
+        assert companions(theirs) == []
+        # A log is written: what every app serving it then obeys.
+        log = petrock_file(tmp_path / "log.db")
+        written = invoke(*args, "--database", str(log))
+        assert written.exit_code == 0, written.output
