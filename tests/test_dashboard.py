@@ -434,6 +434,102 @@ async def test_live_dashboard_mounted_under_ops_in_chromium(tmp_path: Path) -> N
             assert await page.severe_errors("/redrive") == []
 
 
+REFUSED = 99  # a Count that tally refuses
+
+
+async def pause_reset_and_resume(page: Page, app: pt.App, handled: list[int]) -> None:
+    """Pause, preview a reset, reset, resume: the messages after the position are
+    handled again, and only once the worker is resumed."""
+    row = 'tr[data-worker="tally"]'
+    await page.click(f"{row} button.pause")
+    await page.wait_for(f"{row} button.pause", lambda t: t == "Resume")
+    assert app.inspect()["workers"]["tally"]["paused"] is True
+    await page.wait_for(f"{row} td.health", lambda t: shown(t, "paused"))
+
+    await page.click(f"{row} button.reset")
+    await page.type("#reset-to", "1")
+    await page.click("#reset-preview")
+    await page.wait_for("#reset-summary", lambda t: shown(t, "handled live again: 2 messages"))
+    assert handled == [1, 2, 3]  # a preview changes nothing
+    await page.click("#reset-apply")
+    await page.wait_for("#status", lambda t: shown(t, "tally reset to position 1"))
+    await page.wait_for(f"{row} td.position", lambda t: t == "1")
+    assert handled == [1, 2, 3]  # still paused
+
+    await page.click(f"{row} button.pause")
+    await page.wait_for(f"{row} button.pause", lambda t: t == "Pause")
+    await page.wait_for(f"{row} td.position", lambda t: t == str(app.log.head.value))
+    assert handled == [1, 2, 3, 2, 3]
+
+
+async def dead_letters_in_bulk(
+    page: Page, app: pt.App, switch: Switch, client: httpx.AsyncClient
+) -> None:
+    """Re-drive all of one worker's, then discard all: the second click discards."""
+    for n in range(3):
+        await client.post("commands/dash-test/poke", json={"n": n})
+    await client.post("commands/dash-test/count", json={"n": REFUSED})
+    await page.wait_for("#dead-count", lambda t: t == "(4)")
+    switch.broken = False
+    await page.run("document.getElementById('bulk-worker').value = 'fragile'")
+    await page.click("#redrive-all")
+    await page.wait_for("#status", lambda t: shown(t, "Re-driving 3 dead letters"))
+    await page.wait_for("#dead-count", lambda t: t == "(1)")
+    [left] = await app.dead_letters()
+    assert (left.worker, left.attempts) == ("tally", 1)  # another worker's: left alone
+
+    switch.broken = True
+    for n in range(2):
+        await client.post("commands/dash-test/poke", json={"n": 10 + n})
+    await page.wait_for("#dead-count", lambda t: t == "(3)")
+    await page.run("document.getElementById('bulk-worker').value = ''")  # every worker
+    await page.click("#discard-all")
+    await page.wait_for("#discard-all", lambda t: shown(t, "Click again"))
+    assert len(await app.dead_letters()) == 3  # armed, not yet discarded
+    await page.click("#discard-all")
+    await page.wait_for("#status", lambda t: shown(t, "Discarded 3 dead letters"))
+    assert await app.dead_letters() == []
+    await page.wait_for("#dead-letters", lambda t: t == "no dead letters")
+
+
+@needs_browser
+async def test_operator_verbs_in_chromium(tmp_path: Path) -> None:
+    """Under /ops, with a token: pause, reset and resume a worker, re-drive and discard
+    dead letters in bulk."""
+    pytest.importorskip("selenium", reason="selenium is in the dev extra")
+    app, switch = build(str(tmp_path / "ops.db"))
+    handled: list[int] = []
+    tally: pt.PatternWorker[None] = pt.PatternWorker(
+        "tally", "notes every Count", retry=pt.Backoff(max_attempts=1)
+    )
+
+    @tally.on_command("dash-test/count")
+    async def note(ctx: pt.HandlerContext, cmd: Count, state: None) -> None:
+        if cmd.n == REFUSED:
+            raise ValueError("refused")
+        if not ctx.is_replay:
+            handled.append(cmd.n)
+
+    app.register_worker(tally)
+    asgi = mounted(pt.http_app(app, token=TOKEN))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        served_asgi(app, asgi) as url,
+        httpx.AsyncClient(base_url=f"{url}/ops/", headers=auth) as client,
+        browsing(tmp_path / "profile") as page,
+    ):
+        with trio.fail_after(120):
+            await page.call(page.driver.get, f"{url}/ops/")
+            await page.type("#token", TOKEN)
+            await page.click("#token-save")
+            for n in (1, 2, 3):
+                await client.post("commands/dash-test/count", json={"n": n})
+            await page.wait_for('tr[data-worker="tally"] td.position', lambda t: t == "3")
+            await pause_reset_and_resume(page, app, handled)
+            await dead_letters_in_bulk(page, app, switch, client)
+            assert await page.severe_errors() == []
+
+
 async def traffic(app: pt.App, switch: Switch, seconds: float) -> None:
     """A rate that rises and falls, a burst for the partitions now and then, and a spell
     of failures, so that every chart has something to show."""
@@ -537,6 +633,12 @@ async def test_partitions_circuits_and_dead_letters_at_700_px(
             assert shown(await page.text("#detail-payload"), DIGEST)
 
             await assert_it_fits(page, NARROW)
+            # Cards up to 1200 px, tables from there.
+            for width in (830, 1200, 1220, 1280):
+                await page.call(page.driver.set_window_size, width, 900)
+                await trio.sleep(1.2)  # a refresh at that width
+                await assert_it_fits(page, width)
+            await page.call(page.driver.set_window_size, NARROW, 900)
             assert all(u.startswith(f"{url}/ops") for u in await page.resources())
             assert await page.severe_errors() == []
             if SCREENSHOTS:
