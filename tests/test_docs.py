@@ -698,23 +698,20 @@ class TestTheChecker:
         page = self.page(
             f"""
             ```python from={source}
-            @attrs.define
-            class SummaryState:
-                contents: dict[str, str] = attrs.Factory(dict)
-                ...
+            # The worker keeps no state of its own: the items state has the content requested.
+            SummaryState: TypeAlias = None
+            ...
             ```
 
             ```python from={source}
-            @attrs.define
-            class SummaryState:
-                contents: dict[str, str] = attrs.Factory(dict)
-                submitted: set[str] = attrs.Factory(set)
+            # The worker keeps no state of its own: the items state has the content requested.
+            SummaryState: TypeAlias = None
+            submitted: set[str] = set()
             ```
 
             ```python from={source}
-            @attrs.define
-            class SummaryState:
-                MAX_AGE = timedelta(hours=24)
+            SummaryState: TypeAlias = None
+            MAX_AGE = timedelta(hours=24)
             ```
 
             ```python from=examples/missing.py
@@ -730,7 +727,7 @@ class TestTheChecker:
         run_block(page, 0)
         with pytest.raises(ExcerptError, match=r"'submitted: set.*' is not in the file"):
             run_block(page, 1)
-        with pytest.raises(ExcerptError, match=r"'MAX_AGE = .*' does not follow 'class Summ"):
+        with pytest.raises(ExcerptError, match=r"'MAX_AGE = .*' does not follow 'SummaryState"):
             run_block(page, 2)
         with pytest.raises(ExcerptError, match=r"no file examples/missing.py"):
             run_block(page, 3)
@@ -741,12 +738,12 @@ class TestTheChecker:
         page = self.page(
             """
             ```python from=features/items/workers/summary_worker.py
-            worker.on(CreateItem, on_create)
+            ctx.emit(result)  # committed with this request's position: it lands once
             ```
             """,
             tmp_path,
         )
-        with pytest.raises(NameError, match="'worker'"):
+        with pytest.raises(NameError, match="'ctx'"):
             run_block(page, 0)
 
     def test_links(self) -> None:

@@ -59,6 +59,8 @@ class ItemsState:
     """All items by name."""
 
     items: dict[str, Item] = attrs.Factory(dict)
+    # Item name -> its content as of its latest summary request (what is summarised).
+    requested_content: dict[str, str] = attrs.Factory(dict)
 
     # --- queries ----------------------------------------------------------------------
 
@@ -107,12 +109,14 @@ class ItemsState:
 
     def apply_delete(self, cmd: DeleteItem, message: pt.Message) -> None:
         del self.items[cmd.name]
+        self.requested_content.pop(cmd.name, None)
 
     def apply_request(self, cmd: RequestSummaryGeneration, message: pt.Message) -> None:
         item = self.items.get(cmd.item_id)
         if item is not None:
             item.summary_status = "pending"
             item.summary_request = cmd.request_id
+            self.requested_content[cmd.item_id] = item.content
 
     def apply_summary(self, cmd: SetGeneratedSummary, message: pt.Message) -> None:
         item = self.items.get(cmd.item_id)

@@ -97,6 +97,21 @@ class TestApply:
         assert state.get("a") is None
         assert item.to_dict()["created_at"] == "1970-01-01T00:16:40+00:00"
 
+    def test_requested_content_is_the_content_as_of_the_request(self) -> None:
+        state = state_with("a")
+        request = RequestSummaryGeneration("a", "r1")
+        state.apply_request(request, message(2, request))
+        update = UpdateItem("a", "about a", "newer")
+        state.apply_update(update, message(3, update))
+        assert state.requested_content == {"a": "content of a"}
+        assert "requested_content" not in state.items["a"].to_dict()
+        again = RequestSummaryGeneration("a", "r2")
+        state.apply_request(again, message(4, again))
+        assert state.requested_content == {"a": "newer"}
+        delete = DeleteItem("a")
+        state.apply_delete(delete, message(5, delete))
+        assert state.requested_content == {}
+
 
 class TestQueries:
     """list() pages and filters by name, description or content."""

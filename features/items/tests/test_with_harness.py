@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -18,7 +17,6 @@ from features.items import (
 )
 from petrock_trio.testing import (
     FakeService,
-    WorkerHarness,
     assert_delays,
     assert_times,
     wait_until,
@@ -36,9 +34,9 @@ def feature(fake: FakeService | None = None, *, timeout: float | None = None) ->
     return ItemsFeature(summarizer=Summarizer(fake), service=service)
 
 
-def contents(h: WorkerHarness) -> dict[str, Any]:
-    """Every partition's contents, in one dict (each item is in one partition)."""
-    return {k: v for s in h.worker.partition_states().values() for k, v in s.contents.items()}
+def contents(items: ItemsFeature) -> dict[str, str]:
+    """The content of each item as of its latest summary request."""
+    return dict(items.state.requested_content)
 
 
 class TestSummaryWorker:
@@ -54,7 +52,7 @@ class TestSummaryWorker:
                 ("items/request-summary-generation", "ok"),
             ]
             assert h.emitted == [request, SetGeneratedSummary("a", request.request_id, "TEXT")]
-            assert contents(h) == {"a": "text"}
+            assert contents(items) == {"a": "text"}
             assert items.state.items["a"].summary == "TEXT"
 
     async def test_items_are_summarised_at_once(
@@ -150,9 +148,9 @@ async def test_restart_replays_on_a_real_log(tmp_path: Path) -> None:
     async with worker_harness(items.worker, feature=items, database=str(tmp_path / "i.db")) as h:
         await h.app.execute(CreateItem("a", content="x"))
         await wait_until(lambda: fake.calls)  # the first attempt failed: a retry is due
-        before = contents(h)
+        before = contents(items)
         await h.restart()
-        assert contents(h) == before == {"a": "x"}  # rebuilt by replay
+        assert contents(items) == before == {"a": "x"}  # rebuilt by replay
         assert [c.outcome for c in h.calls_for("items/create", live=False)] == ["replay"]
         fake.up()
         await h.settle()

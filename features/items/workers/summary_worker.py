@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import contextlib
 from datetime import timedelta
-from functools import partial
-
-import attrs
+from typing import TypeAlias
 
 import petrock_trio as pt
 
 from ..commands import (
     CreateItem,
-    DeleteItem,
     FailSummaryGeneration,
     RequestSummaryGeneration,
     SetGeneratedSummary,
-    UpdateItem,
 )
 from ..state import ItemsState
 from ..summarizer import Summarizer
@@ -32,73 +28,42 @@ REQUEST_TIMEOUT = 60.0
 # the circuit opens, or a request that fails on its own. After 20 of those (about three
 # minutes) it is dead-lettered, and the items behind it in its partition go on.
 REQUEST_RETRY = pt.Backoff(max_delay=10.0, max_attempts=20)
-
-
-# One per partition: the content of each of its items, as of the message handled.
-@attrs.define
-class SummaryState:
-    contents: dict[str, str] = attrs.Factory(dict)
-
-
-async def on_create(ctx: pt.HandlerContext, cmd: CreateItem, state: SummaryState) -> None:
-    state.contents[cmd.name] = cmd.content
-    with contextlib.suppress(pt.ValidationError):  # deleted meanwhile: nothing to summarise
-        ctx.emit(RequestSummaryGeneration(item_id=cmd.name, request_id=ctx.idempotency_key))
-
-
-async def on_update(ctx: pt.HandlerContext, cmd: UpdateItem, state: SummaryState) -> None:
-    state.contents[cmd.name] = cmd.content
-
-
-async def on_delete(ctx: pt.HandlerContext, cmd: DeleteItem, state: SummaryState) -> None:
-    state.contents.pop(cmd.name, None)
-
-
-async def on_request(  # noqa: PLR0917 - the first three are bound by the factory
-    summarizer: Summarizer,
-    service: pt.ExternalService,
-    items: ItemsState,
-    ctx: pt.HandlerContext,
-    cmd: RequestSummaryGeneration,
-    state: SummaryState,
-) -> None:
-    content = state.contents.get(cmd.item_id)  # as it was when the summary was requested
-    # A deleted item, or one created again since, has no use for the result: the
-    # command's validate would refuse it.
-    if content is None or not items.awaits(cmd.item_id, cmd.request_id):
-        return
-    result: SetGeneratedSummary | FailSummaryGeneration
-    if ctx.now() - ctx.message.timestamp > MAX_AGE:
-        result = FailSummaryGeneration(cmd.item_id, cmd.request_id, "timeout")
-    else:
-        # Raises on failure: the engine retries, or waits while the circuit is open.
-        summary = await service.call(summarizer.summarize, content, cmd.request_id)
-        result = SetGeneratedSummary(cmd.item_id, cmd.request_id, summary)
-    with contextlib.suppress(pt.ValidationError):  # deleted while the summariser worked
-        ctx.emit(result)  # committed with this request's position: it lands once
+# The worker keeps no state of its own: the items state has the content requested.
+SummaryState: TypeAlias = None
 
 
 def new_summary_worker(
     summarizer: Summarizer, service: pt.ExternalService, items: ItemsState
 ) -> pt.PatternWorker[SummaryState]:
-    worker = pt.PatternWorker(
+    worker = pt.PatternWorker[SummaryState](
         "items-summaries",
         "Generates summaries of item content",
-        SummaryState(),
         services=[service],
         partitions=PARTITIONS,
-        key=lambda cmd: cmd.name,
+        key=lambda cmd: cmd.item_id,  # the request's; a create's is its name
     )
-    worker.on(CreateItem, on_create)
-    worker.on(UpdateItem, on_update)
-    worker.on(DeleteItem, on_delete)
-    worker.on(
-        RequestSummaryGeneration,
-        partial(on_request, summarizer, service, items),
-        timeout=REQUEST_TIMEOUT,
-        retry=REQUEST_RETRY,
-        key=lambda cmd: cmd.item_id,
-        # Live only: replay skips it, since its outcome is in the log already.
-        replay=False,
-    )
+
+    @worker.on(CreateItem, key=lambda cmd: cmd.name)
+    async def on_create(ctx: pt.HandlerContext, cmd: CreateItem, _: None) -> None:
+        with contextlib.suppress(pt.ValidationError):  # deleted meanwhile: nothing to summarise
+            ctx.emit(RequestSummaryGeneration(item_id=cmd.name, request_id=ctx.idempotency_key))
+
+    # Live only: replay skips it, since its outcome is in the log already.
+    @worker.on(RequestSummaryGeneration, timeout=REQUEST_TIMEOUT, retry=REQUEST_RETRY, replay=False)
+    async def on_request(ctx: pt.HandlerContext, cmd: RequestSummaryGeneration, _: None) -> None:
+        content = items.requested_content.get(cmd.item_id)  # as of the request message
+        # A deleted item, or one created again since, has no use for the result: the
+        # command's validate would refuse it.
+        if content is None or not items.awaits(cmd.item_id, cmd.request_id):
+            return
+        result: SetGeneratedSummary | FailSummaryGeneration
+        if ctx.now() - ctx.message.timestamp > MAX_AGE:
+            result = FailSummaryGeneration(cmd.item_id, cmd.request_id, "timeout")
+        else:
+            # Raises on failure: the engine retries, or waits while the circuit is open.
+            summary = await service.call(summarizer.summarize, content, cmd.request_id)
+            result = SetGeneratedSummary(cmd.item_id, cmd.request_id, summary)
+        with contextlib.suppress(pt.ValidationError):  # deleted while the summariser worked
+            ctx.emit(result)  # committed with this request's position: it lands once
+
     return worker
