@@ -63,6 +63,9 @@ WORKER_EVENTS: Final[dict[str, frozenset[str]]] = {
     "petrock.worker_paused": frozenset({"worker_name"}),
     "petrock.worker_resumed": frozenset({"worker_name"}),
     "petrock.position_reset": frozenset({"worker_name", "position"}),
+    "petrock.snapshot_taken": frozenset({"worker_name", "snapshot", "position"}),
+    "petrock.snapshot_loaded": frozenset({"worker_name", "snapshot", "position"}),
+    "petrock.snapshot_ignored": frozenset({"worker_name", "snapshot", "position", "reason"}),
 }
 
 NOT_WORKER_EVENTS: Final[dict[str, str]] = {
@@ -92,6 +95,10 @@ NOT_WORKER_EVENTS: Final[dict[str, str]] = {
     # Restarting a worker's runs after a reset failed: the store failed at that moment,
     # which only a store that fails on cue reaches (tests/test_operator_verbs.py).
     "petrock.restart_failed": "a restart after a reset, retried until the store answers",
+    # Snapshot writes that failed (the store failed): logged with worker_name, and
+    # covered by tests/test_snapshots.py's faulty stores.
+    "petrock.snapshot_failed": "a snapshot write the store refused (tests/test_snapshots.py)",
+    "petrock.snapshot_not_saved": "a snapshot write the store refused (tests/test_snapshots.py)",
 }
 
 
@@ -467,6 +474,24 @@ async def operated() -> Logs:
     return logs
 
 
+async def snapshotted() -> Logs:
+    """A worker saves snapshots; the next start loads one; a new state_version ignores it."""
+
+    async def count(ctx: pt.HandlerContext, cmd: Job, state: dict[str, int]) -> None:
+        state["n"] = state.get("n", 0) + 1
+
+    with memory_database() as database, capture_logs() as logs:
+        for version, jobs in (("1", 3), ("1", 1), ("2", 0)):
+            app, _ = one_worker(
+                count, database=database, state={}, snapshot_every=1, state_version=version
+            )
+            async with serving(app):
+                for n in range(jobs):
+                    await app.execute(Job(n))
+                await app.caught_up()
+    return logs
+
+
 SCENARIOS: Final[dict[str, Callable[..., Awaitable[Logs]]]] = {
     "petrock.handler.complete": handled,
     "petrock.handler.failed": failed,
@@ -492,6 +517,9 @@ SCENARIOS: Final[dict[str, Callable[..., Awaitable[Logs]]]] = {
     "petrock.worker_paused": operated,
     "petrock.worker_resumed": operated,
     "petrock.position_reset": operated,
+    "petrock.snapshot_taken": snapshotted,
+    "petrock.snapshot_loaded": snapshotted,
+    "petrock.snapshot_ignored": snapshotted,
 }
 
 # What the fields hold, where the scenario decides it.
