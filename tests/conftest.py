@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from petrock_trio.stores import Store, open_store
 from tests.postgres_server import PostgresServer, find_binaries, running_server
 
 _DATABASE = "petrock"
@@ -53,3 +55,21 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     yield url + "&options=" + quote(f"-c search_path={schema}")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store of each kind: in memory, a SQLite file, PostgreSQL."""
+    if request.param == "postgres":
+        # Only this parameter needs a server; where there is none it skips.
+        return str(request.getfixturevalue("postgres_url"))
+    return ":memory:" if request.param == "memory" else str(tmp_path / "store.db")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """The store at ``store_url``, opened."""
+    s = open_store(store_url)
+    await s.open()
+    yield s
+    await s.aclose()

@@ -9,7 +9,6 @@ import re
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,21 +35,6 @@ from tests.test_cli_readonly import (  # the fixture puts structlog back after i
     petrock_file,
 )
 from tests.test_http import TOKEN, api, error_of
-
-
-@pytest.fixture(params=["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("postgres_url"))
-    return ":memory:" if request.param == "memory" else str(tmp_path / "store.db")
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url)
-    await s.open()
-    yield s
-    await s.aclose()
 
 
 def letter(worker: str, message_id: int, name: str = "test/add") -> DeadLetterRecord:

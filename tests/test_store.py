@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +10,6 @@ import pytest
 
 import petrock_trio as pt
 from petrock_trio.stores import Commit, DeadLetterRecord, SQLiteStore, Store, open_store
-
-
-@pytest.fixture(params=["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        # Only this parameter needs a server; where there is none it skips.
-        return str(request.getfixturevalue("postgres_url"))
-    return ":memory:" if request.param == "memory" else str(tmp_path / "store.db")
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url)
-    await s.open()
-    yield s
-    await s.aclose()
 
 
 def appends(*names: str) -> list[tuple[str, bytes]]:
