@@ -125,6 +125,23 @@ class Projection:
         snapshot = None if keeper is None or rt is None else keeper.describe(rt.clock())
         return {"position": self.position, "errors": self.errors, "snapshot": snapshot}
 
+    async def save_now(self) -> None:
+        """At graceful shutdown: a snapshot of what was applied since the last, so that
+        a graceful restart applies nothing again (when the projection takes them)."""
+        keeper, rt, feed = self.snapshots, self._rt, self.feed
+        if keeper is None or rt is None or feed is None or self._saving:
+            await trio.lowlevel.checkpoint()
+            return
+        position = feed.position.value
+        record = None
+        if position > keeper.tried:
+            record = keeper.record(self._states(), position, rt.clock())
+        if record is None:
+            await trio.lowlevel.checkpoint()
+            return
+        self._saving = True
+        await self._save(rt, keeper, record)
+
     def stop(self) -> None:
         if self._scope is not None:
             self._scope.cancel()

@@ -349,14 +349,19 @@ class WorkerRun(RunState):
     async def _snapshot_loop(self, keeper: SnapshotKeeper) -> None:
         """Snapshots that no commit carried: when the position moved ``snapshot_every``
         messages in memory (messages this run does not route, batched positions,
-        replay), or ``snapshot_interval`` came round; taken between messages."""
+        replay), or ``snapshot_interval`` came round; taken between messages. At
+        graceful shutdown, once the message in hand is done, one more if anything moved
+        since the last: a graceful restart then replays nothing."""
         while True:
             try:
                 await self.interruptible(self._until_snapshot_due, keeper)
             except Stop:
-                return
+                break
             async with self.lock:
                 await self._take_snapshot(keeper, quiet=True)
+        async with self.lock:
+            keeper.requested = keeper.requested or self.state_position() > keeper.tried
+            await self._take_snapshot(keeper, quiet=True)
 
     async def _until_snapshot_due(self, keeper: SnapshotKeeper) -> None:
         every = keeper.policy.every
@@ -370,14 +375,14 @@ class WorkerRun(RunState):
         """Commit a snapshot at the position in memory, if one is due (under the lock:
         ``state`` reflects every message up to that position). ``quiet``: a failed
         write is logged, not raised (the next one is due all the same)."""
-        position = self.feed.position.value
+        position = self.state_position()
         record = None
         if self.retrying is not None:
             # Half changed, maybe: the retried message's commit takes it.
             keeper.requested = True
             keeper.tried = position
-        elif keeper.due(position):
-            record = keeper.record(self.state, position, self.rt.clock())
+        else:
+            record = self.snapshot_at(position)
         if record is None:
             keeper.since = trio.current_time()  # the interval starts again
             await trio.lowlevel.checkpoint()

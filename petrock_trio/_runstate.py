@@ -105,11 +105,20 @@ class RunState:
         self.snapshots.loaded(record)
         return max(start, record.position)
 
+    def state_position(self) -> int:
+        """The last message ``state`` reflects, between messages: the feed's position,
+        or a row replayed after it in the page at hand (a stop can leave a page half
+        done; after a change of partitions, replayed rows follow live ones)."""
+        position: int = max(self.feed.position.value, self.replay_position)
+        return position
+
     def snapshot_at(self, position: int) -> SnapshotRecord | None:
         """The snapshot a commit of ``position`` carries, if one is due: ``state`` must
-        reflect every message of this run up to ``position`` and nothing after."""
+        reflect every message of this run up to ``position`` and nothing after. None
+        after a crash of the message loop: a page it left half done is handled again,
+        so ``state`` may hold some of it twice, and must not be saved."""
         keeper = self.snapshots
-        if keeper is None or not keeper.due(position):
+        if keeper is None or self.crashes or not keeper.due(position):
             return None
         return keeper.record(self.state, position, self.rt.clock())
 
@@ -120,7 +129,7 @@ class RunState:
         keeper = self.snapshots
         if keeper is None:
             return {}
-        position = self.feed.position.value
+        position = self.state_position()
         keeper.forget()
         record = keeper.record(self.state, position, self.rt.clock())
         if record is None:

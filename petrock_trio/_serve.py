@@ -269,6 +269,7 @@ async def _run_parts(
             nursery.cancel_scope.deadline = trio.current_time() + app.shutdown_grace
         # The projection stops last: work that was finishing may wait for it to apply
         # what it appended. Whoever still waits is told the app stopped.
+        await app.projection.save_now()
         app.projection.stop()
         rt.close_waiters()
     engine.cancel()
