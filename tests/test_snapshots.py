@@ -30,25 +30,10 @@ import petrock_trio as pt
 from petrock_trio._snapshots import PROJECTION
 from petrock_trio._statecodec import StateCodec, detail
 from petrock_trio.stores import Commit, SnapshotRecord, Store, open_store
-from petrock_trio.testing import memory_database, serving
+from petrock_trio.testing import FaultyStore, memory_database, serving
 from tests.support import Add, Echoed, Note, Unrouted
 
 Logs = list[MutableMapping[str, Any]]
-
-
-@pytest.fixture(params=["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("postgres_url"))
-    return ":memory:" if request.param == "memory" else str(tmp_path / "store.db")
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url)
-    await s.open()
-    yield s
-    await s.aclose()
 
 
 def snap(name: str, position: int, state: bytes = b"{}", taken_at: float = 1.0) -> SnapshotRecord:
@@ -850,3 +835,39 @@ async def test_the_projection_saves_the_latest_after_a_burst(tmp_path: Path) -> 
             while app.inspect()["projection"]["snapshot"]["position"] != 10_000:  # noqa: ASYNC110
                 await trio.sleep(0.01)
     assert dict(reversed(await stored(db)))[PROJECTION] == 10_000
+
+
+class TestStoreFailures:
+    """A snapshot the store refuses is logged; the next one is due all the same."""
+
+    @pytest.mark.parametrize("name", ["rare", PROJECTION])
+    async def test_a_refused_snapshot_write_between_messages(self, name: str) -> None:
+        inner = open_store(":memory:")
+        faulty = FaultyStore(inner)
+        # The first one, however often it is written (a group commit that fails is
+        # written again one commit at a time).
+        faulty.fail_commits(
+            10,
+            when=lambda commits: any(
+                (r.name, r.position) == (name, 5) for c in commits for r in c.snapshots
+            ),
+        )
+        worker: pt.PatternWorker[Tally] = pt.PatternWorker("rare", state=Tally(), snapshot_every=5)
+        worker.on_command("test/note", _nothing)
+        app = pt.App(store=faulty, hooks=[], snapshot_every=5)
+        app.state = Tally()
+        app.register_command(Add, apply=_apply_add)
+        app.register_command(Note)
+        app.register_worker(worker)
+        with capture_logs() as logs:
+            async with serving(app):
+                for n in range(30):
+                    await app.execute(Add(str(n)))
+                await app.caught_up()
+                with trio.fail_after(10):
+                    while name not in {r.name for r in await inner.snapshots()}:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+        (refused,) = events(logs, "petrock.snapshot_not_saved")
+        assert (refused["snapshot"], refused["position"]) == (name, 5)
+        assert refused["error_details"] == "StoreError('injected store failure')"
+        assert faulty.failed_commits >= 1
