@@ -43,7 +43,7 @@ def worker_for(partitions: int, rng: random.Random, failing: set[int]) -> pt.Pat
     async def handle(ctx: pt.HandlerContext, cmd: Add, state: dict[str, int]) -> None:
         if not ctx.is_replay:
             for _ in range(rng.randrange(4)):  # a random interleaving with other partitions
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             if ctx.message.id in failing and ctx.attempt == 1:
                 raise RuntimeError("injected")
             ctx.emit(Echoed(ctx.message.id, cmd.key))
