@@ -221,8 +221,17 @@ class TestJson:
         where, url = shop
         message_id = order(url, "broken-lamp")
         wait_for_dead_letter(url, message_id)
-        retry = ("dead-letters", "retry", "packer", str(message_id), "--url", url, "--json")
-        retry += ("--wait",)  # the final answer: resolved, or failed again
+        # --wait: the final answer, resolved or failed again.
+        retry = (
+            "dead-letters",
+            "retry",
+            "packer",
+            str(message_id),
+            "--url",
+            url,
+            "--json",
+            "--wait",
+        )
         again = invoke(*retry, "--token", TOKEN)
         assert again.exit_code == 1
         answer = json.loads(again.stdout)
