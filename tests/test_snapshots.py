@@ -871,3 +871,17 @@ class TestStoreFailures:
         assert (refused["snapshot"], refused["position"]) == (name, 5)
         assert refused["error_details"] == "StoreError('injected store failure')"
         assert faulty.failed_commits >= 1
+
+
+@pytest.mark.postgres
+async def test_a_restart_on_postgres_replays_the_tail(postgres_url: str) -> None:
+    """With PostgreSQL (and so leases): the leased run loads its snapshot at takeover."""
+    ids = await fill(postgres_url, TEN, app_options={"snapshot_every": 4})
+    seen = Seen()
+    app, worker = tally_app(postgres_url, seen, app_options={"snapshot_every": 4})
+    with capture_logs() as logs:
+        async with serving(app):
+            assert worker.state.totals == app.state.totals == TEN_TOTALS
+    loaded = {e["snapshot"]: e["position"] for e in events(logs, "petrock.snapshot_loaded")}
+    assert set(loaded) == {"w", PROJECTION}
+    assert seen.replayed == after(ids, loaded["w"])
