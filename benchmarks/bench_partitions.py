@@ -176,9 +176,12 @@ async def member(url: str, partitions: int, iterations: int, ttl: float) -> dict
     app.register_worker(worker)
     async with serving(app):
         await trio.to_thread.run_sync(sys.stdin.readline)  # "stop"
-        leases = app.inspect()["leases"]
+        report = app.inspect()
+        leases = report["leases"]
     return {
         "handled": handled[0],
+        # Each message read once per process is what the pump promises (see fan-out).
+        "rows_read": report["store"]["rows_read"],
         "held": len(leases["held"]),
         "takeovers": leases["takeovers"],
         "handoffs": leases["handoffs"],
@@ -315,6 +318,7 @@ def cpu_run(
         "spread": spread_at,
         "handled": [r["handled"] for r in reports],
         "handoffs": sum(r["handoffs"] for r in reports),
+        "rows_read": [r["rows_read"] for r in reports],
         "cpu": _cpu.delta(before, after),
     }
 
@@ -381,6 +385,12 @@ def cpu_part(args: argparse.Namespace, pg: c.Postgres) -> dict[str, Any]:
             "runs": measured,
             "bare_runs": raws[count],
         }
+    for count, measured in runs.items():
+        reads = [max(r["rows_read"][i] for r in measured) / size for i in range(count)]
+        print(
+            f"{count} process(es): rows read from the store per message, per process: "
+            + ", ".join(f"{x:.2f}" for x in reads)
+        )
     ratio = rows["2"]["ratio"]
     c.target_line(
         "CPU-bound, 64 partitions, two processes vs one, messages/s",
