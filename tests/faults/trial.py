@@ -79,12 +79,14 @@ class Stream:
     client: httpx.AsyncClient
     sent: int = 0
     acked: list[tuple[float, int]] = attrs.Factory(list)  # (when, n)
+    sent_at: dict[int, float] = attrs.Factory(dict)  # n -> when its request was sent
     health: list[tuple[float, str]] = attrs.Factory(list)
 
     async def post_forever(self) -> None:
         while True:
             n = self.sent
             self.sent += 1
+            self.sent_at[n] = time.monotonic()
             with contextlib.suppress(httpx.HTTPError), trio.move_on_after(REQUEST_TIMEOUT):
                 response = await self.client.post("/commands/faults/order", json={"n": n})
                 if response.status_code == 201:
@@ -213,9 +215,10 @@ async def file_deleted(seconds: float) -> Row:
             await trio.sleep(seconds)
             ended = time.monotonic()
         _judge(row, stream, (began, ended), set())
-        # Everything acknowledged before the deletion went with the file (the operator
-        # deleted it); what counts as lost is what was acknowledged after it.
-        row.lost = sum(1 for at, _ in stream.acked if at > deleted_at[0])
+        # Everything committed before the deletion went with the file (the operator
+        # deleted it), even when its answer arrived a moment after; what counts as lost
+        # is what was acknowledged for a request sent after the deletion.
+        row.lost = sum(1 for _, n in stream.acked if stream.sent_at[n] > deleted_at[0])
     return row
 
 
