@@ -16,10 +16,9 @@ from urllib.parse import quote
 
 import click
 import httpx
-import orjson
 
 from ._cli_errors import EXIT_CODES, run_trio
-from ._cli_options import database_option, json_option, one_source, url_option
+from ._cli_options import call_app, database_option, json_option, one_source, url_option
 from ._cli_read import _echo_json
 from ._dead_letter import DeadLetter
 from ._open import open_log
@@ -38,36 +37,6 @@ __all__ = [
 
 # How often --wait asks a running app how a re-drive goes.
 _POLL: Final = 0.2
-
-
-def _send(
-    method: str, url: str, path: str, token: str | None = None, body: Any = None
-) -> dict[str, Any]:
-    """The JSON object a running app answers; its errors become a clean exit 1."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    target = url.rstrip("/") + path
-    content = None if body is None else orjson.dumps(body)
-    if content is not None:
-        headers["Content-Type"] = "application/json"
-    try:
-        response = httpx.request(method, target, headers=headers, content=content, timeout=120.0)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise click.ClickException(f"cannot reach {target}: {exc}") from None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if response.is_error:
-        error = answer.get("error") if isinstance(answer, dict) else None
-        error = error if isinstance(error, dict) else {}
-        detail = error.get("message") or response.reason_phrase
-        raise click.ClickException(f"{response.status_code} {error.get('type', '')}: {detail}")
-    if not isinstance(answer, dict):
-        raise click.ClickException(
-            f"{target} answered {response.status_code} without a JSON object: "
-            "is it a petrock-trio app's HTTP API?"
-        )
-    return answer
 
 
 def _token_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,7 +66,7 @@ def _follow(url: str, ticket: dict[str, Any]) -> dict[str, Any]:
     """The ticket asked about every _POLL seconds until it is resolved or failed."""
     while ticket["status"] not in {"resolved", "failed"}:
         time.sleep(_POLL)
-        ticket = _send("GET", url, f"/redrives/{quote(ticket['ticket'], safe='')}")
+        ticket = call_app("GET", url, f"/redrives/{quote(ticket['ticket'], safe='')}")
     return ticket
 
 
@@ -143,7 +112,7 @@ def retry_command(
     attempts added up).
     """
     path = f"/dead-letters/{quote(worker, safe='')}/{message_id}/redrive"
-    ticket = _send("POST", url, path, token)
+    ticket = call_app("POST", url, path, token)
     if wait:
         ticket = _follow(url, ticket)
     _finish([ticket], wait=wait, as_json=as_json, answer=ticket)
@@ -160,7 +129,7 @@ def status_command(ticket: str, url: str, wait: bool, as_json: bool) -> None:
     The app keeps its tickets in memory (the newest 10000): they are gone once it
     restarts. With --wait, exits 1 when it failed.
     """
-    answer = _send("GET", url, f"/redrives/{quote(ticket, safe='')}")
+    answer = call_app("GET", url, f"/redrives/{quote(ticket, safe='')}")
     if wait:
         answer = _follow(url, answer)
     _finish([answer], wait=wait, as_json=as_json, answer=answer)
@@ -188,7 +157,7 @@ def retry_all_command(
     Dead letters of a worker the app does not run, or that is paused, are left as they
     are (listed as skipped). With --wait, exits 1 when any of them failed again.
     """
-    answer = _send(
+    answer = call_app(
         "POST", url, "/dead-letters/redrive", token, _letter_filter(worker, command, every)
     )
     tickets = [_follow(url, t) for t in answer["tickets"]] if wait else answer["tickets"]
@@ -260,11 +229,11 @@ def discard_command(
     url, database = one_source(url, database)
     if url is not None:
         query = "?" + str(httpx.QueryParams({"worker": worker})) if worker else ""
-        listed = _send("GET", url, "/dead-letters" + query)["dead_letters"]
+        listed = call_app("GET", url, "/dead-letters" + query)["dead_letters"]
         count = sum(1 for d in listed if command is None or d["command_name"] == command)
         gone = []
         if _confirm_discard(count, yes):
-            gone = _send("POST", url, "/dead-letters/discard", token, chosen)["discarded"]
+            gone = call_app("POST", url, "/dead-letters/discard", token, chosen)["discarded"]
     else:
         assert database is not None
         gone = run_trio(_discard_offline, database, chosen, yes)
@@ -308,7 +277,7 @@ def _pause_verb(paused: bool) -> click.Command:
     ) -> None:
         url, database = one_source(url, database)
         if url is not None:
-            answer = _send("POST", url, f"/workers/{quote(name, safe='')}/{verb}", token)
+            answer = call_app("POST", url, f"/workers/{quote(name, safe='')}/{verb}", token)
         else:
             assert database is not None
             answer = run_trio(_set_paused_offline, database, name, paused)
@@ -358,12 +327,12 @@ def reset_command(
     everything after the new position.
     """
     path = f"/workers/{quote(name, safe='')}/reset"
-    plan = _send("GET", url, f"{path}?to={to}")
+    plan = call_app("GET", url, f"{path}?to={to}")
     if not as_json:
         click.echo("\n".join(plan["summary"]))
     if not yes:
         click.confirm("reset?", abort=True, err=True)
-    done = _send("POST", url, path, token, {"to": to})
+    done = call_app("POST", url, path, token, {"to": to})
     if as_json:
         _echo_json(done)
     else:

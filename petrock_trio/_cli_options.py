@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import click
 import httpx
+import orjson
 from click.core import ParameterSource
 from click.shell_completion import CompletionItem
 
@@ -19,6 +20,7 @@ __all__ = [
     "DATABASE_ENV",
     "URL_ENV",
     "app_url",
+    "call_app",
     "complete_file",
     "database",
     "database_option",
@@ -120,3 +122,34 @@ def one_source(url: str | None, database: str | None) -> tuple[str | None, str |
     if (url is None) == (database is None):
         raise click.UsageError("give either --url or --database")
     return url, database
+
+
+def call_app(
+    method: str, url: str, path: str, token: str | None = None, body: Any = None
+) -> dict[str, Any]:
+    """The JSON object a running app answers to ``method path`` (``body`` sent as JSON);
+    its errors become a clean exit 1. Every command that asks a running app goes here."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    target = url.rstrip("/") + path
+    content = None if body is None else orjson.dumps(body)
+    if content is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        response = httpx.request(method, target, headers=headers, content=content, timeout=120.0)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise click.ClickException(f"cannot reach {target}: {exc}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if response.is_error:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        error = error if isinstance(error, dict) else {}
+        detail = error.get("message") or response.reason_phrase
+        raise click.ClickException(f"{response.status_code} {error.get('type', '')}: {detail}")
+    if not isinstance(answer, dict):
+        raise click.ClickException(
+            f"{target} answered {response.status_code} without a JSON object: "
+            "is it a petrock-trio app's HTTP API?"
+        )
+    return answer

@@ -18,40 +18,13 @@ from rich.text import Text
 
 from ._app import DeadLetter
 from ._cli_errors import EXIT_CODES, run_trio
-from ._cli_options import database_option, json_option, one_source, url_option
+from ._cli_options import call_app, database_option, json_option, one_source, url_option
 from ._console import console
 from ._http_rows import describe, describe_letter, letter_rows, payload_text
 from ._message import Row
 from ._open import open_log
 
 __all__ = ["dead_letters", "inspect_command", "log_group"]
-
-
-def _call(method: str, url: str, path: str, token: str | None = None) -> Any:
-    """The JSON answer of a running app; its errors become a clean exit 1."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    target = url.rstrip("/") + path
-    try:
-        response = httpx.request(method, target, headers=headers, timeout=120.0)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise click.ClickException(f"cannot reach {target}: {exc}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.is_error:
-        error = body.get("error") if isinstance(body, dict) else None
-        if not isinstance(error, dict):
-            error = {}
-        detail = error.get("message") or response.reason_phrase
-        raise click.ClickException(f"{response.status_code} {error.get('type', '')}: {detail}")
-    if not isinstance(body, dict):
-        # Another server on that address: say so rather than fail on its answer.
-        raise click.ClickException(
-            f"{target} answered {response.status_code} without a JSON object: "
-            "is it a petrock-trio app's HTTP API?"
-        )
-    return body
 
 
 async def _offline_report(database: str, worker: str | None = None) -> dict[str, Any]:
@@ -234,8 +207,8 @@ def inspect_command(url: str | None, database: str | None, as_json: bool) -> Non
     """
     url, database = one_source(url, database)
     if url is not None:
-        report = _call("GET", url, "/inspect")
-        report["dead_letters"] = _call("GET", url, "/dead-letters")["dead_letters"]
+        report = call_app("GET", url, "/inspect")
+        report["dead_letters"] = call_app("GET", url, "/dead-letters")["dead_letters"]
         tables = _live_tables(report, report["dead_letters"])
         if report.get("services"):
             tables.insert(1, _services_table(report["services"]))
@@ -268,7 +241,7 @@ def dead_letters_list(
     url, database = one_source(url, database)
     if url is not None:
         query = "?" + str(httpx.QueryParams({"worker": worker})) if worker else ""
-        letters = _call("GET", url, "/dead-letters" + query)["dead_letters"]
+        letters = call_app("GET", url, "/dead-letters" + query)["dead_letters"]
     else:
         letters = run_trio(_offline_report, database, worker)["dead_letters"]
     if as_json:
@@ -324,7 +297,7 @@ def dead_letters_show(
     and the traceback of its last failure, from a running app or its database."""
     url, database = one_source(url, database)
     if url is not None:
-        letter = _call("GET", url, f"/dead-letters/{quote(worker, safe='')}/{message_id}")
+        letter = call_app("GET", url, f"/dead-letters/{quote(worker, safe='')}/{message_id}")
     else:
         letter = run_trio(_offline_letter, database, worker, message_id)
     if as_json:

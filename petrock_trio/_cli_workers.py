@@ -10,8 +10,8 @@ from urllib.parse import quote
 import click
 
 from ._cli_errors import EXIT_CODES
-from ._cli_options import json_option, url_option
-from ._cli_read import _call, _echo_json
+from ._cli_options import call_app, json_option, url_option
+from ._cli_read import _echo_json
 
 __all__ = ["workers_group"]
 
@@ -38,7 +38,7 @@ def workers_snapshot(name: str, url: str, token: str | None, as_json: bool) -> N
     replays only what came after. Exits 1 when the worker takes no snapshots
     (``snapshot_every`` or ``snapshot_interval`` not declared) or is not running.
     """
-    result = _call("POST", url, f"/workers/{quote(name, safe='')}/snapshot", token)
+    result = call_app("POST", url, f"/workers/{quote(name, safe='')}/snapshot", token)
     if as_json:
         _echo_json(result)
         return
