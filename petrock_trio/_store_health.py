@@ -7,8 +7,9 @@ is recorded in one :class:`StoreHealth`, whoever makes it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -64,6 +65,29 @@ class _Streak:
         return Health.DEGRADED, f"{self.what} failed: {self.error}"
 
 
+class _Waits:
+    """Calls of one kind under way, each with the time it began."""
+
+    def __init__(self) -> None:
+        self._began: dict[int, float] = {}
+        self._tokens = itertools.count()
+
+    @contextlib.contextmanager
+    def under_way(self) -> Iterator[None]:
+        token = next(self._tokens)
+        self._began[token] = trio.current_time()
+        try:
+            yield
+        finally:
+            del self._began[token]
+
+    def longest(self) -> float | None:
+        """How long the oldest call under way has waited so far, or None."""
+        if not self._began:
+            return None
+        return trio.current_time() - min(self._began.values())
+
+
 class StoreHealth:
     """Failed writes and reads, writes under way, and a database gone for good.
 
@@ -71,7 +95,9 @@ class StoreHealth:
     that go on for more than ``unhealthy_after`` seconds (from the first to the latest,
     with no success between) turn it unhealthy. A write under way for more than
     ``degraded_after`` seconds (waiting for the database lock) turns it degraded while
-    it waits, unhealthy past ``unhealthy_after``. A database file deleted or replaced
+    it waits, unhealthy past ``unhealthy_after``; so does a read (a server that stopped
+    answering: the pump's read may be the only call under way, and it fails only when
+    the connection does, which may be never). A database file deleted or replaced
     turns it unhealthy for good. ``gone`` asks the store whether it noticed that by
     itself (without a write).
     """
@@ -81,8 +107,8 @@ class StoreHealth:
         self._gone: str | None = None
         self.writes = _Streak()
         self.reads = _Streak()
-        self._under_way: dict[int, float] = {}
-        self._tokens = itertools.count()
+        self._writing = _Waits()
+        self._reading = _Waits()
 
     def __repr__(self) -> str:
         return f"<StoreHealth gone={self.gone()!r} writes_failing={self.writes.error is not None}>"
@@ -93,15 +119,12 @@ class StoreHealth:
 
     def waiting(self) -> float | None:
         """How long the oldest write under way has waited so far, or None."""
-        if not self._under_way:
-            return None
-        return trio.current_time() - min(self._under_way.values())
+        return self._writing.longest()
 
     async def write(self, what: str, call: Awaitable[T]) -> T:
-        token = next(self._tokens)
-        self._under_way[token] = trio.current_time()
         try:
-            result = await call
+            with self._writing.under_way():
+                result = await call
         except LeaseLost:
             self.writes.succeeded()  # a refusal from a database that answers
             raise
@@ -111,14 +134,13 @@ class StoreHealth:
         except StoreError as exc:
             self.writes.failed(trio.current_time(), what, exc)
             raise
-        finally:
-            del self._under_way[token]
         self.writes.succeeded()
         return result
 
     async def read(self, call: Awaitable[T]) -> T:
         try:
-            result = await call
+            with self._reading.under_way():
+                result = await call
         except StoreError as exc:
             self.reads.failed(trio.current_time(), "read", exc)
             raise
@@ -130,10 +152,14 @@ class StoreHealth:
         gone = self.gone()
         if gone is not None:
             found.append((Health.UNHEALTHY, gone))
-        waited = self.waiting()
-        if waited is not None and waited > degraded_after:
-            status = Health.UNHEALTHY if waited > unhealthy_after else Health.DEGRADED
-            found.append((status, f"a write has waited {waited:.1f} s for the database lock"))
+        for waits, what in (
+            (self._writing, "a write has waited {:.1f} s for the database lock"),
+            (self._reading, "a read has waited {:.1f} s for the database"),
+        ):
+            waited = waits.longest()
+            if waited is not None and waited > degraded_after:
+                status = Health.UNHEALTHY if waited > unhealthy_after else Health.DEGRADED
+                found.append((status, what.format(waited)))
         for kind, streak in (("writes", self.writes), ("reads", self.reads)):
             judged = streak.judge(kind, unhealthy_after)
             if judged is not None and not (gone is not None and kind == "writes"):
@@ -142,11 +168,12 @@ class StoreHealth:
 
     def to_dict(self, *, degraded_after: float, unhealthy_after: float) -> dict[str, Any]:
         report = self.report(degraded_after=degraded_after, unhealthy_after=unhealthy_after)
-        waited = self.waiting()
+        waited, read_waited = self.waiting(), self._reading.longest()
         return {
             **report.to_dict(),
             "gone": self.gone(),
             "write_waiting": None if waited is None else round(waited, 3),
+            "read_waiting": None if read_waited is None else round(read_waited, 3),
             "write_error": self.writes.error,
             "read_error": self.reads.error,
             "write_failures": self.writes.failures,

@@ -154,6 +154,36 @@ class TestLockWaits:
             assert h.app.health() == HEALTHY
 
 
+class TestReadWaits:
+    """A database that stops answering (a stopped server, a hung network) shows in
+    health while a read waits, even with no write under way to notice it."""
+
+    async def test_a_read_waiting_too_long(self, autojump_clock: trio.testing.MockClock) -> None:
+        async with worker_harness(echo_worker(), commands=COMMANDS, faults=True) as h:
+            assert h.store is not None
+            h.store.stall_reads(40.0)
+            start = trio.current_time()
+            seen: dict[float, pt.HealthReport] = {}
+
+            async def look() -> None:
+                for at in (4.9, 5.5, 31.0):
+                    await trio.sleep_until(start + at)
+                    seen[at] = h.app.health()
+                assert h.app.inspect()["store_health"]["read_waiting"] == 31.0
+                assert h.app.inspect()["store_health"]["write_waiting"] is None
+                h.store.stall_reads(0)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(look)
+                # The append goes through; the pump's read of it is what waits.
+                await h.app.execute(Note("unread"))
+            assert trio.current_time() - start == pytest.approx(40.0)
+            assert seen[4.9] == HEALTHY
+            assert seen[5.5] == degraded("store: a read has waited 5.5 s for the database")
+            assert seen[31.0] == unhealthy("store: a read has waited 31.0 s for the database")
+            assert h.app.health() == HEALTHY
+
+
 def hold_write_lock(path: str, seconds: float, ready: threading.Event) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN EXCLUSIVE")

@@ -44,7 +44,8 @@ class FaultyStore:
     ``fail_commits(n)`` makes the next ``n`` transactions raise without writing (as a
     full disk or a lost connection would); ``fail_reads(n)`` the same for reads;
     ``stall_commits(seconds)`` delays every write (a locked database, on Trio's
-    clock); ``corrupt(message_id)`` returns that row with a payload that does not
+    clock), ``stall_reads(seconds)`` every read of the log (a server that stopped
+    answering); ``corrupt(message_id)`` returns that row with a payload that does not
     decode. Everything else goes to the real store.
     """
 
@@ -87,6 +88,9 @@ class FaultyStore:
     def stall_commits(self, seconds: float) -> None:
         self._commits.delay = seconds
 
+    def stall_reads(self, seconds: float) -> None:
+        self._reads.delay = seconds
+
     def corrupt(self, message_id: int) -> None:
         self._corrupt.add(message_id)
 
@@ -115,6 +119,8 @@ class FaultyStore:
         upto: int | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Row]:
+        if self._reads.delay:
+            await trio.sleep(self._reads.delay)
         error = self._reads.take()
         if error is not None:
             self.failed_reads += 1
