@@ -169,6 +169,12 @@ class LogPump:
         self._attached: dict[Feed, None] = {}
         self._any_attached: AsyncValue[int] = AsyncValue(0)
         self._recent: deque[Page] = deque(maxlen=recent_pages)
+        # Pages read for feeds behind the pump, with the names they were read for, and
+        # the reads under way: feeds catching up together (the partitions of a worker
+        # that start once their leases are held) share one read and one Page, and with
+        # it the Page's decode and partition caches.
+        self._caught_up: deque[tuple[frozenset[str] | None, Page]] = deque(maxlen=recent_pages)
+        self._reading: list[tuple[int, frozenset[str] | None, trio.Event]] = []
         self.pages_read = 0
         self.rows_read = 0
         self.read_errors = 0
@@ -224,8 +230,35 @@ class LogPump:
         return None
 
     async def read_page(self, after: int, names: Collection[str] | None = None) -> Page:
-        """A page read from the store, up to the pump's position (for detached feeds)."""
-        return await self._read(after, self.position.value, names)
+        """A page for a detached feed at ``after``, up to the pump's position: one read
+        already made for feeds at the same place, or a read from the store."""
+        wanted = None if names is None else frozenset(names)
+        while True:
+            page = self._shared_page(after, wanted)
+            if page is not None:
+                await trio.lowlevel.checkpoint()
+                return page
+            under_way = [e for a, n, e in self._reading if a <= after and _covers(n, wanted)]
+            if not under_way:
+                break
+            # Whether it succeeds, fails or is cancelled, look again: the cancel of the
+            # task that reads reaches only that task, and another one reads instead.
+            await under_way[0].wait()
+        entry = (after, wanted, trio.Event())
+        self._reading.append(entry)
+        try:
+            page = await self._read(after, self.position.value, names)
+            self._caught_up.append((wanted, page))
+        finally:
+            self._reading.remove(entry)
+            entry[2].set()
+        return page
+
+    def _shared_page(self, after: int, wanted: frozenset[str] | None) -> Page | None:
+        for names, page in self._caught_up:
+            if page.after <= after < page.last and _covers(names, wanted):
+                return page
+        return None
 
     async def _read(self, after: int, upto: int, names: Collection[str] | None = None) -> Page:
         rows = await self.log.store.read_after(
@@ -269,3 +302,8 @@ class LogPump:
                     self.detach(feed)
             self.position.value = page.last
             self.on_page()
+
+
+def _covers(read_for: frozenset[str] | None, wanted: frozenset[str] | None) -> bool:
+    """Whether a page read for the names ``read_for`` holds every row ``wanted`` routes."""
+    return read_for is None or (wanted is not None and wanted <= read_for)

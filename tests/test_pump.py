@@ -9,7 +9,11 @@ import trio
 import trio.testing
 
 import petrock_trio as pt
-from petrock_trio.testing import serving
+from petrock_trio._log import MessageLog
+from petrock_trio._message import Page
+from petrock_trio._pump import LogPump
+from petrock_trio.stores import open_store
+from petrock_trio.testing import FaultyStore, serving
 from tests.support import Add, Note, Unrouted
 
 
@@ -116,3 +120,62 @@ class TestFanOut:
             assert worker.position == 5
             assert worker.metrics().processed == 0
         assert seen == []
+
+
+class TestCatchUpShared:
+    """Runs that start behind the pump (leased workers and partitions start once their
+    lease is held, after the pump) read the log they missed once between them."""
+
+    async def test_partitions_catching_up_read_each_row_once(self, tmp_path: Path) -> None:
+        db = str(tmp_path / "catch-up.db")
+        async with pt.open_log(db, commands=[Add, Note]) as log:
+            await log.append(*[Note(str(i)) for i in range(3000)])
+        seen: list[int] = []
+        worker = recording_worker(
+            "split", ["test/note"], seen, partitions=16, key=lambda cmd: cmd.text
+        )
+        app = app_with(worker, database=db, leases=True)
+        async with serving(app) as running:
+            await running.caught_up()
+            report = running.inspect()
+        assert sorted(seen) == list(range(1, 3001))
+        # The pump started at the head (nothing was attached yet): the partitions read
+        # the 3,000 rows they missed, once for all sixteen.
+        assert report["pump"]["rows_read"] == 0
+        assert report["store"]["rows_read"] == 3000
+
+    async def test_a_cancelled_read_leaves_the_others_to_read(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        app = app_with()
+        store = FaultyStore(open_store(":memory:"))
+        log = MessageLog(store, app.registry, app.clock)
+        await log.open()
+        await log.append(*[Note(str(i)) for i in range(10)])
+        pump = LogPump(log, page_size=4)
+        pump.position.value = log.head.value
+        store.stall_reads(10.0)
+        pages: dict[str, Page] = {}
+        start = trio.current_time()
+
+        async def read(who: str, scope: trio.CancelScope | None = None) -> None:
+            with scope or trio.CancelScope():
+                pages[who] = await pump.read_page(0, ["test/note"])
+
+        async with trio.open_nursery() as nursery:
+            first = trio.CancelScope()
+            nursery.start_soon(read, "first", first)
+            await trio.testing.wait_all_tasks_blocked()  # it is reading
+            nursery.start_soon(read, "second")
+            nursery.start_soon(read, "third")
+            await trio.sleep(1.0)
+            first.cancel()  # the task whose read the others wait for
+        assert "first" not in pages
+        assert pages["second"] is pages["third"]  # one read between them, from 1 s
+        assert trio.current_time() - start == 11.0
+        assert [r.id for r in pages["second"].rows] == [1, 2, 3, 4]
+        # A feed further into that page is served from it, with no read.
+        store.stall_reads(0)
+        assert await pump.read_page(2, ["test/note"]) is pages["second"]
+        assert await pump.read_page(2, None) is not pages["second"]  # read for fewer names
+        await store.aclose()
