@@ -122,7 +122,7 @@ def scene(database: str = ":memory:") -> tuple[pt.App, Switch]:
     app.register_command(Big)
     app.register_command(Split)
     splitter: pt.PatternWorker[None] = pt.PatternWorker(
-        "splitter", "by key", partitions=3, key=lambda cmd: cmd.key
+        "splitter", "by key", partitions=3, key=lambda cmd: cmd.key, snapshot_every=1
     )
     api = pt.ExternalService("flaky-api", failure_threshold=1, reset_timeout=600)
     poller: pt.PatternWorker[None] = pt.PatternWorker("poller", "polls", services=[api])
@@ -612,11 +612,24 @@ async def test_partitions_circuits_and_dead_letters_at_700_px(
             await app.caught_up()
             head = app.log.head.value
 
-            # Each partition of the partitioned worker has its row, at the head.
+            # Each partition of the partitioned worker has its row, at the head, and
+            # says how old its latest snapshot is (the tooltip says where it is).
+            snapshots = []
             for index in range(3):
                 row = f'tr[data-partition="splitter#{index}/3"]'
-                await page.wait_for(f"{row} td.position", lambda t: t == str(head))
+                await page.wait_for(f"{row} td.position .value", lambda t: t == str(head))
                 assert shown(await page.text(row), f"partition {index + 1}/3", "healthy")
+                note = await page.text(f"{row} td.position .snapshot")
+                assert note is not None
+                assert re.fullmatch(r"snap (–|\d+ s)", note), note
+                title = await page.run(
+                    "return document.querySelector(arguments[0]).title", f"{row} td.position"
+                )
+                snapshots.append(title)
+            taken = [t for t in snapshots if t.startswith("latest snapshot at message ")]
+            assert taken, snapshots  # six keys over three partitions, a snapshot each
+            assert all(int(t.split()[4].rstrip(",")) <= head for t in taken)
+            assert await page.text('tr[data-worker="counter"] td.position .snapshot') is None
             # The circuit is open, and the runs it skipped are counted where they
             # belong, though nothing failed.
             service = 'tr[data-service="flaky-api"]'
