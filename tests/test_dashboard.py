@@ -621,7 +621,7 @@ async def test_partitions_circuits_and_dead_letters_at_700_px(
                 assert shown(await page.text(row), f"partition {index + 1}/3", "healthy")
                 note = await page.text(f"{row} td.position .snapshot")
                 assert note is not None
-                assert re.fullmatch(r"snap (–|\d+ s)", note), note
+                assert re.fullmatch("snap (\u2013|\\d+ s)", note), note
                 title = await page.run(
                     "return document.querySelector(arguments[0]).title", f"{row} td.position"
                 )
