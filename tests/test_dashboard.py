@@ -613,7 +613,7 @@ async def test_partitions_circuits_and_dead_letters_at_700_px(
             head = app.log.head.value
 
             # Each partition of the partitioned worker has its row, at the head, and
-            # says how old its latest snapshot is (the tooltip says where it is).
+            # says where its latest snapshot is and how old (the tooltip says why).
             snapshots = []
             for index in range(3):
                 row = f'tr[data-partition="splitter#{index}/3"]'
@@ -621,7 +621,7 @@ async def test_partitions_circuits_and_dead_letters_at_700_px(
                 assert shown(await page.text(row), f"partition {index + 1}/3", "healthy")
                 note = await page.text(f"{row} td.position .snapshot")
                 assert note is not None
-                assert re.fullmatch("snap (\u2013|\\d+ s)", note), note
+                assert re.fullmatch("snap (\u2013|\\d+ \u00b7 \\d+ s)", note), note
                 title = await page.run(
                     "return document.querySelector(arguments[0]).title", f"{row} td.position"
                 )
