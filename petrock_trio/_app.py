@@ -327,10 +327,14 @@ class App(OperatorVerbs):
     async def caught_up(self) -> None:
         """Wait until every worker has handled everything appended so far.
 
-        Commands emitted meanwhile are waited for too; retries and backoff are waited
-        out (a message counts once it succeeded or was dead-lettered).
+        So far means committed before the call, by this process or another sharing the
+        log (the store's head is read first: another process's append may not have
+        reached this one's watch yet). Commands emitted meanwhile are waited for too;
+        retries and backoff are waited out (a message counts once it succeeded or was
+        dead-lettered). Raises :class:`StoreError` if the head cannot be read.
         """
         rt = self._runtime()
+        rt.log.publish_head(await rt.log.store.head())
         while True:
             target = rt.log.head.value
             # Workers that run in another process (leases) are that process's to wait for.

@@ -322,6 +322,19 @@ class TestAppendsFromAnotherProcess:
         assert reads < 50, "the follower read the log on a wake-up, not on a poll"
 
 
+    async def test_caught_up_covers_what_another_process_appended(self, database: str) -> None:
+        """``caught_up`` waits for everything committed before it was called, whoever
+        appended it, not only for what this process has heard of so far."""
+        follower, _, handled = _recording(database=database, leases=False)
+        writer = pt.App(database=database, leases=False)
+        writer.register_command(Add)
+        async with serving(follower), serving(writer):
+            for i in range(5):
+                await writer.execute(Add(f"k{i}"))
+                await follower.caught_up()
+                assert handled == [f"k{j}" for j in range(i + 1)]
+
+
 async def test_prometheus_shows_which_process_runs_each_worker(tmp_path: Path) -> None:
     database = str(tmp_path / "log.db")
     first, second = _build(database, ttl=30.0), _build(database, ttl=30.0)
