@@ -95,18 +95,20 @@ class MessageLog:
         self._queue = send
         try:
             task_status.started()
-            async with receive:
-                async for first in receive:
-                    batch = [first]
-                    while True:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except trio.WouldBlock:
-                            break
-                    await self._write_batch(batch)
+            async for first in receive:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._write_batch(batch)
         finally:
             self._queue = None
+            # Whoever still waits is told, while the channel is open to read them:
+            # nothing queued was written (a closed channel would hide them).
             self._fail_queued(receive)
+            receive.close()
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
         self._batches += 1
