@@ -117,10 +117,6 @@ class StoreHealth:
         """Why the database is gone for good, or None."""
         return self._gone or self._store_gone()
 
-    def waiting(self) -> float | None:
-        """How long the oldest write under way has waited so far, or None."""
-        return self._writing.longest()
-
     async def write(self, what: str, call: Awaitable[T]) -> T:
         try:
             with self._writing.under_way():
@@ -168,11 +164,11 @@ class StoreHealth:
 
     def to_dict(self, *, degraded_after: float, unhealthy_after: float) -> dict[str, Any]:
         report = self.report(degraded_after=degraded_after, unhealthy_after=unhealthy_after)
-        waited, read_waited = self.waiting(), self._reading.longest()
+        write_waited, read_waited = self._writing.longest(), self._reading.longest()
         return {
             **report.to_dict(),
             "gone": self.gone(),
-            "write_waiting": None if waited is None else round(waited, 3),
+            "write_waiting": None if write_waited is None else round(write_waited, 3),
             "read_waiting": None if read_waited is None else round(read_waited, 3),
             "write_error": self.writes.error,
             "read_error": self.reads.error,
