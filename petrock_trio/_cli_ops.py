@@ -202,7 +202,7 @@ def _confirm_discard(count: int, yes: bool) -> bool:
 @click.command("discard", epilog=EXIT_CODES)
 @_filter_options
 @url_option()
-@database_option()
+@database_option(writes="the discards")
 @_token_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option("Print the dead letters discarded as JSON.")
@@ -269,7 +269,7 @@ def _pause_verb(paused: bool) -> click.Command:
     @click.command(verb, epilog=EXIT_CODES)
     @click.argument("name")
     @url_option()
-    @database_option()
+    @database_option(writes=f"the worker's {'pause' if paused else 'resumption'}")
     @_token_option
     @json_option("Print the worker's controls as JSON.")
     def command(

@@ -56,9 +56,11 @@ def database(*, exists: bool = True) -> Callable[[click.Context, click.Parameter
     URL, passed on as the store takes it.
 
     A file is checked here (not a directory; with ``exists``, there), so that a typo is
-    bad usage (exit 2) rather than a database failure.
+    bad usage (exit 2) rather than a database failure. Whether it can be read is the
+    store's to find out: a file that is there but unreadable is a database failure
+    (exit 3), as documented, not bad usage.
     """
-    file = click.Path(exists=exists, dir_okay=False)
+    file = click.Path(exists=exists, dir_okay=False, readable=False)
 
     def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         if value is None or value.startswith(_POSTGRES_SCHEMES):
@@ -84,15 +86,17 @@ def url_option(*, required: bool = False) -> Callable[[Callable[..., Any]], Call
 
 
 def database_option(
-    *, required: bool = False
+    *, required: bool = False, writes: str | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--database`` of a command that reads; one that writes says what (``writes``)."""
+    use = "read directly and never written" if writes is None else f"into which it writes {writes}"
     return click.option(
         "--database",
         callback=database(),
         shell_complete=complete_file,
         envvar=DATABASE_ENV,
         required=required,
-        help="An app's database, read directly and never written (the app may be running "
+        help=f"An app's database, {use} (the app may be running "
         f"or not): a SQLite file or a postgresql:// URL (or {DATABASE_ENV}).",
     )
 

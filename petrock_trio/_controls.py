@@ -200,7 +200,7 @@ class Controls:
                 records = await self.store.controls()
             except PetrockError as exc:
                 self.failures += 1
-                _log.warning("petrock.controls_read_failed", error_details=repr(exc))
+                _log.warning("petrock.controls_read_failed", error_details=repr(exc), exc_info=exc)
                 self._poked.set()
                 await trio.sleep(_RETRY)
                 continue

@@ -144,7 +144,7 @@ class LeaseKeeper:
             )
         except PetrockError as exc:
             self.failures += 1
-            _log.warning("petrock.lease_renewal_failed", error_details=repr(exc))
+            _log.warning("petrock.lease_renewal_failed", error_details=repr(exc), exc_info=exc)
             return
         self._valid_until = started + self.ttl
         self.lose([w for w, epoch in held.items() if now_held.get(w) != epoch])
@@ -205,7 +205,7 @@ class LeaseKeeper:
         try:
             await self.store.release_leases(held)
         except PetrockError as exc:
-            _log.warning("petrock.lease_release_failed", error_details=repr(exc))
+            _log.warning("petrock.lease_release_failed", error_details=repr(exc), exc_info=exc)
 
     async def _hand_off(self, names: list[str]) -> None:
         """Stop these partitions here and free their leases for the other members."""
@@ -270,7 +270,7 @@ class LeaseKeeper:
                 await self.store.release_leases(held)
             except PetrockError as exc:
                 # They expire by themselves; others wait up to ``ttl`` for them.
-                _log.warning("petrock.lease_release_failed", error_details=repr(exc))
+                _log.warning("petrock.lease_release_failed", error_details=repr(exc), exc_info=exc)
 
     def statistics(self) -> dict[str, object]:
         return {

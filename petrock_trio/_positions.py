@@ -104,5 +104,5 @@ class PositionFlusher:
                 # Positions stay in memory and are written on the next round: a failed
                 # flush costs at most re-handling messages that emitted nothing.
                 self.failures += 1
-                _log.error("petrock.position_flush_failed", error_details=repr(exc))
+                _log.error("petrock.position_flush_failed", error_details=repr(exc), exc_info=exc)
                 self._dirty.set()

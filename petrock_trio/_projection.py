@@ -183,6 +183,7 @@ class Projection:
                         command_type=row.name,
                         message_id=row.id,
                         error_details=repr(exc),
+                        exc_info=exc,
                     )
             feed.advance(page.last)
             if keeper is not None and not self._saving and keeper.due(page.last):
@@ -209,6 +210,7 @@ class Projection:
                         snapshot=record.name,
                         position=record.position,
                         error_details=repr(exc),
+                        exc_info=exc,
                     )
                     return
                 keeper.committed(record)

@@ -290,7 +290,12 @@ class LogPump:
                 # nothing is skipped, and reading resumes where it stopped.
                 self.read_errors += 1
                 delay = min(2.0 ** min(self.read_errors - 1, 5), 30.0)
-                _log.error("petrock.store_read_failed", error_details=repr(exc), retry_in=delay)
+                _log.error(
+                    "petrock.store_read_failed",
+                    error_details=repr(exc),
+                    retry_in=delay,
+                    exc_info=exc,
+                )
                 await trio.sleep(delay)
                 continue
             self.read_errors = 0

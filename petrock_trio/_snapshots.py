@@ -202,6 +202,7 @@ class SnapshotKeeper:
                 snapshot=self.name,
                 position=position,
                 error_details=detail(exc),
+                exc_info=exc,
             )
             return None
 

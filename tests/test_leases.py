@@ -321,7 +321,6 @@ class TestAppendsFromAnotherProcess:
         assert handled == [f"k{i}" for i in range(5)]
         assert reads < 50, "the follower read the log on a wake-up, not on a poll"
 
-
     async def test_caught_up_covers_what_another_process_appended(self, database: str) -> None:
         """``caught_up`` waits for everything committed before it was called, whoever
         appended it, not only for what this process has heard of so far."""

@@ -134,6 +134,32 @@ def test_every_event_is_classified() -> None:
     assert not set(WORKER_EVENTS) & set(NOT_WORKER_EVENTS)
 
 
+def failures_without_exception() -> list[str]:
+    """Log calls that report an error (``error_details=``) without handing structlog the
+    exception itself (``exc_info=``, or ``.exception``): JSON logs would get no traceback."""
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "testing" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            keywords = {k.arg for k in node.keywords}
+            if "error_details" not in keywords or "exc_info" in keywords:
+                continue
+            if node.func.attr == "exception":
+                continue
+            name = (
+                node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else "?"
+            )
+            missing.append(f"{path.name}:{node.lineno} {name}")
+    return missing
+
+
+def test_every_failure_logged_carries_its_exception() -> None:
+    assert failures_without_exception() == []
+
+
 # --- scenarios: each makes the engine emit some events, and returns the lines ------------
 
 
