@@ -488,6 +488,25 @@ def test_demo_serves_and_recovers_from_a_flaky_summariser(tmp_path: Path) -> Non
     assert any("6/6" in line for line in demo.seen)
 
 
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian's prometheus package) is absent"
+)
+def test_promtool_accepts_the_demos_metrics(tmp_path: Path) -> None:
+    demo = Running("demo", "--serve", "--port", "0", cwd=tmp_path)
+    try:
+        url = demo.wait_for(r"HTTP API and dashboard at (http://127\.0\.0\.1:\d+)/").group(1)
+        demo.wait_for(r"still serving the dashboard")
+        text = httpx.get(f"{url}/metrics").text
+        assert demo.stop() == 0
+    finally:
+        demo.kill()
+    assert 'petrock_worker_lag_messages{worker="items-summaries"} 0.0' in text
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+
+
 # --- who may drive a served app, and failures the command line reports in one line -----
 
 
