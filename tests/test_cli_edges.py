@@ -321,12 +321,15 @@ class TestOneLine:
         (line,) = error_lines(result)
         assert "database" in line
 
-    def test_the_demo_on_a_port_in_use(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("command", ["demo", "serve"])
+    def test_a_port_in_use(self, tmp_path: Path, command: str) -> None:
+        (tmp_path / "shop.py").write_text(SHOP)
+        args = ["demo", "--serve"] if command == "demo" else ["serve", "shop:create_app"]
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            result = run("demo", "--serve", "--port", str(port), cwd=tmp_path)
+            result = run(*args, "--port", str(port), cwd=tmp_path)
         assert result.returncode == 4, result.stderr
         line = error_lines(result)[-1]
         assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: ")

@@ -420,12 +420,22 @@ async def test_live_dashboard_mounted_under_ops_in_chromium(tmp_path: Path) -> N
 
             await redrive_from_the_page(page, app, switch, letter)
 
-            # Charts: a sample per refresh for each worker.
-            points = await page.run(
-                "return Number(document.querySelector(arguments[0]).dataset.points)",
-                'div.chart[data-worker="counter"] figure.rate',
-            )
-            assert points >= 2
+            # Charts: a sample per refresh for each worker, in each of its three figures,
+            # and the failures of "fragile" in its errors chart.
+            for series in ("rate", "errors", "lag"):
+                figure = f'div.chart[data-worker="counter"] figure.{series}'
+                points = await page.run(
+                    "const f = document.querySelector(arguments[0]);"
+                    "return [Number(f.dataset.points),"
+                    " f.querySelector('polyline').getAttribute('points').split(' ').length]",
+                    figure,
+                )
+                assert points[0] >= 2
+                assert points[1] == points[0], series
+            errors = await page.text('div.chart[data-worker="fragile"] figure.errors b')
+            peak = re.fullmatch(r"[\d.]+ \(max ([\d.]+)\)", errors)
+            assert peak is not None, errors
+            assert float(peak.group(1)) > 0
 
             # Every request stayed under /ops (the page itself at /ops/ included).
             fetched = await page.resources()
