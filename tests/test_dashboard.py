@@ -433,7 +433,7 @@ async def test_live_dashboard_mounted_under_ops_in_chromium(tmp_path: Path) -> N
                 assert points[0] >= 2
                 assert points[1] == points[0], series
             errors = await page.text('div.chart[data-worker="fragile"] figure.errors b')
-            peak = re.fullmatch(r"[\d.]+ \(max ([\d.]+)\)", errors)
+            peak = re.fullmatch(r"[\d.]+ \(max ([\d.]+)\)", errors or "")
             assert peak is not None, errors
             assert float(peak.group(1)) > 0
 

@@ -149,9 +149,9 @@ def failures_without_exception() -> list[str]:
                 continue
             if node.func.attr == "exception":
                 continue
-            name = (
-                node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else "?"
-            )
+            first = node.args[0] if node.args else None
+            name = first.value if isinstance(first, ast.Constant) else None
+            name = name if isinstance(name, str) else "?"
             missing.append(f"{path.name}:{node.lineno} {name}")
     return missing
 

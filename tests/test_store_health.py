@@ -171,6 +171,7 @@ class TestReadWaits:
                     seen[at] = h.app.health()
                 assert h.app.inspect()["store_health"]["read_waiting"] == 31.0
                 assert h.app.inspect()["store_health"]["write_waiting"] is None
+                assert h.store is not None
                 h.store.stall_reads(0)
 
             async with trio.open_nursery() as nursery:

@@ -39,6 +39,14 @@ def test_mypy(tmp_path: Path) -> None:
     assert "Success: no issues found in 3 source files" in done.stdout
 
 
+def test_the_whole_project(tmp_path: Path) -> None:
+    """The package, the tests, the benchmarks and the example feature, strict, as
+    ``just typing`` checks them (the files are pyproject.toml's)."""
+    done = _run("mypy", "--cache-dir", str(tmp_path / "mypy"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Success: no issues found" in done.stdout
+
+
 def test_pyright() -> None:
     """Strict, reporting unnecessary ignores (tests/typing/pyrightconfig.json). The dev
     extra's pyright brings its own Node.js (``pyright[nodejs]``); the variable keeps it
