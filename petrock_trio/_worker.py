@@ -46,7 +46,6 @@ __all__ = [
 
 S = TypeVar("S")
 C = TypeVar("C", bound=Command)
-H = TypeVar("H", bound=Handler)
 
 
 class PatternWorker(Shown[S]):
@@ -162,15 +161,20 @@ class PatternWorker(Shown[S]):
         """
         return self._router(class_route(command), command, handler, **options)
 
+    # By name, the command's class is unknown here: the handler is typed by the worker's
+    # state only (a handler written for another worker's state is still caught).
     @overload
     def on_command(
         self, name: str | type[Any], handler: None = None, **options: Unpack[RouteOptions[Any]]
-    ) -> Callable[[H], H]: ...
+    ) -> Callable[[TypedHandler[Any, S]], TypedHandler[Any, S]]: ...
 
     @overload
     def on_command(
-        self, name: str | type[Any], handler: H, **options: Unpack[RouteOptions[Any]]
-    ) -> H: ...
+        self,
+        name: str | type[Any],
+        handler: TypedHandler[Any, S],
+        **options: Unpack[RouteOptions[Any]],
+    ) -> TypedHandler[Any, S]: ...
 
     def on_command(
         self, name: str | type[Any], handler: Handler | None = None, **options: Any

@@ -65,7 +65,7 @@ class TestRegistration:
         with pytest.raises(pt.ConfigurationError, match="already registered"):
             app.register_worker(worker)
         with pytest.raises(pt.ConfigurationError, match="already routes"):
-            worker.on_command("test/add", lambda ctx, cmd, state: None)  # type: ignore[type-var]
+            worker.on_command("test/add", lambda ctx, cmd, state: None)  # type: ignore[arg-type, return-value]
 
     async def test_no_registration_while_serving(self) -> None:
         app, _, _ = make_app()

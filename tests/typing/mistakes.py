@@ -69,6 +69,15 @@ async def decorated_for_stock(ctx: pt.HandlerContext, cmd: PlaceOrder, state: St
     """The decorator form: the same mistake, reported on the decorator's line."""
 
 
+# A route by name knows no command class, but the worker's state all the same.
+orders.on_command("orders/place", for_stock)  # type: ignore[arg-type]  # pyright: ignore
+
+
+@orders.on_command("orders/place")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+async def by_name_for_stock(ctx: pt.HandlerContext, cmd: object, state: Stock) -> None:
+    """The decorator form of a route by name, for another worker's state."""
+
+
 async def emits(ctx: pt.HandlerContext, cmd: PlaceOrder, state: Orders) -> None:
     ctx.emit("orders/place")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     ctx.emit(object())  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
