@@ -37,6 +37,7 @@ from ._errors import ConfigurationError
 from ._http import serve_http
 from ._http_guard import AllowedHosts, is_loopback
 from ._logging import configure_logging
+from ._serve import check_routes
 
 __all__ = ["console", "main", "start_serving"]
 
@@ -111,6 +112,8 @@ async def _serve_with_http(
         if app.store is not None:
             raise click.UsageError(f"{target} brings its own store; --database cannot replace it")
         app.database = database
+    # Before the API listens: a refused app must not have been announced as served.
+    check_routes(app)
     out = console()
     serving = partial(
         serve_http, app, host, port, token=token, allowed_hosts=hosts, allow_no_token=insecure

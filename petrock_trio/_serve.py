@@ -27,7 +27,7 @@ from ._snapshots import PROJECTION
 from ._worker import PatternWorker
 from .stores import SnapshotRecord, open_store
 
-__all__ = ["serve"]
+__all__ = ["check_routes", "serve"]
 
 _log = get_logger("petrock_trio")
 
@@ -66,7 +66,7 @@ async def serve(
     """
     if loop_block_threshold is not None and not loop_block_threshold > 0:
         raise ConfigurationError("loop_block_threshold must be positive (or None)")
-    _check_routes(app)
+    check_routes(app)
     runs: dict[str, Run] = {}
     watch = None
     if loop_block_threshold is not None:
@@ -88,7 +88,7 @@ async def serve(
             watch.stop()
 
 
-def _check_routes(app: App) -> None:
+def check_routes(app: App) -> None:
     """Every route names a command the app registered: a typo (``"orders/plcae"``)
     would serve silently, handling nothing. An error, not a warning: commands are
     registered per app, and every process that serves a log builds the same app."""

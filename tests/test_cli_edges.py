@@ -321,6 +321,20 @@ class TestOneLine:
         (line,) = error_lines(result)
         assert "database" in line
 
+    def test_a_route_that_names_no_command(self, tmp_path: Path) -> None:
+        """Refused before the HTTP API listens or the database opens: nothing is said
+        to be served that is not."""
+        (tmp_path / "shop.py").write_text(
+            SHOP.replace('on_command("shop/order")', 'on_command("shop/ordr")')
+        )
+        result = run("serve", "shop:create_app", "--port", "0", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        (line,) = error_lines(result)
+        assert "routes 'shop/ordr'" in line
+        assert "did you mean 'shop/order'" in line
+        assert "HTTP API" not in result.stdout + result.stderr
+        assert not (tmp_path / "unused.db").exists()
+
     @pytest.mark.parametrize("command", ["demo", "serve"])
     def test_a_port_in_use(self, tmp_path: Path, command: str) -> None:
         (tmp_path / "shop.py").write_text(SHOP)

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "features" / "items"
 # What the engine must not import for a program that only runs workers: the HTTP
 # server and framework, the Prometheus client, the console, the CLI and its client.
+# Packages of `pip install petrock-trio`, itself included (the README says so).
+BASE_INSTALL = 14
 HEAVY = ("starlette", "hypercorn", "prometheus_client", "rich", "anyio", "httpx", "click")
 
 
@@ -285,6 +287,10 @@ def test_a_wheel_installed_outside_the_repo(wheel: Path, tmp_path: Path) -> None
     installed = sorted(line.split("==")[0].lower() for line in listed)
     print(f"base install: {len(installed)} packages: {', '.join(installed)}")
     assert not set(installed) & {"starlette", "hypercorn", "prometheus-client", "rich", "click"}
+    # The README's figure: the engine and its dependencies, the venv's own pip and
+    # setuptools aside. A new dependency of the engine, or of one of its own, shows here.
+    engine = sorted(set(installed) - {"pip", "setuptools"})
+    assert len(engine) <= BASE_INSTALL, engine
 
     done = python("import features", executable=str(bin_dir / "python"))
     assert "No module named 'features'" in done.stderr
