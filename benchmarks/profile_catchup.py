@@ -1,10 +1,12 @@
 """Where catch-up time goes: per-message cost of the steps of the worker's hot path.
 
-Run it:  python benchmarks/profile_catchup.py [--size 100000] [--cprofile]
+Run it:  python benchmarks/profile_catchup.py [--size 100000] [--cprofile] [--exact]
 
 Times, per message and in isolation, each step that ``PatternWorker._handle_page`` /
 ``_handle_live`` / ``_attempt`` takes for a message that emits nothing, next to the
-whole catch-up per message and the raw loop per message. With ``--cprofile`` it also
+whole catch-up per message and the raw loop per message. The worker batches its
+positions, as ``bench_catchup.py``'s headline figure does; ``--exact`` profiles it as
+declared by default instead (a transaction per message). With ``--cprofile`` it also
 prints the top of a cProfile of the catch-up (cProfile slows everything ~2-3x, so use
 it for shares, not for absolute figures).
 """
@@ -80,10 +82,10 @@ async def steps(n: int) -> dict[str, float]:
     return out
 
 
-async def catchup(database: str) -> float:
+async def catchup(database: str, *, batch: bool) -> float:
     c.reset_positions(database)
     app = c.new_app(database)
-    app.register_worker(c.routing_worker("profile", c.NAMES))
+    app.register_worker(c.routing_worker("profile", c.NAMES, batch_positions=batch))
     return await c.time_catchup(app)
 
 
@@ -91,13 +93,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--size", type=int, default=100_000)
     p.add_argument("--cprofile", action="store_true")
+    p.add_argument("--exact", action="store_true", help="a durable position per message")
     args = p.parse_args()
     c.quiet_logging()
     with tempfile.TemporaryDirectory() as tmp:
         database = str(Path(tmp) / "profile.db")
         c.fill_log(database, args.size)
         _, raw_s = c.raw_loop(database)
-        engine_s = min(float(c.run(functools.partial(catchup, database))) for _ in range(3))
+        run = functools.partial(catchup, database, batch=not args.exact)
+        engine_s = min(float(c.run(run)) for _ in range(3))
         print(f"catch-up, whole path: {engine_s / args.size * 1e6:6.2f} us per message")
         print(f"raw loop:             {raw_s / args.size * 1e6:6.2f} us per message")
         for name, seconds in c.run(functools.partial(steps, 200_000)).items():
@@ -105,7 +109,7 @@ def main() -> int:
         if args.cprofile:
             profile = cProfile.Profile()
             profile.enable()
-            c.run(functools.partial(catchup, database))
+            c.run(run)
             profile.disable()
             pstats.Stats(profile).sort_stats("tottime").print_stats(15)
     return 0
