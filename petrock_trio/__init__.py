@@ -19,6 +19,7 @@ from ._commands import command_name as command_name
 from ._context import HandlerContext as HandlerContext
 from ._context import PeriodicContext as PeriodicContext
 from ._errors import BadPosition as BadPosition
+from ._errors import BatchTooLarge as BatchTooLarge
 from ._errors import CommandError as CommandError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DecodeError as DecodeError
@@ -77,6 +78,7 @@ __all__ = [
     "App",
     "Backoff",
     "BadPosition",
+    "BatchTooLarge",
     "BulkRedrive",
     "Circuit",
     "Command",

@@ -11,10 +11,11 @@ import trio
 
 from . import _tracing
 from ._clock import WallClock, default_clock
-from ._commands import CommandRegistry, command_name, validate
+from ._commands import CommandRegistry
 from ._dead_letter import DeadLetter
-from ._errors import ConfigurationError, NotRunning, UnknownCommand
+from ._errors import ConfigurationError, NotRunning
 from ._events import Hook, StructlogHook
+from ._execute import Executor
 from ._health import Health, HealthReport
 from ._legacy import LegacyRunner, WorkerInfo
 from ._lifespan import Lifespan, check_lifespan
@@ -84,6 +85,7 @@ class App(OperatorVerbs):
     ``ctx.resources`` while serving. ``routes`` (Starlette routes) are served beside
     the HTTP API by ``http_app``, ``serve_http`` and ``petrock-trio serve``.
     ``snapshot_every=N`` and ``state_version`` snapshot the projection's state (see Snapshots).
+    ``max_batch`` is the most commands one ``execute_many`` takes.
     Run it with ``trio.run(petrock_trio.serve, app)`` or ``await nursery.start(serve, app)``.
     """
 
@@ -108,9 +110,11 @@ class App(OperatorVerbs):
         state_version: str = "1",
         lifespan: Lifespan | None = None,
         routes: Iterable[BaseRoute] = (),
+        max_batch: int = 1000,
     ) -> None:
         _require(page_size >= 1, "page_size must be at least 1")
         _require(max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
+        _require(max_batch >= 1, "max_batch must be at least 1")
         _require(shutdown_grace >= 0, "shutdown_grace must not be negative")
         _require(position_flush_interval > 0, "position_flush_interval must be positive")
         _require(
@@ -150,6 +154,10 @@ class App(OperatorVerbs):
         self.lifespan = check_lifespan(lifespan)
         self.resources: Any = None  # what the lifespan yielded, while serving
         self.routes: tuple[BaseRoute, ...] = tuple(routes)
+        self.max_batch = max_batch
+        self._executor = Executor(
+            self.registry, self.state_for, self.projection.appliers, self._validate_lock, max_batch
+        )
 
     def __repr__(self) -> str:
         status = "serving" if self.running else "stopped"
@@ -284,14 +292,7 @@ class App(OperatorVerbs):
 
     def encode_valid(self, cmd: object) -> tuple[str, bytes]:
         """Encode ``cmd`` after checking it against current state; raises the typed errors."""
-        name = command_name(cmd)
-        if not self.registry.is_registered(name):
-            raise UnknownCommand(
-                f"command {name!r} is not registered with this app", command_name=name
-            )
-        name, payload = self.registry.encode(cmd)
-        validate(cmd, self.state_for(name))
-        return name, payload
+        return self._executor.encode_valid(cmd)
 
     async def execute(self, cmd: object) -> Message:
         """Validate ``cmd`` against current state, append it, and wait until state has it.
@@ -308,21 +309,26 @@ class App(OperatorVerbs):
         return await self._execute(cmd)
 
     async def _execute(self, cmd: object, metadata: Sequence[str | None] = ()) -> Message:
-        rt = self._runtime()
-        if getattr(cmd, "validate", None) is None:
-            # Nothing to check: go straight to group commit with concurrent callers.
-            encoded = self.encode_valid(cmd)
-            (row,) = await rt.log.commit(rt.log.new_commit(encoded=[encoded], metadata=metadata))
-        else:
-            # Validation must see every earlier command applied, so validated commands
-            # go one at a time: wait for state to reach the head, check, append.
-            async with self._validate_lock:
-                await rt.wait_applied(rt.log.head.value)
-                encoded = self.encode_valid(cmd)
-                commit = rt.log.new_commit(encoded=[encoded], metadata=metadata)
-                (row,) = await rt.log.commit(commit)
-        await rt.wait_applied(row.id)
-        return Message.from_row(row, cmd)
+        return await self._executor.one(self._runtime(), cmd, metadata)
+
+    async def execute_many(self, commands: Sequence[object]) -> list[Message]:
+        """:meth:`execute` for a batch: one transaction, the messages in order, all or nothing.
+
+        Each command is validated against state with the batch's earlier commands
+        applied. A refused command raises its error (as :meth:`execute` would) with
+        ``index``, its position in the batch; a batch of more than ``max_batch``
+        commands raises :class:`BatchTooLarge`; either way nothing was appended. An
+        empty batch returns ``[]``. Returns once state has applied the last message.
+        """
+        tracing = _tracing.ACTIVE
+        if tracing is not None:
+            return await tracing.execute_many(self._execute_many, commands)
+        return await self._execute_many(commands)
+
+    async def _execute_many(
+        self, commands: Sequence[object], metadata: str | None = None
+    ) -> list[Message]:
+        return await self._executor.many(self._runtime(), commands, metadata)
 
     async def caught_up(self) -> None:
         """Wait until every worker has handled everything appended so far.

@@ -7,7 +7,8 @@ The hierarchy::
      │    ├── UnknownCommand (LookupError)      no class is registered under that name
      │    ├── DecodeError (ValueError)          a payload does not decode into its class
      │    ├── ValidationError (ValueError)      the command is invalid against current state
-     │    └── PayloadTooLarge (ValueError)      the encoded payload exceeds the limit
+     │    ├── PayloadTooLarge (ValueError)      the encoded payload exceeds the limit
+     │    └── BatchTooLarge (ValueError)        a batch holds more commands than the limit
      ├── HandlerError                   raised *by* handlers to steer retries
      │    ├── Permanent                         do not retry; dead-letter at once
      │    └── Retry                             retry after `delay`, no error-level log
@@ -26,6 +27,9 @@ The hierarchy::
      │    └── BadPosition (ValueError)          a position outside the log
      └── ConfigurationError (ValueError)   a worker, command or app is set up wrongly
 
+A command refused within a batch (``execute_many``) raises its own error, with
+``index`` set to its position in the batch; nothing of the batch was appended.
+
 All are ``Exception`` subclasses: none of them must slip past ``except Exception``,
 which is reserved for trio's ``Cancelled`` and ``KeyboardInterrupt``.
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadPosition",
+    "BatchTooLarge",
     "CommandError",
     "ConfigurationError",
     "DecodeError",
@@ -70,12 +75,15 @@ class ConfigurationError(PetrockError, ValueError):
 class CommandError(PetrockError):
     """A command was refused; nothing was appended to the log.
 
-    ``command_name`` names the command when it is known.
+    ``command_name`` names the command when it is known. ``index`` is the refused
+    command's position in the batch given to ``execute_many`` (from 0; nothing of the
+    batch was appended), ``None`` for a command executed alone.
     """
 
     def __init__(self, message: str, *, command_name: str | None = None) -> None:
         super().__init__(message)
         self.command_name = command_name
+        self.index: int | None = None
 
 
 class UnknownCommand(CommandError, LookupError):
@@ -92,6 +100,16 @@ class ValidationError(CommandError, ValueError):
 
 class PayloadTooLarge(CommandError, ValueError):
     """The encoded payload is larger than the app's ``max_payload_bytes``."""
+
+
+class BatchTooLarge(CommandError, ValueError):
+    """A batch for ``execute_many`` holds more than the app's ``max_batch`` commands;
+    none of them was looked at, and nothing was appended. Split it."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a batch of {size} commands exceeds the limit of {limit}")
+        self.size = size
+        self.limit = limit
 
 
 class HandlerError(PetrockError):

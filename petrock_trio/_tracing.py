@@ -38,7 +38,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVE",
     "ATTEMPT",
+    "BATCH_SIZE",
     "COMMAND",
+    "COMMANDS",
+    "FIRST_MESSAGE_ID",
+    "INDEX",
+    "LAST_MESSAGE_ID",
     "MESSAGE_ID",
     "OUTCOME",
     "PARTITION",
@@ -56,6 +61,12 @@ MESSAGE_ID: Final = "petrock_trio.message_id"
 ATTEMPT: Final = "petrock_trio.attempt"
 PARTITION: Final = "petrock_trio.partition"
 REDRIVE: Final = "petrock_trio.redrive"
+# An execute_many span: its size, distinct command names, ids, and the refused index.
+BATCH_SIZE: Final = "petrock_trio.batch_size"
+COMMANDS: Final = "petrock_trio.commands"
+FIRST_MESSAGE_ID: Final = "petrock_trio.first_message_id"
+LAST_MESSAGE_ID: Final = "petrock_trio.last_message_id"
+INDEX: Final = "petrock_trio.index"
 # An attempt's end: "ok", "error", "timeout" or "cancelled" (a hard stop, a lost lease).
 OUTCOME: Final = "petrock_trio.outcome"
 
@@ -80,6 +91,15 @@ class Tracing(Protocol):
         self, fn: Callable[[object, Sequence[str | None]], Awaitable[Message]], cmd: object
     ) -> Message:
         """``await fn(cmd, metadata)`` in an ``execute`` span; ``metadata`` is that span's."""
+        ...
+
+    async def execute_many(
+        self,
+        fn: Callable[[Sequence[object], str | None], Awaitable[list[Message]]],
+        commands: Sequence[object],
+    ) -> list[Message]:
+        """``await fn(commands, metadata)`` in one ``execute_many`` span; ``metadata``
+        is that span's, carried by every message of the batch."""
         ...
 
     async def attempt(
@@ -221,6 +241,34 @@ def _build(provider: TracerProvider) -> Tracing | None:  # noqa: C901 - one clas
                 detach(token)
                 span.end()
             return message
+
+        async def execute_many(
+            self,
+            fn: Callable[[Sequence[object], str | None], Awaitable[list[Message]]],
+            commands: Sequence[object],
+        ) -> list[Message]:
+            names = list(dict.fromkeys(_name(cmd) for cmd in commands))
+            span = tracer.start_span(
+                "execute_many",
+                kind=trace.SpanKind.PRODUCER,
+                attributes={BATCH_SIZE: len(commands), COMMANDS: names},
+            )
+            ctx = in_context(span)
+            token = attach(ctx)
+            try:
+                messages = await fn(commands, metadata_of(ctx))
+                if messages:
+                    span.set_attribute(FIRST_MESSAGE_ID, messages[0].id)
+                    span.set_attribute(LAST_MESSAGE_ID, messages[-1].id)
+            except Exception as exc:
+                if (index := getattr(exc, "index", None)) is not None:
+                    span.set_attribute(INDEX, index)
+                failed(span, exc)
+                raise
+            finally:
+                detach(token)
+                span.end()
+            return messages
 
         async def attempt(
             self,
