@@ -1,7 +1,8 @@
 """The HTTP API and the live dashboard: a Starlette app served by Hypercorn's Trio worker.
 
-Commands come in as ``POST /commands/{name}`` with a JSON body; everything else is read
-only, except re-driving a dead letter. Errors are always JSON::
+Commands come in as ``POST /commands/{name}`` with a JSON body, or as a batch appended
+all or nothing, ``POST /commands``; everything else is read only, except the
+operators' verbs. Errors are always JSON::
 
     {"error": {"type": "DecodeError", "message": "items/create: name: expected str, got int"}}
 
@@ -51,8 +52,8 @@ def http_app(
     """The ASGI application serving ``app``'s HTTP API and dashboard.
 
     ``token``, when given, must come as ``Authorization: Bearer <token>`` on command
-    submission and re-drive. ``max_body_bytes`` bounds a command's request body; it
-    defaults to the app's ``max_payload_bytes``. ``allowed_hosts`` names the hosts
+    submission and re-drive. ``max_body_bytes`` bounds a command's request body, and
+    a batch's; it defaults to the app's ``max_payload_bytes``. ``allowed_hosts`` names the hosts
     requests may be addressed to besides loopback's (``localhost``, ``127.0.0.1``,
     ``[::1]``, any port): ``name``, ``name:port``, an address, or ``"*"`` for any.
     ``max_page_bytes`` bounds one page of ``GET /messages``. The app's own
@@ -66,16 +67,17 @@ def http_app(
     the ``process_*`` and ``python_*`` series). ``GET /metrics`` answers OpenMetrics
     when the scraper's ``Accept`` asks for it, Prometheus text otherwise.
 
-    Status codes: 201 for an appended command; 400 for a body that is not JSON, a
+    Status codes: 201 for an appended command or batch; 400 for a body that is not JSON, a
     payload of the wrong shape or types, an unknown command or bad query parameters
     (not integers, out of range, beyond 64 bits); 401 for a missing or wrong token; 403
     ``HostNotAllowed`` for a Host not in the list and ``Forbidden`` for a browser
     request from an origin not in it; 404 for an unknown path, worker or dead letter;
-    405 for a wrong method; 413 for a body or payload over the limit; 422 when the
+    405 for a wrong method; 413 for a body, payload or batch over the limit; 422 when the
     command's ``validate`` refuses it; 503 when the app is not serving, when the store
     fails (and from ``/health`` when it is unhealthy); 500 ``OutcomeUnknown`` when a
     commit's outcome is unknown, ``InternalError`` for a bug (logged). Nothing is
-    appended on any error but ``OutcomeUnknown``.
+    appended on any error but ``OutcomeUnknown``; a batch's error names the refused
+    command's ``index``.
     """
     limit = app.registry.max_payload_bytes if max_body_bytes is None else max_body_bytes
     if max_page_bytes < 1:
@@ -88,6 +90,7 @@ def http_app(
     api = Api(app, token, limit, hosts=hosts, page_bytes=max_page_bytes, registry=registry)
     routes = [
         Route("/", api.dashboard, methods=["GET"]),
+        Route("/commands", api.post_commands, methods=["POST"]),
         Route("/commands/{name:path}", api.post_command, methods=["POST"]),
         Route("/inspect", api.inspect, methods=["GET"]),
         Route("/dashboard.json", api.dashboard_json, methods=["GET"]),

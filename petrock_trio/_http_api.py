@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from . import _tracing
 from ._app import App
 from ._errors import (
+    BatchTooLarge,
     DecodeError,
     NotRunning,
     OutcomeUnknown,
@@ -30,6 +31,7 @@ from ._errors import (
     ValidationError,
 )
 from ._health import Health
+from ._http_batch import describe, read_batch
 from ._http_dashboard import DASHBOARD_MESSAGES, MAX_DASHBOARD_MESSAGES, dashboard_snapshot
 from ._http_guard import AllowedHosts
 from ._http_metrics import CollectorRegistry, app_registry, exposition
@@ -88,6 +90,7 @@ _STATUS: Final[tuple[tuple[type[PetrockError], int], ...]] = (
     (DecodeError, 400),
     (ValidationError, 422),
     (PayloadTooLarge, 413),
+    (BatchTooLarge, 413),
     (NotRunning, 503),
     (OutcomeUnknown, 500),  # the commit may have landed: retrying could append it twice
     (StoreError, 503),
@@ -106,6 +109,9 @@ async def _on_petrock_error(_: Request, exc: Exception) -> Response:
     # sends commands in bulk learns which one was refused.
     if (name := getattr(exc, "command_name", None)) is not None:
         error["command"] = name
+    # In a batch (POST /commands), which of its commands: nothing of it was appended.
+    if (index := getattr(exc, "index", None)) is not None:
+        error["index"] = index
     return _JSON({"error": error}, status)
 
 
@@ -260,6 +266,16 @@ class Api:
             {"id": message.id, "name": message.name, "timestamp": message.timestamp.isoformat()},
             201,
         )
+
+    async def post_commands(self, request: Request) -> Response:
+        """A batch, ``{"commands": [{"name", "payload"}, ...]}``, appended in one
+        transaction or not at all; its body is bounded as one command's is."""
+        self.guard(request)
+        body = await _read_body(request, self.body_limit)
+        commands = read_batch(self.app.registry, body, self.app.max_batch)
+        with _tracing.remote_parent(request.headers):
+            messages = await self.app.execute_many(commands)
+        return _JSON({"messages": describe(messages)}, 201)
 
     async def inspect(self, _: Request) -> Response:
         report = self.app.inspect()

@@ -233,6 +233,45 @@ class TestTrace:
         assert parent_of(execute) == (caller.trace_id, caller.span_id)
         assert message.metadata == {"traceparent": traceparent(execute)}
 
+    async def test_a_batch_is_one_span_and_each_message_carries_it(
+        self, spans: InMemorySpanExporter, database: str
+    ) -> None:
+        app = build(database, Script())
+        async with api(app) as client:
+            body = {"commands": [{"name": "otel-test/order", "payload": {"n": n}} for n in (1, 2)]}
+            response = await client.post(
+                "/commands", json=body, headers={"traceparent": TRACEPARENT}
+            )
+            assert response.status_code == 201, response.text
+            await app.caught_up()
+        by_name = finished(spans)
+        (batch,) = by_name["execute_many"]
+        assert "execute otel-test/order" not in by_name
+        assert parent_of(batch) == (CALLER_TRACE, CALLER_SPAN)
+        assert dict(batch.attributes or {}) == {
+            _tracing.BATCH_SIZE: 2,
+            _tracing.COMMANDS: ("otel-test/order",),
+            _tracing.FIRST_MESSAGE_ID: 1,
+            _tracing.LAST_MESSAGE_ID: 2,
+        }
+        orders = by_name["handle otel-test/order"]
+        assert sorted(parent_of(o) for o in orders) == [ids(batch)] * 2  # type: ignore[type-var]
+        rows = await stored_rows(database)
+        assert [decode_metadata(r.metadata) for r in rows[:2]] == [
+            {"traceparent": traceparent(batch)}
+        ] * 2
+
+    async def test_a_refused_batch_records_the_index(
+        self, spans: InMemorySpanExporter, tmp_path: Path
+    ) -> None:
+        app = build(str(tmp_path / "log.db"), Script())
+        async with serving(app):
+            with pytest.raises(pt.UnknownCommand):
+                await app.execute_many([Order(1), object()])
+        (batch,) = finished(spans)["execute_many"]
+        assert dict(batch.attributes or {})[_tracing.INDEX] == 1
+        assert batch.status.status_code is trace.StatusCode.ERROR
+
     async def test_a_span_the_handler_opens_is_the_parent_of_what_it_emits(
         self, spans: InMemorySpanExporter, tmp_path: Path
     ) -> None:
