@@ -1,18 +1,18 @@
-"""Command classes: the ``@command`` marker, the registry and the JSON codec."""
+"""Command classes: the ``@command`` marker and the registry that encodes and decodes them.
+
+Each class's JSON codec is chosen once, on its first use (``_codec``).
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeVar, cast
 
 import attrs
-import cattrs
-import orjson
 
+from ._codec import CattrsCodec, MsgspecCodec, codec_for, converter
 from ._errors import (
     ConfigurationError,
-    DecodeError,
     PayloadTooLarge,
     UnknownCommand,
     ValidationError,
@@ -85,29 +85,6 @@ class _Validating(Protocol):
     def validate(self, state: Any) -> None: ...
 
 
-def _strict(kind: type[Any]) -> Callable[[Any, type[Any]], Any]:
-    # cattrs would coerce ``5`` into ``"5"``; bad input must be refused, not reshaped.
-    def structure(value: Any, _: type[Any]) -> Any:
-        if type(value) is bool and kind is not bool:
-            raise TypeError(f"expected {kind.__name__}, got bool")
-        if kind is float and type(value) is int:
-            return float(value)
-        if not isinstance(value, kind):
-            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
-        if kind is float and not math.isfinite(value):
-            raise ValueError("expected a finite number")
-        return value
-
-    return structure
-
-
-def _converter() -> cattrs.Converter:
-    converter = cattrs.Converter(forbid_extra_keys=True)
-    for kind in (str, int, float, bool):
-        converter.register_structure_hook(kind, _strict(kind))
-    return converter
-
-
 class CommandRegistry:
     """Maps command names to classes and encodes/decodes their JSON payloads.
 
@@ -118,8 +95,8 @@ class CommandRegistry:
     def __init__(self, *, max_payload_bytes: int = 1 << 20) -> None:
         self.max_payload_bytes = max_payload_bytes
         self._classes: dict[str, type[Any]] = {}
-        self._converter = _converter()
-        self._structure: dict[type[Any], Callable[[Any, Any], Any]] = {}
+        self._converter = converter()
+        self._codecs: dict[type[Any], CattrsCodec | MsgspecCodec] = {}
 
     def __repr__(self) -> str:
         return f"<CommandRegistry {len(self._classes)} commands>"
@@ -147,17 +124,17 @@ class CommandRegistry:
         """True for names registered on this registry (what ``execute`` accepts)."""
         return name in self._classes
 
+    def codec(self, cls: type[Any]) -> CattrsCodec | MsgspecCodec:
+        """The codec of a command class: msgspec's where it decides as cattrs would."""
+        found = self._codecs.get(cls)
+        if found is None:
+            found = self._codecs[cls] = codec_for(cls, self._converter)
+        return found
+
     def encode(self, cmd: object) -> tuple[str, bytes]:
         """The name and JSON payload of a command instance."""
         name = command_name(cmd)
-        try:
-            data = self._converter.unstructure(cmd)
-            payload = orjson.dumps(data)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise DecodeError(f"{name}: cannot encode: {exc}", command_name=name) from exc
-        # A payload that would not decode is poison in the log: refuse it now (a field
-        # of the wrong type, say), while the caller can still be told.
-        self.structure(name, type(cmd), data)
+        payload = self.codec(type(cmd)).encode(name, cmd)
         if len(payload) > self.max_payload_bytes:
             raise PayloadTooLarge(
                 f"{name}: payload of {len(payload)} bytes exceeds {self.max_payload_bytes}",
@@ -172,31 +149,13 @@ class CommandRegistry:
                 f"{name}: payload of {len(payload)} bytes exceeds {self.max_payload_bytes}",
                 command_name=name,
             )
-        cls = self.lookup(name)
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(
-                f"{name}: payload is not valid JSON: {exc}", command_name=name
-            ) from exc
-        return self.structure(name, cls, data)
+        return self.codec(self.lookup(name)).decode(name, payload)
 
     def structure(self, name: str, cls: type[Any], data: Any) -> Any:
         """Build ``cls`` from already-parsed JSON ``data``, refusing wrong types."""
-        hook = self._structure.get(cls)
-        if hook is None:
-            hook = self._structure[cls] = self._converter.get_structure_hook(cls)
-        if not isinstance(data, dict):
-            raise DecodeError(f"{name}: payload must be a JSON object", command_name=name)
-        try:
-            return hook(data, cls)
-        except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
-            detail = (
-                "; ".join(cattrs.transform_error(exc))
-                if isinstance(exc, cattrs.BaseValidationError)
-                else str(exc)
-            )
-            raise DecodeError(f"{name}: {detail}", command_name=name) from exc
+        codec = self.codec(cls)
+        held = codec.fallback if isinstance(codec, MsgspecCodec) else codec
+        return held.structure(name, data)
 
 
 def validate(cmd: object, state: Any) -> None:

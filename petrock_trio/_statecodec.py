@@ -21,7 +21,7 @@ import attrs
 import cattrs
 import orjson
 
-from ._commands import _converter
+from ._codec import converter as _converter
 from ._errors import ConfigurationError
 
 __all__ = ["StateCodec", "StatesCodec", "detail", "in_place", "restore"]

@@ -22,7 +22,7 @@ EXAMPLE = ROOT / "features" / "items"
 # What the engine must not import for a program that only runs workers: the HTTP
 # server and framework, the Prometheus client, the console, the CLI and its client.
 # Packages of `pip install petrock-trio`, itself included (the README says so).
-BASE_INSTALL = 14
+BASE_INSTALL = 15
 HEAVY = ("starlette", "hypercorn", "prometheus_client", "rich", "anyio", "httpx", "click")
 
 
