@@ -22,7 +22,7 @@ import trio
 
 from ._commands import CommandRegistry, command_name, validate
 from ._errors import BatchTooLarge, CommandError, ConfigurationError, UnknownCommand
-from ._message import Message
+from ._message import Message, decode_metadata
 from ._projection import Applier
 from ._runtime import Runtime
 from .stores import Commit
@@ -104,13 +104,30 @@ class Executor:
                 commit = Commit(appends=encoded, timestamp=timestamp, metadata=metadatas)
                 rows = await log.commit(commit)
         await rt.wait_applied(rows[-1].id)
-        return [Message.from_row(row, cmd) for row, cmd in zip(rows, commands, strict=True)]
+        # One commit: every row has its timestamp and metadata, converted once.
+        when = datetime.fromtimestamp(rows[0].timestamp, UTC)
+        meta = decode_metadata(rows[0].metadata)
+        return [
+            Message(row.id, when, row.name, cmd, meta)
+            for row, cmd in zip(rows, commands, strict=True)
+        ]
+
+    def _encode_known(self, cmd: object, known: set[type[Any]]) -> tuple[str, bytes]:
+        """:meth:`encode`, the class's registration looked up once per batch (the
+        registry's encode names the command anyway)."""
+        kind = type(cmd)
+        if kind in known:
+            return self.registry.encode(cmd)
+        encoded = self.encode(cmd)
+        known.add(kind)
+        return encoded
 
     def _encode_all(self, commands: list[object]) -> list[tuple[str, bytes]]:
         encoded = []
+        known: set[type[Any]] = set()
         for index, cmd in enumerate(commands):
             try:
-                encoded.append(self.encode(cmd))
+                encoded.append(self._encode_known(cmd, known))
             except CommandError as exc:
                 _at(exc, index, len(commands))
                 raise
@@ -134,9 +151,10 @@ class Executor:
         when = datetime.fromtimestamp(timestamp, UTC)
         wanted = set(checked)
         encoded = []
+        known: set[type[Any]] = set()
         for index, cmd in enumerate(commands):
             try:
-                name, payload = self.encode(cmd)
+                name, payload = self._encode_known(cmd, known)
                 if index in wanted:
                     state = self.state_for(name)
                     validate(cmd, shadows.get(id(state), state))
