@@ -372,6 +372,13 @@ class TestBuilding:
         payload = b'{"s":"","i":18446744073709551615,"f":0,"b":false}'
         assert fast.decode("c", payload).i == 2**64 - 1
 
+    def test_duplicate_keys(self) -> None:
+        """orjson keeps a repeated key's last value; so does the mirror, nested too."""
+        reference, fast = codecs(Nested)
+        payload = b'{"inner": {"x": 1, "x": 3}, "weights": {"a": 1, "a": 2.5}}'
+        assert fast.fast_decode(payload) == reference.decode("c", payload)
+        assert fast.fast_decode(payload) == Nested(Inner(3), weights={"a": 2.5})
+
     def test_text_payloads(self) -> None:
         _, fast = codecs(Scalars)
         assert fast.decode("c", '{"s":"é","i":1,"f":2,"b":true}') == Scalars("é", 1, 2.0, b=True)
