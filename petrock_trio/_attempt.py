@@ -10,7 +10,9 @@ messages.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import math
+import types
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import trio
@@ -22,6 +24,7 @@ from ._events import HandlerCompleted
 from ._logging import WORKING
 from ._message import Message
 from ._runstate import RunState
+from ._stretch import Overran, Stretch
 
 __all__ = ["attempt", "call", "handle"]
 
@@ -59,6 +62,10 @@ async def call(
     ``__cause__`` is the cancellation that cut the handler off: its traceback shows
     where the handler was waiting.
     """
+    stretch = run.stretch
+    if stretch is not None and stretch.usable:
+        running = (command_type, message_id, what)
+        return await _call_in(stretch, fn, args, deadline, limit, run, running)
     scope = trio.CancelScope(deadline=deadline)
     cut_off: BaseException | None = None
     working = WORKING.set((run.name, command_type, message_id))
@@ -91,6 +98,76 @@ async def call(
     return None
 
 
+async def _call_in(  # noqa: PLR0917 - call's arguments, passed on
+    stretch: Stretch,
+    fn: Callable[..., Awaitable[None]],
+    args: tuple[Any, ...],
+    deadline: float,
+    limit: float,
+    run: RunState,
+    running: tuple[str, int | None, str],
+) -> BaseException | None:
+    """:func:`call` inside a stretch (see ``_stretch``): the shared scope's deadline
+    is this handler's from its first yield to its return; raises :class:`Overran`
+    once that deadline fired, whatever the handler did then."""
+    error: BaseException | None = None
+    command_type, message_id, what = running
+    working = WORKING.set((run.name, command_type, message_id))
+    try:
+        coro = fn(*args)
+        run.running = (command_type, message_id, what, coro)
+        try:
+            await _drive(coro, stretch, deadline)
+        except BaseException as exc:
+            if not _cancelled(exc):
+                error = exc
+            elif stretch.scope.cancel_called:
+                error = HandlerTimeout(run.name, limit, what)
+                error.__cause__ = exc
+            elif isinstance(exc, BaseExceptionGroup):
+                cancelled, _ = exc.split(trio.Cancelled)  # as in call
+                assert cancelled is not None
+                raise cancelled from None
+            else:
+                raise  # a cancel from outside: it propagates, as out of a scope
+    finally:
+        run.running = None
+        WORKING.reset(working)
+    if stretch.scope.cancel_called:
+        raise Overran(error)
+    return error
+
+
+@types.coroutine
+def _drive(coro: Awaitable[None], stretch: Stretch, deadline: float) -> Generator[Any, Any, None]:
+    """``await coro``, step by step as ``await`` does it, with ``deadline`` set on the
+    stretch's scope from the first step that yields to Trio until the coroutine ends."""
+    # A coroutine is stepped directly; any other awaitable through its iterator.
+    inner: Any = coro if isinstance(coro, types.CoroutineType) else coro.__await__()
+    try:
+        trap = inner.send(None)
+    except StopIteration:
+        return  # returned without a checkpoint: no deadline could have applied
+    stretch.yielded()
+    stretch.scope.deadline = deadline
+    try:
+        while True:
+            try:
+                value = yield trap
+            except GeneratorExit:
+                inner.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - thrown in by Trio: the handler's
+                trap = inner.throw(exc)
+            else:
+                trap = inner.send(value)
+    except StopIteration:
+        return
+    finally:
+        if not stretch.scope.cancel_called:
+            stretch.scope.deadline = math.inf
+
+
 async def handle(
     run: RunState, ctx: HandlerContext, *, started: float, what: str
 ) -> BaseException | None:
@@ -119,6 +196,7 @@ async def attempt(
     started: float,
     redrive: bool = False,
     in_span: bool = False,
+    resumed: Overran | None = None,
 ) -> BaseException | None:
     """Run the handler for ``message`` once and commit its outcome; the error if either
     failed. On success the message's position is durable (with its emits), unless the
@@ -129,6 +207,11 @@ async def attempt(
     here, with no other frame between the message loop and the handler.
     """
     rt = run.rt
+    if resumed is not None:
+        # The handler ran in a stretch whose deadline fired (see _stretch): its outcome.
+        assert resumed.ctx is not None
+        ctx, error = resumed.ctx, resumed.outcome
+        return await _finish(run, message, number, ctx, error, started=started, redrive=redrive)
     if not in_span:
         if rt.leases is not None:
             await rt.leases.ensure(run.key)
@@ -147,7 +230,26 @@ async def attempt(
     ctx = HandlerContext(
         rt, run.name, message, is_replay=False, attempt=number, partition=run.partition
     )
-    error = await handle(run, ctx, started=started, what="handler for")
+    try:
+        error = await handle(run, ctx, started=started, what="handler for")
+    except Overran as overran:
+        overran.ctx, overran.started = ctx, started
+        raise
+    return await _finish(run, message, number, ctx, error, started=started, redrive=redrive)
+
+
+async def _finish(
+    run: RunState,
+    message: Message,
+    number: int,
+    ctx: HandlerContext,
+    error: BaseException | None,
+    *,
+    started: float,
+    redrive: bool,
+) -> BaseException | None:
+    """After the handler: its error, or its commit (and the completed event)."""
+    rt = run.rt
     if error is not None:
         return error
     error = await _commit(run, message.id, ctx, redrive=redrive)
@@ -193,8 +295,9 @@ async def _commit(
             )
             rt.flusher.committed(key, message_id)
             run.snapshots_committed(snapshots)
-        else:
+        elif run.stretch is None:
             await trio.lowlevel.checkpoint()  # nothing to write: still a checkpoint
+        # (In a stretch, the loop's cancel and schedule point after each message.)
     except LeaseLost:
         raise
     except OutcomeUnknown as exc:

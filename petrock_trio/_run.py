@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from . import _tracing
 from ._attempt import handle
 from ._context import HandlerContext
 from ._errors import ConfigurationError, LeaseLost, NotRunning, PetrockError
@@ -31,6 +32,7 @@ from ._runstate import RunState
 from ._runtime import Runtime, Stop
 from ._settle import dead_letter, settle
 from ._snapshots import SnapshotKeeper
+from ._stretch import Overran, Stretch
 from ._worker import PatternWorker
 
 __all__ = ["WorkerRun"]
@@ -228,46 +230,68 @@ class WorkerRun(RunState):
     async def _handle_page(self, page: Page) -> None:
         """Handle the routed rows of ``page`` after the feed's position, in id order:
         this partition's rows only, replayed while the stored positions say they are
-        done, live after."""
+        done, live after. Their handlers run in stretches (``_stretch``): one cancel
+        scope for many, each handler's deadline exact."""
         rows = page.rows
-        coverage = self.coverage
-        stopping = self.rt.stopping
-        feed = self.feed
-        partitioned = self.decl.partitions > 1
-        replay = self.replays
-        key_hash: int | Exception = 0
-        after = feed.position.value
-        if partitioned:
+        after = self.feed.position.value
+        if self.decl.partitions > 1:
             # This partition's rows only: the page is split once for all partitions.
             indexes = [i for i in self.own_rows(page) if rows[i].id > after]
         else:
             indexes = list(page.routed(self.routes, after=after))
-        for index in indexes:
-            if stopping.is_set():
-                raise Stop
-            row = rows[index]
-            if partitioned or coverage.low < row.id <= coverage.high:
-                # After a change of partitions, whether a row is done depends on its key.
-                key_hash = self.key_hash(page, index)
-            if coverage.done(row.id, 0 if isinstance(key_hash, Exception) else key_hash):
-                if replay:
-                    await self._replay_one(page, index)
-                else:
-                    await trio.lowlevel.checkpoint()
-                self.replay_position = row.id
+        # Traced attempts each run in a span of their own, which a stretch would outlive.
+        shared = _tracing.ACTIVE is None
+        done = 0
+        while done < len(indexes):
+            if not shared:
+                await self._handle_row(page, indexes[done])
+                done += 1
                 continue
-            self.replayed.set()
-            if self.rt.controls.paused(self.name):
-                await wait_at_gate(self, holding_lock=True)
-            if isinstance(key_hash, Exception):
-                await dead_letter(self, row, key_hash, attempts=1, first_failed_at=self.rt.clock())
-            else:
-                await settle(self, page, index)
-            # A message handled live has its position committed (see _attempt); in
-            # memory it moves here for batched workers too.
-            feed.advance(row.id)
+            overran: Overran | None = None
+            with trio.CancelScope() as scope:
+                stretch = self.stretch = Stretch(scope)
+                try:
+                    while done < len(indexes):
+                        await self._handle_row(page, indexes[done])
+                        done += 1
+                        await stretch.between()
+                except Overran as exc:
+                    overran = exc
+                finally:
+                    self.stretch = None
+            if overran is not None:
+                # Outside the spent stretch: that message goes on from its handler's outcome.
+                await self._handle_row(page, indexes[done], overran)
+                done += 1
 
-    async def _replay_one(self, page: Page, index: int) -> None:
+    async def _handle_row(self, page: Page, index: int, overran: Overran | None = None) -> None:
+        if self.rt.stopping.is_set():
+            raise Stop
+        row = page.rows[index]
+        coverage = self.coverage
+        key_hash: int | Exception = 0
+        if self.decl.partitions > 1 or coverage.low < row.id <= coverage.high:
+            # After a change of partitions, whether a row is done depends on its key.
+            key_hash = self.key_hash(page, index)
+        if coverage.done(row.id, 0 if isinstance(key_hash, Exception) else key_hash):
+            if self.replays:
+                await self._replay_one(page, index, overran)
+            elif self.stretch is None:
+                await trio.lowlevel.checkpoint()
+            self.replay_position = row.id
+            return
+        self.replayed.set()
+        if overran is None and self.rt.controls.paused(self.name):
+            await wait_at_gate(self, holding_lock=True)
+        if isinstance(key_hash, Exception):
+            await dead_letter(self, row, key_hash, attempts=1, first_failed_at=self.rt.clock())
+        else:
+            await settle(self, page, index, resumed=overran)
+        # A message handled live has its position committed (see _attempt); in
+        # memory it moves here for batched workers too.
+        self.feed.advance(row.id)
+
+    async def _replay_one(self, page: Page, index: int, overran: Overran | None) -> None:
         rt = self.rt
         row = page.rows[index]
         if not self.routes[row.name].replay:
@@ -282,9 +306,17 @@ class WorkerRun(RunState):
             message = page.message(index, rt.registry)
         except Exception:  # noqa: BLE001 - a bad row was dead-lettered when it was live
             return
-        ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
-        started = trio.current_time()
-        error = await handle(self, ctx, started=started, what="replay of")
+        if overran is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()  # as in settle
+            started, error = overran.started, overran.outcome
+        else:
+            ctx = HandlerContext(rt, self.name, message, is_replay=True, attempt=1)
+            started = trio.current_time()
+            try:
+                error = await handle(self, ctx, started=started, what="replay of")
+            except Overran as exc:
+                exc.started = started
+                raise
         self.recorder.replay()
         if rt.hooks:
             rt.report(Replayed(self.name, message, trio.current_time() - started, error))

@@ -20,6 +20,7 @@ from ._partition import Coverage, partition_name, stable_hash
 from ._runtime import Runtime, Stop
 from ._snapshots import SnapshotKeeper, choose
 from ._statecodec import restore
+from ._stretch import Stretch
 from ._worker import PatternWorker
 from .stores import SnapshotRecord
 
@@ -84,6 +85,8 @@ class RunState:
         # message id, what, the coroutine), set by _attempt.call around the call. The
         # event-loop watchdog reads it from its thread (see executing).
         self.running: tuple[str, int | None, str, Awaitable[None]] | None = None
+        # The stretch the message loop is in, if any: handler calls share its scope.
+        self.stretch: Stretch | None = None
         # Its last block of the event loop: (Trio time it was reported, reason).
         self.blocked: tuple[float, str] | None = None
 

@@ -18,6 +18,7 @@ from ._message import Message, Page, Row
 from ._partition import split_name
 from ._retry import Backoff, Decision, GiveUp, RetryAt, WaitForService, decide
 from ._runstate import RunState
+from ._stretch import Overran
 from ._tracebacks import format_traceback
 from .stores import DeadLetterRecord, RetryRecord
 
@@ -29,8 +30,19 @@ _log = get_logger("petrock_trio.worker")
 _REWRITE = Backoff(initial=1.0, max_delay=30.0)
 
 
-async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False) -> None:
-    """Handle the message at ``index`` of ``page`` until it succeeds or is dead-lettered."""
+async def settle(
+    run: RunState,
+    page: Page,
+    index: int,
+    *,
+    redrive: bool = False,
+    resumed: Overran | None = None,
+) -> None:
+    """Handle the message at ``index`` of ``page`` until it succeeds or is dead-lettered.
+
+    ``resumed``: its attempt's deadline fired in a stretch (``_stretch``), which the
+    loop has left since; go on from that attempt's outcome.
+    """
     row = page.rows[index]
     rt = run.rt
     try:
@@ -38,18 +50,19 @@ async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False
     except Exception as exc:  # noqa: BLE001 - bad input in the log: dead-letter, go on
         await dead_letter(run, row, exc, attempts=1, first_failed_at=rt.clock())
         return
-    if rt.applied.value < row.id:
-        # A live handler sees app state at least as new as its message, so what it
-        # emits is validated against the state that message produced.
-        await rt.wait_applied(row.id)
-    number, first_failed_at, wait = (1, None, 0.0) if redrive else _resume(run, row)
+    number, first_failed_at, wait = await _start(run, row, redrive=redrive, resumed=resumed)
     run.in_flight = 1
     try:
         while True:
             if wait > 0:
                 await run.wait_to_retry(wait)
-            started = trio.current_time()
-            error = await attempt(run, message, number, started=started, redrive=redrive)
+            if resumed is not None:
+                started = resumed.started
+                error = await attempt(run, message, number, started=started, resumed=resumed)
+                resumed = None
+            else:
+                started = trio.current_time()
+                error = await attempt(run, message, number, started=started, redrive=redrive)
             now = trio.current_time()
             if error is None:
                 run.recorder.handled(now, now - started, message.name)
@@ -77,9 +90,28 @@ async def settle(run: RunState, page: Page, index: int, *, redrive: bool = False
                 RetryRecord(run.key, row.id, number - 1, rt.clock() + wait, first_failed_at),
                 message.name,
             )
+    except Overran as overran:
+        overran.number, overran.first_failed_at = number, first_failed_at
+        raise
     finally:
         run.in_flight = 0
         run.retrying = None
+
+
+async def _start(
+    run: RunState, row: Row, *, redrive: bool, resumed: Overran | None
+) -> tuple[int, float | None, float]:
+    """Attempt number, first failure and wait of the first attempt :func:`settle` makes."""
+    if resumed is not None:
+        # As a cancel scope of the attempt's own would have: a cancel from outside at
+        # the same moment wins over the timeout.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return resumed.number, resumed.first_failed_at, 0.0
+    if run.rt.applied.value < row.id:
+        # A live handler sees app state at least as new as its message, so what it
+        # emits is validated against the state that message produced.
+        await run.rt.wait_applied(row.id)
+    return (1, None, 0.0) if redrive else _resume(run, row)
 
 
 def _decide(run: RunState, message: Message, error: BaseException, number: int) -> Decision:

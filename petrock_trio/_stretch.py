@@ -1,0 +1,89 @@
+"""Stretches: the handler calls of one page under one cancel scope, deadlines exact.
+
+A cancel scope of its own for every handler call cost more than everything else a
+message with a trivial handler costs (docs/performance.md, "What exactness costs").
+Instead the message loop enters one scope for a stretch of messages, its deadline
+infinite, and each handler call (``_attempt.call``) sets the deadline to its own only
+once the handler first yields to Trio: cancellation lands only at a checkpoint, so a
+handler that returns without ever yielding cannot be cut off and needs no deadline.
+While the deadline is set, only that handler runs in the scope (it is reset before the
+engine awaits anything), so when it fires it cuts off that handler and nothing else.
+
+A scope whose deadline fired stays cancelled: the call raises :class:`Overran`, which
+leaves the stretch before anything else awaits, and the loop carries the message on
+outside it (commit, retries, dead letter) from where the handler left it.
+
+Between messages the stretch is a cancel point; it is a schedule point too once
+``MESSAGES`` messages or ``SECONDS`` of running (real time) went by without one, so a
+worker catching up on handlers that never wait starves nobody.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+if TYPE_CHECKING:
+    from ._context import HandlerContext
+
+__all__ = ["MESSAGES", "SECONDS", "Overran", "Stretch"]
+
+# A schedule point at least this often while handlers never wait (the old rule was one
+# per message): other tasks wait at most this much behind a catching-up worker.
+MESSAGES: Final = 64
+SECONDS: Final = 0.001
+
+
+class Overran(BaseException):
+    """A handler's deadline fired inside a stretch: leave it, then go on with
+    ``outcome`` (the handler's error, its timeout, or None if it returned anyway).
+
+    A ``BaseException`` so that no ``except Exception`` between the handler and the
+    stretch holds it up. The frames it passes add what the loop needs to go on: the
+    attempt's context and start, the attempt number and first failure.
+    """
+
+    def __init__(self, outcome: BaseException | None) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.ctx: HandlerContext | None = None
+        self.started = 0.0
+        self.number = 1
+        self.first_failed_at: float | None = None
+        self.replay = False
+
+
+class Stretch:
+    """The scope shared by the handler calls of a stretch, and its yield budget."""
+
+    __slots__ = ("_count", "_since", "scope", "task")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        # Periodic work and re-drives of the same run may call handlers while the loop
+        # waits in a stretch (a retry's wait lets the lock go): not in its scope.
+        self.task = trio.lowlevel.current_task()
+        self._count = 0
+        self._since = time.perf_counter()
+
+    @property
+    def usable(self) -> bool:
+        """Whether the calling task may call a handler in this stretch: its own task,
+        and no deadline fired yet (then the scope is cancelled for good)."""
+        return self.task is trio.lowlevel.current_task() and not self.scope.cancel_called
+
+    def yielded(self) -> None:
+        """A handler waited: other tasks ran meanwhile."""
+        self._count = 0
+        self._since = time.perf_counter()
+
+    async def between(self) -> None:
+        """After a message: a cancel point, a schedule point when the budget is spent."""
+        self._count += 1
+        if self._count >= MESSAGES or time.perf_counter() - self._since >= SECONDS:
+            await trio.lowlevel.checkpoint()
+            self.yielded()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()

@@ -1,0 +1,180 @@
+"""Stretches: the handler calls of a page share one cancel scope, deadlines stay exact.
+
+What a cancel scope per call guaranteed must hold: each handler is cut off at its own
+deadline and nothing else is, in replay as live; other tasks still run while a worker
+catches up on handlers that never wait; and a handler called by another task of the
+same run (periodic work during a retry's wait) is not put in the loop's scope.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+import petrock_trio as pt
+from petrock_trio._stretch import MESSAGES
+from petrock_trio.testing import memory_database, serving
+from tests.support import Add
+
+
+@attrs.define
+class Recorder:
+    events: list[Any] = attrs.field(factory=list[Any])
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
+
+
+class TestOthersRun:
+    """A worker whose handlers never wait still lets other tasks run."""
+
+    async def test_at_least_every_so_many_messages(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        ticks: list[int] = []
+        handled: list[int] = []
+        worker: pt.PatternWorker[None] = pt.PatternWorker("quick", batch_positions=True)
+
+        @worker.on(Add)
+        async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            handled.append(ctx.message.id)
+
+        app = pt.App()
+        app.register_worker(worker)
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(len(handled))
+                await trio.lowlevel.checkpoint()
+
+        async with serving(app), trio.open_nursery() as nursery:
+            await app.log.append(*(Add(str(i)) for i in range(1000)))  # one page
+            nursery.start_soon(ticker)
+            await app.caught_up()
+            nursery.cancel_scope.cancel()
+        assert len(handled) == 1000
+        # The worker yields at least every MESSAGES messages; the ticker, run in the
+        # same batch of the scheduler or the next, sees at most two such stretches.
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        assert max(gaps) <= 2 * MESSAGES
+        assert len(ticks) >= 1000 // MESSAGES
+
+    async def test_at_once_after_a_slow_handler(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A handler that blocks the loop (real time, no await) is followed by a
+        schedule point at once: the budget is time too."""
+        ticks: list[int] = []
+        handled: list[int] = []
+        worker: pt.PatternWorker[None] = pt.PatternWorker("blocking", batch_positions=True)
+
+        @worker.on(Add)
+        async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            time.sleep(0.002)  # noqa: ASYNC251 - the point: a handler that blocks
+            handled.append(ctx.message.id)
+
+        app = pt.App()
+        app.register_worker(worker)
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(len(handled))
+                await trio.lowlevel.checkpoint()
+
+        async with serving(app), trio.open_nursery() as nursery:
+            await app.log.append(*(Add(str(i)) for i in range(20)))
+            nursery.start_soon(ticker)
+            await app.caught_up()
+            nursery.cancel_scope.cancel()
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        assert max(gaps) <= 2  # a message a yield, seen as above
+        assert len(ticks) >= 10
+
+
+class TestReplay:
+    """A replayed handler that overruns is cut off at its own deadline, and replay goes
+    on with the next message under its own."""
+
+    async def test_a_replay_cut_off_in_the_middle_of_a_page(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        seen: list[tuple[float, str, bool]] = []
+        with memory_database() as database:
+            async with pt.open_log(database, commands=[Add]) as log:
+                await log.append(*(Add(f"k{i}") for i in range(4)))
+                await log.store.commit_many([pt.stores.Commit(positions={"replayer": 3})])
+            recorder = Recorder()
+            app = pt.App(database=database, hooks=[recorder])
+            app.register_command(Add)
+            worker: pt.PatternWorker[None] = pt.PatternWorker("replayer")
+
+            @worker.on(Add)
+            async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+                seen.append((trio.current_time(), cmd.key, ctx.is_replay))
+                if cmd.key == "k1":
+                    await trio.sleep(60)  # far past the 5 s timeout
+                await trio.sleep(1)  # waits within its deadline
+
+            app.register_worker(worker)
+            start = trio.current_time()
+            async with serving(app):
+                await app.caught_up()
+        assert [(t - start, key, replay) for t, key, replay in seen] == [
+            (0, "k0", True),
+            (1, "k1", True),  # cut off at 6
+            (6, "k2", True),
+            (7, "k3", False),
+        ]
+        replays = [e for e in recorder.events if isinstance(e, pt.Replayed)]
+        errors = [type(e.error).__name__ for e in replays]
+        assert errors == ["NoneType", "HandlerTimeout", "NoneType"]
+        assert [e.duration for e in replays] == [1, 5, 1]
+
+
+class TestAnotherTaskOfTheRun:
+    """Periodic work that runs while the loop waits to retry inside a stretch (the
+    lock let go) runs in a scope of its own: its deadline is its own, and the loop's
+    stretch is neither used nor harmed."""
+
+    async def test_periodic_work_during_a_retry_wait(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        attempts: list[float] = []
+        periodic: list[tuple[float, float]] = []
+        worker: pt.PatternWorker[None] = pt.PatternWorker(
+            "both", retry=pt.Backoff(initial=10.0, max_attempts=3), batch_positions=True
+        )
+
+        @worker.on(Add)
+        async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            attempts.append(trio.current_time())
+            await trio.sleep(1)
+            if ctx.attempt == 1:
+                raise RuntimeError("first attempt fails")  # retried 10 s later
+
+        async def work(ctx: pt.PeriodicContext, state: None) -> None:
+            started = trio.current_time()
+            try:
+                await trio.sleep(100)
+            finally:
+                periodic.append((started, trio.current_time()))
+
+        worker.set_periodic_work(work, interval=10.0, timeout=3.0)
+        recorder = Recorder()
+        app = pt.App(hooks=[recorder])
+        app.register_worker(worker)
+        start = trio.current_time()
+        async with serving(app):
+            await app.execute(Add("a"))
+            await app.caught_up()
+        # Periodic runs at 0 (to 3) and 10 (to 13, during the retry's wait: 4 to 14).
+        assert [(a - start, b - start) for a, b in periodic[:2]] == [(0, 3), (10, 13)]
+        assert [t - start for t in attempts] == [3, 14]
+        assert worker.statistics().crashes == 0
+        failed = [e for e in recorder.events if isinstance(e, pt.HandlerFailed)]
+        assert [(e.attempt, e.timed_out) for e in failed] == [(1, False)]
