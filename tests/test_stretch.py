@@ -30,70 +30,57 @@ class Recorder:
         self.events.append(event)
 
 
+async def gaps_seen(count: int, *, blocking: float = 0.0) -> list[int]:
+    """Messages handled between two looks of a task that only ever checkpoints, while
+    one worker catches up on ``count`` messages whose handler never waits (blocking the
+    loop ``blocking`` seconds of real time each)."""
+    ticks: list[int] = []
+    handled: list[int] = []
+    worker: pt.PatternWorker[None] = pt.PatternWorker("quick", batch_positions=True)
+
+    @worker.on(Add)
+    async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+        if blocking:
+            time.sleep(blocking)  # noqa: ASYNC251 - the point: a handler that blocks
+        handled.append(ctx.message.id)
+
+    app = pt.App()
+    app.register_worker(worker)
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(len(handled))
+            await trio.lowlevel.checkpoint()
+
+    async with serving(app), trio.open_nursery() as nursery:
+        await app.log.append(*(Add(str(i)) for i in range(count)))  # one page
+        nursery.start_soon(ticker)
+        await app.caught_up()
+        nursery.cancel_scope.cancel()
+    assert len(handled) == count
+    return [b - a for a, b in itertools.pairwise(ticks)]
+
+
 class TestOthersRun:
-    """A worker whose handlers never wait still lets other tasks run."""
+    """A worker whose handlers never wait still lets other tasks run. It yields at
+    least every MESSAGES messages; the task looking, run in the same batch of the
+    scheduler or the next, sees at most two such stretches between its looks."""
 
     async def test_at_least_every_so_many_messages(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
-        ticks: list[int] = []
-        handled: list[int] = []
-        worker: pt.PatternWorker[None] = pt.PatternWorker("quick", batch_positions=True)
-
-        @worker.on(Add)
-        async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
-            handled.append(ctx.message.id)
-
-        app = pt.App()
-        app.register_worker(worker)
-
-        async def ticker() -> None:
-            while True:
-                ticks.append(len(handled))
-                await trio.lowlevel.checkpoint()
-
-        async with serving(app), trio.open_nursery() as nursery:
-            await app.log.append(*(Add(str(i)) for i in range(1000)))  # one page
-            nursery.start_soon(ticker)
-            await app.caught_up()
-            nursery.cancel_scope.cancel()
-        assert len(handled) == 1000
-        # The worker yields at least every MESSAGES messages; the ticker, run in the
-        # same batch of the scheduler or the next, sees at most two such stretches.
-        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        gaps = await gaps_seen(1000)
         assert max(gaps) <= 2 * MESSAGES
-        assert len(ticks) >= 1000 // MESSAGES
+        assert len(gaps) >= 1000 // MESSAGES
 
     async def test_at_once_after_a_slow_handler(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
-        """A handler that blocks the loop (real time, no await) is followed by a
-        schedule point at once: the budget is time too."""
-        ticks: list[int] = []
-        handled: list[int] = []
-        worker: pt.PatternWorker[None] = pt.PatternWorker("blocking", batch_positions=True)
-
-        @worker.on(Add)
-        async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
-            time.sleep(0.002)  # noqa: ASYNC251 - the point: a handler that blocks
-            handled.append(ctx.message.id)
-
-        app = pt.App()
-        app.register_worker(worker)
-
-        async def ticker() -> None:
-            while True:
-                ticks.append(len(handled))
-                await trio.lowlevel.checkpoint()
-
-        async with serving(app), trio.open_nursery() as nursery:
-            await app.log.append(*(Add(str(i)) for i in range(20)))
-            nursery.start_soon(ticker)
-            await app.caught_up()
-            nursery.cancel_scope.cancel()
-        gaps = [b - a for a, b in itertools.pairwise(ticks)]
-        assert max(gaps) <= 2  # a message a yield, seen as above
-        assert len(ticks) >= 10
+        """A handler that blocks the loop is followed by a schedule point at once: the
+        budget is time too."""
+        gaps = await gaps_seen(20, blocking=0.002)
+        assert max(gaps) <= 2
+        assert len(gaps) >= 10
 
 
 class TestReplay:
