@@ -432,6 +432,9 @@ async def test_live_dashboard_mounted_under_ops_in_chromium(tmp_path: Path) -> N
                 )
                 assert points[0] >= 2
                 assert points[1] == points[0], series
+            # Handler times to three significant digits: a slow one is no wider.
+            shown_ms = await page.run("return [0.000123, 0.0123, 0.123, 5].map(ms)")
+            assert shown_ms == ["0.12", "12.3", "123", "5000"]
             errors = await page.text('div.chart[data-worker="fragile"] figure.errors b')
             peak = re.fullmatch(r"[\d.]+ \(max ([\d.]+)\)", errors or "")
             assert peak is not None, errors
