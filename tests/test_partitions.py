@@ -363,6 +363,37 @@ class TestUnevenPositions:
         assert set((await echoes(db)).values()) == {1}
         assert sum((await echoes(db)).values()) == 4
 
+    async def test_a_key_that_fails_blames_only_its_own_message(self, tmp_path: Path) -> None:
+        """After a change of partitions, a message whose key fails is dead-lettered; the
+        next one, past the old positions, is handled (it once inherited the failure of
+        the message before it)."""
+        db = str(tmp_path / "app.db")
+        async with pt.open_log(db, commands=[Add]) as log:
+            await log.append(*(Add(k) for k in ("a", "b", "c", "d", "bad", "e")))
+            await log.store.commit_many(
+                [log.new_commit(positions={"totals#0/2": 1, "totals#1/2": 5})]
+            )
+
+        def key(cmd: Add) -> str:
+            if cmd.key == "bad":
+                raise ValueError("no key for this one")
+            return cmd.key
+
+        handled: list[int] = []
+        worker: pt.PatternWorker[None] = pt.PatternWorker("totals", key=key)
+
+        @worker.on(Add)
+        async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            if not ctx.is_replay:
+                handled.append(ctx.message.id)
+
+        app = app_with(db, worker)
+        async with serving(app):
+            await app.caught_up()
+            letters = await app.dead_letters("totals")
+        assert [(d.message_id, "no key" in d.error) for d in letters] == [(5, True)]
+        assert 6 in handled
+
     async def test_dropping_the_key_while_positions_differ_is_refused(self, tmp_path: Path) -> None:
         db = str(tmp_path / "app.db")
         async with pt.open_log(db, commands=[Add]) as log:
