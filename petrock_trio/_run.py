@@ -265,7 +265,9 @@ class WorkerRun(RunState):
                 done += 1
 
     async def _handle_row(self, page: Page, index: int, overran: Overran | None = None) -> None:
-        if self.rt.stopping.is_set():
+        """One routed row of ``page``; with ``overran``, the rest of its handling after a
+        stretch its handler's deadline spent (its outcome is settled, shutdown or not)."""
+        if overran is None and self.rt.stopping.is_set():
             raise Stop
         row = page.rows[index]
         coverage = self.coverage

@@ -165,3 +165,31 @@ class TestAnotherTaskOfTheRun:
         assert worker.statistics().crashes == 0
         failed = [e for e in recorder.events if isinstance(e, pt.HandlerFailed)]
         assert [(e.attempt, e.timed_out) for e in failed] == [(1, False)]
+
+
+class TestShutdown:
+    """A handler cut off during a graceful shutdown still has its failure settled: its
+    retry state is saved, as it was with a scope of its own."""
+
+    async def test_a_timeout_during_the_grace_period(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        with memory_database() as database:
+            worker: pt.PatternWorker[None] = pt.PatternWorker("slow", retry=pt.Backoff())
+
+            @worker.on(Add)
+            async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+                await trio.sleep(60)  # far past the 5 s timeout
+
+            recorder = Recorder()
+            app = pt.App(database=database, hooks=[recorder], shutdown_grace=30.0)
+            app.register_worker(worker)
+            async with serving(app):
+                await app.execute(Add("a"))
+                await trio.sleep(1)
+                app.stop()  # the handler is cut off at 5 s, inside the grace period
+            async with pt.open_log(database, commands=[Add]) as log:
+                retries = await log.store.retries()
+        failed = [e for e in recorder.events if isinstance(e, pt.HandlerFailed)]
+        assert [(e.attempt, e.timed_out) for e in failed] == [(1, True)]
+        assert [(r.worker, r.message_id, r.attempts) for r in retries] == [("slow", 1, 1)]
