@@ -15,6 +15,8 @@ from typing import Any
 import attrs
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import petrock_trio as pt
 from petrock_trio._stretch import MESSAGES
@@ -193,3 +195,93 @@ class TestShutdown:
         failed = [e for e in recorder.events if isinstance(e, pt.HandlerFailed)]
         assert [(e.attempt, e.timed_out) for e in failed] == [(1, True)]
         assert [(r.worker, r.message_id, r.attempts) for r in retries] == [("slow", 1, 1)]
+
+
+# --- a property: handlers of every kind in one page keep the timeline of a model -----
+
+# What an attempt's handler does: (seconds it runs, whether it succeeds). "overrun"
+# is cut off at the 5 s timeout; "shielded" overruns inside a shield and returns.
+BEHAVIOURS: dict[str, tuple[float, bool]] = {
+    "instant": (0.0, True),
+    "short": (1.0, True),
+    "overrun": (5.0, False),
+    "fail": (0.0, False),
+    "fail_after_wait": (1.0, False),
+    "shielded": (6.0, True),
+}
+# Delays longer than the timeout: a retry waits inside the stretch, past any stale deadline.
+RETRY = pt.Backoff(initial=6.0, max_attempts=3)
+
+
+def expected_timeline(scripts: list[list[str]]) -> list[tuple[int, int, float]]:
+    """(message, attempt, start) of every attempt, and so each one's outcome, as the
+    engine must run them one after another: each handler under its own 5 s deadline,
+    failures retried after the policy's delay, the third failure dead-lettered."""
+    timeline: list[tuple[int, int, float]] = []
+    now = 0.0
+    for message, script in enumerate(scripts, 1):
+        for attempt in range(1, RETRY.max_attempts + 1):
+            timeline.append((message, attempt, now))
+            behaviour = script[attempt - 1] if attempt <= len(script) else "instant"
+            duration, succeeds = BEHAVIOURS[behaviour]
+            now += duration
+            if succeeds or attempt == RETRY.max_attempts:
+                break
+            now += RETRY.delay(attempt)
+    return timeline
+
+
+async def run_scripts(scripts: list[list[str]]) -> tuple[list[tuple[int, int, float]], list[int]]:
+    started: list[tuple[int, int, float]] = []
+    with memory_database() as database:
+        async with pt.open_log(database, commands=[Add]) as log:
+            await log.append(*(Add(str(i)) for i in range(len(scripts))))  # one page
+        worker: pt.PatternWorker[None] = pt.PatternWorker("scripted", retry=RETRY)
+
+        @worker.on(Add)
+        async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            started.append((ctx.message.id, ctx.attempt, trio.current_time()))
+            script = scripts[ctx.message.id - 1]
+            behaviour = script[ctx.attempt - 1] if ctx.attempt <= len(script) else "instant"
+            if behaviour in {"short", "fail_after_wait"}:
+                await trio.sleep(1)
+            elif behaviour == "overrun":
+                await trio.sleep(60)
+            elif behaviour == "shielded":
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(6)
+            if behaviour in {"fail", "fail_after_wait"}:
+                raise ValueError(behaviour)
+
+        app = pt.App(database=database)
+        app.register_command(Add)
+        app.register_worker(worker)
+        # Virtual time: a scenario that goes wrong fails at once instead of hanging.
+        with trio.fail_after(10_000):
+            async with serving(app):
+                await app.caught_up()
+                dead = sorted(d.message_id for d in await app.dead_letters("scripted"))
+    origin = started[0][2]
+    return [(m, a, t - origin) for m, a, t in started], dead
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    scripts=st.lists(
+        st.lists(st.sampled_from(sorted(BEHAVIOURS)), min_size=1, max_size=3),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_every_kind_of_handler_in_one_page_keeps_the_model_timeline(
+    scripts: list[list[str]],
+) -> None:
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    timeline, dead = trio.run(run_scripts, scripts, clock=clock)
+    assert timeline == expected_timeline(scripts)
+    gave_up = [
+        m
+        for m, script in enumerate(scripts, 1)
+        if len(script) == RETRY.max_attempts and not any(BEHAVIOURS[b][1] for b in script)
+    ]
+    assert dead == gave_up
