@@ -310,5 +310,5 @@ async def _commit(
         return None if landed and not redrive else exc
     except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
         return exc
-    run.feed.advance(message_id)
+    # The feed's position in memory moves in the page loop, right after (no await between).
     return None
