@@ -1,10 +1,11 @@
-"""One attempt: the handler under its own deadline, then the commit outside it.
+"""One attempt: the handler under its own deadline, then its commit.
 
-The bottom of a worker's loops. The handler runs in a cancel scope of its own, so a
-timeout can only cut off this handler, and only while it runs: a handler that
-returned (even one woken in the same instant as its deadline) has succeeded, and its
-commit runs outside any scope the handler shared. Nothing here is shared between
-messages.
+The bottom of a worker's loops. A timeout can only cut off this handler, and only
+while it runs: a handler that returned (even one woken in the same instant as its
+deadline) has succeeded, and its commit runs under no deadline. In the message loop
+the handler runs in the page's stretch (``_stretch``), whose scope carries this
+handler's deadline from its first yield until it returns; elsewhere (periodic work,
+re-drives, traced attempts) in a cancel scope of its own.
 """
 
 from __future__ import annotations
