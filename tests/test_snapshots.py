@@ -30,7 +30,7 @@ import petrock_trio as pt
 from petrock_trio._snapshots import PROJECTION
 from petrock_trio._statecodec import StateCodec, detail
 from petrock_trio.stores import Commit, SnapshotRecord, Store, open_store
-from petrock_trio.testing import FaultyStore, memory_database, serving
+from petrock_trio.testing import FaultyStore, memory_database, serving, wait_until
 from tests.support import Add, Echoed, Note, Unrouted
 
 Logs = list[MutableMapping[str, Any]]
@@ -331,11 +331,22 @@ def _apply_add(state: Tally, cmd: Add, message: pt.Message) -> None:
 async def fill(database: str, adds: list[Add], **options: Any) -> list[int]:
     """Serve until ``adds`` are handled, then stop hard (a graceful stop would save a
     snapshot at the end, leaving no tail to replay); their ids (echoes in between)."""
-    app, _ = tally_app(database, Seen(), **options)
+    app, worker = tally_app(database, Seen(), **options)
     async with serving(app, graceful=False):
         ids = [(await app.execute(cmd)).id for cmd in adds]
         await app.caught_up()
+        every = worker.snapshot_options.every
+        if every is not None and not options.get("snapshot_interval"):
+            # The snapshot due by the head is written by the worker's own loop, beside
+            # the message loop: wait for it, or the hard stop races it.
+            head = app.log.head.value
+            await wait_until(lambda: (_latest(app) or 0) > head - every, timeout=10)
     return ids
+
+
+def _latest(app: pt.App) -> int | None:
+    snapshot = app.inspect()["workers"]["w"].get("snapshot")
+    return None if snapshot is None else snapshot["position"]
 
 
 async def app_store_snapshots(database: str) -> list[SnapshotRecord]:
