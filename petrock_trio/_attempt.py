@@ -14,7 +14,7 @@ import functools
 import math
 import types
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -80,14 +80,9 @@ async def call(
                 if _cancelled(exc):
                     cut_off = exc
                 raise
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - a failure of this call; a cancel leaves via _propagate
         if _cancelled(exc):
-            if isinstance(exc, BaseExceptionGroup):
-                # Whatever else failed meanwhile, the cancellation is what happens now.
-                cancelled, _ = exc.split(trio.Cancelled)
-                assert cancelled is not None
-                raise cancelled from None
-            raise
+            _propagate(exc)
         return exc
     finally:
         run.running = None
@@ -97,6 +92,16 @@ async def call(
         timeout.__cause__ = cut_off
         return timeout
     return None
+
+
+def _propagate(cancel: BaseException) -> NoReturn:
+    """Raise the cancellation ``cancel`` carries: whatever else failed meanwhile (in an
+    exception group), the cancellation is what happens now."""
+    if isinstance(cancel, BaseExceptionGroup):
+        cancelled, _ = cancel.split(trio.Cancelled)
+        assert cancelled is not None
+        raise cancelled from None
+    raise cancel
 
 
 async def _call_in(  # noqa: PLR0917 - call's arguments, passed on
@@ -119,18 +124,14 @@ async def _call_in(  # noqa: PLR0917 - call's arguments, passed on
         run.running = (command_type, message_id, what, coro)
         try:
             await _drive(coro, stretch, deadline)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - as in call
             if not _cancelled(exc):
                 error = exc
             elif stretch.scope.cancel_called:
                 error = HandlerTimeout(run.name, limit, what)
                 error.__cause__ = exc
-            elif isinstance(exc, BaseExceptionGroup):
-                cancelled, _ = exc.split(trio.Cancelled)  # as in call
-                assert cancelled is not None
-                raise cancelled from None
             else:
-                raise  # a cancel from outside: it propagates, as out of a scope
+                _propagate(exc)  # a cancel from outside, as out of a scope
     finally:
         run.running = None
         WORKING.reset(working)

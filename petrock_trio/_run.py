@@ -243,18 +243,15 @@ class WorkerRun(RunState):
         shared = _tracing.ACTIVE is None
         done = 0
         while done < len(indexes):
-            if not shared:
-                await self._handle_row(page, indexes[done])
-                done += 1
-                continue
             overran: Overran | None = None
             with trio.CancelScope() as scope:
-                stretch = self.stretch = Stretch(scope)
+                stretch = self.stretch = Stretch(scope) if shared else None
                 try:
                     while done < len(indexes):
                         await self._handle_row(page, indexes[done])
                         done += 1
-                        await stretch.between()
+                        if stretch is not None:
+                            await stretch.between()
                 except Overran as exc:
                     overran = exc
                 finally:

@@ -56,13 +56,11 @@ async def settle(
         while True:
             if wait > 0:
                 await run.wait_to_retry(wait)
-            if resumed is not None:
-                started = resumed.started
-                error = await attempt(run, message, number, started=started, resumed=resumed)
-                resumed = None
-            else:
-                started = trio.current_time()
-                error = await attempt(run, message, number, started=started, redrive=redrive)
+            started = trio.current_time() if resumed is None else resumed.started
+            error = await attempt(
+                run, message, number, started=started, redrive=redrive, resumed=resumed
+            )
+            resumed = None
             now = trio.current_time()
             if error is None:
                 run.recorder.handled(now, now - started, message.name)

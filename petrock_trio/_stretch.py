@@ -52,7 +52,6 @@ class Overran(BaseException):
         self.started = 0.0
         self.number = 1
         self.first_failed_at: float | None = None
-        self.replay = False
 
 
 class Stretch:
