@@ -124,6 +124,16 @@ class CommandRegistry:
         """True for names registered on this registry (what ``execute`` accepts)."""
         return name in self._classes
 
+    def registered(self, name: str) -> type[Any]:
+        """The class registered as ``name`` on this registry (what ``execute`` and the
+        HTTP API accept); :class:`UnknownCommand` otherwise."""
+        cls = self._classes.get(name)
+        if cls is None:
+            raise UnknownCommand(
+                f"command {name!r} is not registered with this app", command_name=name
+            )
+        return cls
+
     def codec(self, cls: type[Any]) -> CattrsCodec | MsgspecCodec:
         """The codec of a command class: msgspec's where it decides as cattrs would."""
         found = self._codecs.get(cls)

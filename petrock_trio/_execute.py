@@ -46,11 +46,7 @@ class Executor:
 
     def encode(self, cmd: object) -> tuple[str, bytes]:
         """Name and payload of a registered command; raises the typed errors."""
-        name = command_name(cmd)
-        if not self.registry.is_registered(name):
-            raise UnknownCommand(
-                f"command {name!r} is not registered with this app", command_name=name
-            )
+        self.registry.registered(command_name(cmd))
         return self.registry.encode(cmd)
 
     def encode_valid(self, cmd: object) -> tuple[str, bytes]:

@@ -31,7 +31,7 @@ from ._errors import (
     ValidationError,
 )
 from ._health import Health
-from ._http_batch import describe, read_batch
+from ._http_batch import answer, read_batch
 from ._http_dashboard import DASHBOARD_MESSAGES, MAX_DASHBOARD_MESSAGES, dashboard_snapshot
 from ._http_guard import AllowedHosts
 from ._http_metrics import CollectorRegistry, app_registry, exposition
@@ -249,23 +249,17 @@ class Api:
         self.guard(request)
         registry = self.app.registry
         name: str = request.path_params["name"]
-        if not registry.is_registered(name):
-            raise UnknownCommand(
-                f"command {name!r} is not registered with this app", command_name=name
-            )
+        cls = registry.registered(name)
         body = await _read_body(request, self.body_limit)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"{name}: body is not valid JSON: {exc}", command_name=name) from exc
-        cmd = registry.structure(name, registry.lookup(name), data)
+        cmd = registry.structure(name, cls, data)
         # The caller's trace (a traceparent header) is the parent of execute's span.
         with _tracing.remote_parent(request.headers):
             message = await self.app.execute(cmd)
-        return _JSON(
-            {"id": message.id, "name": message.name, "timestamp": message.timestamp.isoformat()},
-            201,
-        )
+        return _JSON(answer(message), 201)
 
     async def post_commands(self, request: Request) -> Response:
         """A batch, ``{"commands": [{"name", "payload"}, ...]}``, appended in one
@@ -275,7 +269,7 @@ class Api:
         commands = read_batch(self.app.registry, body, self.app.max_batch)
         with _tracing.remote_parent(request.headers):
             messages = await self.app.execute_many(commands)
-        return _JSON({"messages": describe(messages)}, 201)
+        return _JSON({"messages": [answer(m) for m in messages]}, 201)
 
     async def inspect(self, _: Request) -> Response:
         report = self.app.inspect()

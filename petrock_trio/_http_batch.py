@@ -7,16 +7,15 @@ error with ``index``, its position in the list, as ``execute_many`` would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
 
 from ._commands import CommandRegistry
-from ._errors import BatchTooLarge, CommandError, DecodeError, UnknownCommand
+from ._errors import BatchTooLarge, CommandError, DecodeError
 from ._message import Message
 
-__all__ = ["describe", "read_batch"]
+__all__ = ["answer", "read_batch"]
 
 _ITEM_KEYS: Final = frozenset({"name", "payload"})
 
@@ -52,11 +51,9 @@ def _command(registry: CommandRegistry, item: Any) -> object:
     name = item["name"]
     if not isinstance(name, str):
         raise DecodeError("a command's name must be a string")
-    if not registry.is_registered(name):
-        raise UnknownCommand(f"command {name!r} is not registered with this app", command_name=name)
-    return registry.structure(name, registry.lookup(name), item["payload"])
+    return registry.structure(name, registry.registered(name), item["payload"])
 
 
-def describe(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """What the answer says of each appended message, as ``POST /commands/{name}`` does."""
-    return [{"id": m.id, "name": m.name, "timestamp": m.timestamp.isoformat()} for m in messages]
+def answer(message: Message) -> dict[str, Any]:
+    """What the HTTP API answers of an appended message (one or each of a batch's)."""
+    return {"id": message.id, "name": message.name, "timestamp": message.timestamp.isoformat()}
