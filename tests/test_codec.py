@@ -249,6 +249,10 @@ arbitrary = st.one_of(
 )
 
 
+# Number texts JSON allows, ints and floats of every size.
+NUMBER_TEXT = st.from_regex(r"\A-?(0|[1-9][0-9]{0,25})([.][0-9]{1,20})?([eE][-+]?[0-9]{1,3})?\Z")
+
+
 class TestArbitraryPayloads:
     """Any JSON object is accepted or refused alike, and accepted as the same command."""
 
@@ -256,28 +260,23 @@ class TestArbitraryPayloads:
     @given(case=arbitrary)
     def test_same_verdict(self, case: tuple[type[Any], dict[str, Any]]) -> None:
         cls, data = case
-        payload = json.dumps(data).encode()
-        reference, fast = codecs(cls)
-        expected = verdict(lambda p: reference.decode("c", p), payload)
-        assert verdict(lambda p: fast.decode("c", p), payload) == expected
-        quick = verdict(fast.fast_decode, payload)
-        if quick != "refused":
-            # The fast path accepts only what cattrs accepts, building the same command.
-            assert quick == expected
+        assert_same_verdict(cls, json.dumps(data).encode())
 
-    @given(
-        i=st.from_regex(r"\A-?(0|[1-9][0-9]{0,25})([.][0-9]{1,20})?([eE][-+]?[0-9]{1,3})?\Z"),
-        f=st.from_regex(r"\A-?(0|[1-9][0-9]{0,25})([.][0-9]{1,20})?([eE][-+]?[0-9]{1,3})?\Z"),
-    )
+    @given(i=NUMBER_TEXT, f=NUMBER_TEXT)
     def test_number_texts(self, i: str, f: str) -> None:
         """orjson and msgspec read the same number texts as the same ints and floats."""
-        payload = f'{{"s": "", "b": false, "i": {i}, "f": {f}}}'.encode()
-        reference, fast = codecs(Scalars)
-        expected = verdict(lambda p: reference.decode("c", p), payload)
-        assert verdict(lambda p: fast.decode("c", p), payload) == expected
-        quick = verdict(fast.fast_decode, payload)
-        if quick != "refused":
-            assert quick == expected
+        assert_same_verdict(Scalars, f'{{"s": "", "b": false, "i": {i}, "f": {f}}}'.encode())
+
+
+def assert_same_verdict(cls: type[Any], payload: bytes) -> None:
+    """Both codecs accept or refuse ``payload`` alike, and the msgspec path alone
+    accepts only what cattrs accepts, building the same command."""
+    reference, fast = codecs(cls)
+    expected = verdict(lambda p: reference.decode("c", p), payload)
+    assert verdict(lambda p: fast.decode("c", p), payload) == expected
+    quick = verdict(fast.fast_decode, payload)
+    if quick != "refused":
+        assert quick == expected
 
 
 class TestRefusals:

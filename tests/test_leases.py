@@ -307,12 +307,18 @@ def _recording(**app_options: Any) -> tuple[pt.App, pt.PatternWorker[None], list
     return app, worker, handled
 
 
+def _follower_and_writer(database: str) -> tuple[pt.App, list[str], pt.App]:
+    """Two apps on one log, as two processes would be: one follows, one appends."""
+    follower, _, handled = _recording(database=database, leases=False)
+    writer = pt.App(database=database, leases=False)
+    writer.register_command(Add)
+    return follower, handled, writer
+
+
 class TestAppendsFromAnotherProcess:
     async def test_wake_a_follower_without_polling_the_table(self, database: str) -> None:
         """SQLite: PRAGMA data_version; PostgreSQL: LISTEN/NOTIFY."""
-        follower, _, handled = _recording(database=database, leases=False)
-        writer = pt.App(database=database, leases=False)
-        writer.register_command(Add)
+        follower, handled, writer = _follower_and_writer(database)
         async with serving(follower), serving(writer):
             for i in range(5):
                 await writer.execute(Add(f"k{i}"))
@@ -324,9 +330,7 @@ class TestAppendsFromAnotherProcess:
     async def test_caught_up_covers_what_another_process_appended(self, database: str) -> None:
         """``caught_up`` waits for everything committed before it was called, whoever
         appended it, not only for what this process has heard of so far."""
-        follower, _, handled = _recording(database=database, leases=False)
-        writer = pt.App(database=database, leases=False)
-        writer.register_command(Add)
+        follower, handled, writer = _follower_and_writer(database)
         async with serving(follower), serving(writer):
             for i in range(5):
                 await writer.execute(Add(f"k{i}"))
