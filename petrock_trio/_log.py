@@ -13,17 +13,26 @@ from trio_util import AsyncValue
 
 from ._clock import WallClock
 from ._commands import CommandRegistry
-from ._errors import OutcomeUnknown, PetrockError, StoreGone
+from ._errors import OutcomeUnknown, PetrockError, StoreError, StoreGone
 from ._message import Message, Row
 from ._store_health import MonitoredStore, StoreHealth
 from .stores import Commit, Store
 
-__all__ = ["MessageLog"]
+__all__ = ["CommitBeforeFailed", "MessageLog", "Pending"]
 
 
-@attrs.define
-class _Pending:
+class CommitBeforeFailed(StoreError):
+    """A commit queued after another that failed: not written, so that none lands
+    without the one before it (see :meth:`MessageLog.submit`)."""
+
+
+@attrs.define(eq=False)
+class Pending:
+    """A commit queued for the group-commit writer, until it is written or fails;
+    ``after``: the commit it must not land without (see :meth:`MessageLog.submit`)."""
+
     commit: Commit
+    after: Pending | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     rows: list[Row] | None = None
     error: BaseException | None = None
@@ -44,7 +53,7 @@ class MessageLog:
         self.registry = registry
         self.clock = clock
         self.head: AsyncValue[int] = AsyncValue(0)
-        self._queue: trio.MemorySendChannel[_Pending] | None = None
+        self._queue: trio.MemorySendChannel[Pending] | None = None
         self._batches = 0
 
     def __repr__(self) -> str:
@@ -55,12 +64,26 @@ class MessageLog:
 
     async def commit(self, commit: Commit) -> list[Row]:
         """Write ``commit`` atomically; return the rows it appended."""
-        if self._queue is None:
+        pending = self.submit(commit)
+        if pending is None:
             (rows,) = await self.store.commit_many([commit])
             self._published(rows)
             return rows
-        pending = _Pending(commit)
+        return await self.landed(pending)
+
+    def submit(self, commit: Commit, *, after: Pending | None = None) -> Pending | None:
+        """Queue ``commit`` for the group-commit writer and return at once (None when no
+        writer runs); :meth:`landed` tells how it went. Commits are written in the
+        order they are queued, each in a transaction written after the one before, and
+        one queued ``after`` another is not written if that one failed."""
+        if self._queue is None:
+            return None
+        pending = Pending(commit, after=after)
         self._queue.send_nowait(pending)
+        return pending
+
+    async def landed(self, pending: Pending) -> list[Row]:
+        """The rows ``pending`` appended once it is written; raises why it was not."""
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -91,7 +114,7 @@ class MessageLog:
         Error handling: a failed batch is retried commit by commit so that one bad
         commit fails only its own caller.
         """
-        send, receive = trio.open_memory_channel[_Pending](math.inf)
+        send, receive = trio.open_memory_channel[Pending](math.inf)
         self._queue = send
         try:
             task_status.started()
@@ -102,7 +125,9 @@ class MessageLog:
                         batch.append(receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                await self._write_batch(batch)
+                batch = _unchained(batch)
+                if batch:
+                    await self._write_batch(batch)
         finally:
             self._queue = None
             # Whoever still waits is told, while the channel is open to read them:
@@ -110,16 +135,14 @@ class MessageLog:
             self._fail_queued(receive)
             receive.close()
 
-    async def _write_batch(self, batch: list[_Pending]) -> None:
+    async def _write_batch(self, batch: list[Pending]) -> None:
         self._batches += 1
         try:
             results = await self.store.commit_many([p.commit for p in batch])
         except (OutcomeUnknown, StoreGone) as exc:
             # Retrying could append twice (or, the file gone, cannot succeed): every
             # caller learns the same.
-            for pending in batch:
-                pending.error = exc
-                pending.done.set()
+            _fail(batch, exc)
             # If it did land, followers must still see the new rows.
             if isinstance(exc, OutcomeUnknown):
                 with contextlib.suppress(PetrockError):
@@ -127,25 +150,23 @@ class MessageLog:
             return
         except PetrockError as exc:
             if len(batch) == 1:
-                batch[0].error = exc
-                batch[0].done.set()
+                _fail(batch, exc)
                 return
             for pending in batch:
-                await self._write_batch([pending])
+                if _unchained([pending]):
+                    await self._write_batch([pending])
             return
         except BaseException:
             # Interrupted (KeyboardInterrupt): whether the transaction landed is unknown,
             # so callers are not told it failed; they are woken to unwind with the app.
-            for pending in batch:
-                pending.error = PetrockError("the log writer was interrupted")
-                pending.done.set()
+            _fail(batch, PetrockError("the log writer was interrupted"))
             raise
         for pending, rows in zip(batch, results, strict=True):
             pending.rows = rows
             self._published(rows)
             pending.done.set()
 
-    def _fail_queued(self, receive: trio.MemoryReceiveChannel[_Pending]) -> None:
+    def _fail_queued(self, receive: trio.MemoryReceiveChannel[Pending]) -> None:
         while True:
             try:
                 pending = receive.receive_nowait()
@@ -165,3 +186,25 @@ class MessageLog:
     @property
     def batches(self) -> int:
         return self._batches
+
+
+def _unchained(batch: list[Pending]) -> list[Pending]:
+    """``batch`` without the commits queued after one that failed, which fail too,
+    unwritten. (One queued after another of the same batch shares its transaction; when
+    that fails, the batch is written again one by one, in order, so the first one's
+    outcome is known when the second is written.)"""
+    kept = []
+    for pending in batch:
+        before = pending.after
+        if before is not None and before.error is not None:
+            pending.error = CommitBeforeFailed("not written: the commit queued before it failed")
+            pending.done.set()
+        else:
+            kept.append(pending)
+    return kept
+
+
+def _fail(batch: list[Pending], error: BaseException) -> None:
+    for pending in batch:
+        pending.error = error
+        pending.done.set()

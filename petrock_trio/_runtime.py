@@ -18,13 +18,13 @@ from ._controls import Controls
 from ._errors import LeaseLost, NotRunning
 from ._events import Event, Hook, StructlogHook, event_fields
 from ._leases import LeaseKeeper
-from ._log import MessageLog
+from ._log import MessageLog, Pending
 from ._logging import get_logger
 from ._message import Row
 from ._positions import PositionFlusher
 from ._pump import LogPump
 from ._totals import Totals
-from .stores import RetryRecord, SnapshotRecord
+from .stores import Commit, RetryRecord, SnapshotRecord
 
 __all__ = ["Run", "Runtime", "Stop"]
 
@@ -116,13 +116,35 @@ class Runtime:
         ``Cancelled`` rather than handle :class:`LeaseLost` itself.
         """
         try:
-            leases = {} if self.leases is None else self.leases.fence(worker)
-            return await self.log.commit(self.log.new_commit(leases=leases, **commit))
+            return await self.log.commit(self._new_commit(worker, commit))
         except LeaseLost as exc:
-            if self.leases is not None:
-                self.leases.lose(exc.workers)
-                await trio.lowlevel.checkpoint()
+            await self._lost(exc)
             raise
+
+    def submit(self, worker: str, *, after: Pending | None = None, **commit: Any) -> Pending | None:
+        """:meth:`commit` queued without waiting for it (see ``MessageLog.submit``);
+        :meth:`landed` waits. None when no writer runs, or ``worker`` holds no lease."""
+        try:
+            return self.log.submit(self._new_commit(worker, commit), after=after)
+        except LeaseLost:
+            return None  # the commit made the usual way finds out, and says so
+
+    async def landed(self, pending: Pending) -> list[Row]:
+        """The outcome of a commit :meth:`submit` queued, as :meth:`commit` tells it."""
+        try:
+            return await self.log.landed(pending)
+        except LeaseLost as exc:
+            await self._lost(exc)
+            raise
+
+    def _new_commit(self, worker: str, commit: dict[str, Any]) -> Commit:
+        leases = {} if self.leases is None else self.leases.fence(worker)
+        return self.log.new_commit(leases=leases, **commit)
+
+    async def _lost(self, exc: LeaseLost) -> None:
+        if self.leases is not None:
+            self.leases.lose(exc.workers)
+            await trio.lowlevel.checkpoint()
 
     async def commit_validated(
         self, worker: str, to_validate: Sequence[object], **commit: Any
