@@ -19,13 +19,15 @@ from typing import Any, NoReturn
 import trio
 
 from . import _tracing
+from ._behind import Landing, landed_anyway
 from ._context import HandlerContext
-from ._errors import HandlerTimeout, LeaseLost, OutcomeUnknown, StoreError
+from ._errors import HandlerTimeout, LeaseLost, OutcomeUnknown
 from ._events import HandlerCompleted
 from ._logging import WORKING
 from ._message import Message
 from ._runstate import RunState
 from ._stretch import Overran, Stretch
+from .stores import SnapshotRecord
 
 __all__ = ["attempt", "call", "handle"]
 
@@ -150,7 +152,6 @@ def _drive(coro: Awaitable[None], stretch: Stretch, deadline: float) -> Generato
         trap = inner.send(None)
     except StopIteration:
         return  # returned without a checkpoint: no deadline could have applied
-    stretch.yielded()
     stretch.scope.deadline = deadline
     try:
         while True:
@@ -160,8 +161,10 @@ def _drive(coro: Awaitable[None], stretch: Stretch, deadline: float) -> Generato
                 inner.close()
                 raise
             except BaseException as exc:  # noqa: BLE001 - thrown in by Trio: the handler's
+                stretch.yielded()
                 trap = inner.throw(exc)
             else:
+                stretch.yielded()  # resumed: other tasks ran meanwhile
                 trap = inner.send(value)
     except StopIteration:
         return
@@ -254,20 +257,21 @@ async def _finish(
     rt = run.rt
     if error is not None:
         return error
-    error = await _commit(run, message.id, ctx, redrive=redrive)
+    error = await _commit(run, message.id, ctx, started=started, redrive=redrive)
     if error is not None:
         return error
     if run.report_completed:
         duration = trio.current_time() - started
-        emitted = tuple(ctx.emitted)
-        rt.report(HandlerCompleted(run.name, message, number, duration, emitted, redrive))
+        event = HandlerCompleted(run.name, message, number, duration, tuple(ctx.emitted), redrive)
+        run.behind.when_landed(lambda: rt.report(event))
     return None
 
 
 async def _commit(
-    run: RunState, message_id: int, ctx: HandlerContext, *, redrive: bool
+    run: RunState, message_id: int, ctx: HandlerContext, *, started: float, redrive: bool
 ) -> BaseException | None:
-    """Commit a successful run; the error if the commit failed (then it is retried)."""
+    """Commit a successful run; the error if the commit failed (then it is retried).
+    In a stretch, the commit is written while the loop goes on (``_behind``)."""
     rt, name, key = run.rt, run.name, run.key
     try:
         if redrive:
@@ -283,10 +287,14 @@ async def _commit(
             run.snapshots_committed(extra.get("snapshots", ()))
             rt.dead_letter_ids.get(name, set()).discard(message_id)
             return None
+        # Room for this commit behind the loop (or, written now, all before it first).
+        await run.behind.land(keep=run.behind.depth - 1 if run.decl.commit_behind else 0)
         # Encoded now, before the commit: state as this message left it.
         snapshot = run.snapshot_at(message_id)
         if ctx.emitted or not run.decl.batch_positions or snapshot is not None:
             snapshots = () if snapshot is None else (snapshot,)
+            if _sent_behind(run, message_id, ctx, snapshots, started=started):
+                return None
             await rt.commit_validated(
                 key,
                 ctx.to_validate,
@@ -305,12 +313,40 @@ async def _commit(
     except OutcomeUnknown as exc:
         # The commit carried this message's position: if that landed, so did the
         # emits, and handling the message again would emit them twice.
-        try:
-            landed = (await rt.log.store.positions()).get(key, 0) >= message_id
-        except StoreError:
-            landed = False
+        landed = await landed_anyway(rt, key, message_id)
         return None if landed and not redrive else exc
     except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
         return exc
     # The feed's position in memory moves in the page loop, right after (no await between).
     return None
+
+
+def _sent_behind(
+    run: RunState,
+    message_id: int,
+    ctx: HandlerContext,
+    snapshots: tuple[SnapshotRecord, ...],
+    *,
+    started: float,
+) -> bool:
+    """Queue this commit to be written while the loop goes on (``_behind``), where the
+    worker asks for it and the commit may wait: in the message loop's stretch, with no
+    emit to validate again, and a writer running."""
+    if not (run.decl.commit_behind and run.stretch is not None) or ctx.to_validate:
+        return False
+    rt, key = run.rt, run.key
+    pending = rt.submit(
+        key,
+        after=run.behind.last,
+        encoded=ctx.emitted,
+        metadata=ctx.emitted_metadata,
+        positions={key: message_id},
+        snapshots=snapshots,
+    )
+    if pending is None:
+        return False
+    landing = Landing(pending, message_id, ctx, started)
+    landing.after.append(functools.partial(rt.flusher.committed, key, message_id))
+    landing.after.append(functools.partial(run.snapshots_committed, snapshots))
+    run.behind.send(landing)
+    return True

@@ -10,14 +10,16 @@ settled by ``_settle``), periodic work (``_periodic``) and re-drives
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, TypeVar
 
 import trio
 
 from . import _tracing
 from ._attempt import handle
+from ._behind import Unlanded
 from ._context import HandlerContext
-from ._errors import ConfigurationError, LeaseLost, NotRunning, PetrockError
+from ._errors import ConfigurationError, NotRunning
 from ._events import Replayed, WorkerCrashed
 from ._group import WorkerStatistics
 from ._health import HealthReport, Signals, judge
@@ -31,7 +33,7 @@ from ._retry import Backoff
 from ._runstate import RunState
 from ._runtime import Runtime, Stop
 from ._settle import dead_letter, settle
-from ._snapshots import SnapshotKeeper
+from ._snapshot_loop import snapshot_loop, take_snapshot
 from ._stretch import Overran, Stretch
 from ._worker import PatternWorker
 
@@ -148,7 +150,7 @@ class WorkerRun(RunState):
                 nursery.start_soon(self._supervise)
                 nursery.start_soon(self._watch_replay)
                 if self.snapshots is not None:
-                    nursery.start_soon(self._snapshot_loop, self.snapshots)
+                    nursery.start_soon(snapshot_loop, self, self.snapshots)
                 await self.replayed.wait()
                 self.live = True
                 if self.decl.periodic is not None:
@@ -198,6 +200,9 @@ class WorkerRun(RunState):
                 self.crashed = repr(exc)
                 delay = _CRASH_BACKOFF.delay(min(self.crashes, 10))
                 self.rt.report(WorkerCrashed(self.name, exc, delay))
+                with contextlib.suppress(Unlanded):
+                    # Where to start again: after it, if the commit in flight was written.
+                    await self.behind.land()
                 self.feed.rewind()
             else:
                 return
@@ -243,7 +248,7 @@ class WorkerRun(RunState):
         shared = _tracing.ACTIVE is None
         done = 0
         while done < len(indexes):
-            overran: Overran | None = None
+            resumed: Overran | Unlanded | None = None
             with trio.CancelScope() as scope:
                 stretch = self.stretch = Stretch(scope) if shared else None
                 try:
@@ -252,19 +257,41 @@ class WorkerRun(RunState):
                         done += 1
                         if stretch is not None:
                             await stretch.between()
-                except Overran as exc:
-                    overran = exc
+                    await self.behind.land()
+                except (Overran, Unlanded) as exc:
+                    resumed = exc
                 finally:
                     self.stretch = None
-            if overran is not None:
-                # Outside the spent stretch: that message goes on from its handler's outcome.
-                await self._handle_row(page, indexes[done], overran)
-                done += 1
+            if resumed is not None:
+                done = await self._resume(page, indexes, done, resumed)
+
+    async def _resume(
+        self, page: Page, indexes: list[int], done: int, resumed: Overran | Unlanded
+    ) -> int:
+        """Outside the stretch: a message goes on from its attempt's outcome, that of a
+        handler whose deadline spent the stretch or of a commit that failed behind the
+        loop (then the messages after it are handled again). Where the page goes on."""
+        while True:
+            if isinstance(resumed, Unlanded):
+                failed = resumed.landing.message_id
+                done = next(d for d, i in enumerate(indexes) if page.rows[i].id == failed)
+                overran = resumed.resumption()
+                if overran is None:
+                    return done  # not written only for the one before: handled again
+                resumed = overran
+            try:
+                await self._handle_row(page, indexes[done], resumed)
+                await self.behind.land()
+            except Unlanded as exc:
+                resumed = exc
+            else:
+                return done + 1
 
     async def _handle_row(self, page: Page, index: int, overran: Overran | None = None) -> None:
         """One routed row of ``page``; with ``overran``, the rest of its handling after a
         stretch its handler's deadline spent (its outcome is settled, shutdown or not)."""
         if overran is None and self.rt.stopping.is_set():
+            await self.behind.land()
             raise Stop
         row = page.rows[index]
         coverage = self.coverage
@@ -281,14 +308,15 @@ class WorkerRun(RunState):
             return
         self.replayed.set()
         if overran is None and self.rt.controls.paused(self.name):
+            await self.behind.land()
             await wait_at_gate(self, holding_lock=True)
         if isinstance(key_hash, Exception):
             await dead_letter(self, row, key_hash, attempts=1, first_failed_at=self.rt.clock())
         else:
             await settle(self, page, index, resumed=overran)
         # A message handled live has its position committed (see _attempt); in
-        # memory it moves here for batched workers too.
-        self.feed.advance(row.id)
+        # memory it moves here for batched workers too, once its commit is written.
+        self.behind.when_landed(functools.partial(self.feed.advance, row.id))
 
     async def _replay_one(self, page: Page, index: int, overran: Overran | None) -> None:
         rt = self.rt
@@ -374,65 +402,5 @@ class WorkerRun(RunState):
             keeper.requested = True
             pending = self.retrying is not None
             if not pending:
-                await self._take_snapshot(keeper, quiet=False)
+                await take_snapshot(self, keeper, quiet=False)
         return {**keeper.describe(self.rt.clock()), "partition": self.partition, "pending": pending}
-
-    async def _snapshot_loop(self, keeper: SnapshotKeeper) -> None:
-        """Snapshots that no commit carried: when the position moved ``snapshot_every``
-        messages in memory (messages this run does not route, batched positions,
-        replay), or ``snapshot_interval`` came round; taken between messages. At
-        graceful shutdown, once the message in hand is done, one more if anything moved
-        since the last: a graceful restart then replays nothing."""
-        while True:
-            try:
-                await self.interruptible(self._until_snapshot_due, keeper)
-            except Stop:
-                break
-            async with self.lock:
-                await self._take_snapshot(keeper, quiet=True)
-        async with self.lock:
-            keeper.requested = keeper.requested or self.state_position() > keeper.tried
-            await self._take_snapshot(keeper, quiet=True)
-
-    async def _until_snapshot_due(self, keeper: SnapshotKeeper) -> None:
-        every = keeper.policy.every
-        with trio.move_on_at(keeper.next_due()):
-            if every is None:
-                await trio.sleep_forever()
-            else:
-                await self.feed.position.wait_value(lambda p: p - keeper.tried >= every)
-
-    async def _take_snapshot(self, keeper: SnapshotKeeper, *, quiet: bool) -> None:
-        """Commit a snapshot at the position in memory, if one is due (under the lock:
-        ``state`` reflects every message up to that position). ``quiet``: a failed
-        write is logged, not raised (the next one is due all the same)."""
-        position = self.state_position()
-        record = None
-        if self.retrying is not None:
-            # Half changed, maybe: the retried message's commit takes it.
-            keeper.requested = True
-            keeper.tried = position
-        else:
-            record = self.snapshot_at(position)
-        if record is None:
-            keeper.since = trio.current_time()  # the interval starts again
-            await trio.lowlevel.checkpoint()
-            return
-        try:
-            await self.rt.commit(self.key, positions={self.key: position}, snapshots=[record])
-        except LeaseLost:
-            raise
-        except PetrockError as exc:
-            if not quiet:
-                raise
-            _log.warning(
-                "petrock.snapshot_not_saved",
-                worker_name=self.name,
-                snapshot=self.key,
-                position=position,
-                error_details=repr(exc),
-                exc_info=exc,
-            )
-            return
-        self.rt.flusher.committed(self.key, position)
-        keeper.committed(record)

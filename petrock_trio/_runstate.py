@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from ._behind import Behind
 from ._errors import ConfigurationError
 from ._message import Page
 from ._metrics import MetricsRecorder
@@ -87,6 +88,8 @@ class RunState:
         self.running: tuple[str, int | None, str, Awaitable[None]] | None = None
         # The stretch the message loop is in, if any: handler calls share its scope.
         self.stretch: Stretch | None = None
+        # The commit the message loop has in flight while it goes on (see _behind).
+        self.behind = Behind(rt, self.key)
         # Its last block of the event loop: (Trio time it was reported, reason).
         self.blocked: tuple[float, str] | None = None
 

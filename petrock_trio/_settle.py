@@ -8,6 +8,8 @@ fails is written again without running the handler again.
 
 from __future__ import annotations
 
+import functools
+
 import trio
 
 from ._attempt import attempt
@@ -63,7 +65,11 @@ async def settle(
             resumed = None
             now = trio.current_time()
             if error is None:
-                run.recorder.handled(now, now - started, message.name)
+                landing = run.behind.of(row.id)
+                if landing is not None:
+                    landing.first_failed_at = first_failed_at
+                handled = functools.partial(run.recorder.handled, now, now - started, message.name)
+                run.behind.when_landed(handled)
                 return
             first_failed_at = first_failed_at or rt.clock()
             decision = _decide(run, message, error, number)
@@ -186,6 +192,7 @@ def _resume(run: RunState, row: Row) -> tuple[int, float | None, float]:
 async def _save_retry(run: RunState, record: RetryRecord, command_type: str) -> None:
     """Keep the retry state with the position: a restart or a takeover by another
     process resumes the backoff instead of starting it over."""
+    await run.behind.land()  # the commit before this one first (see _behind)
     try:
         await run.rt.commit(run.key, retries=[record])
     except LeaseLost:
@@ -213,6 +220,7 @@ async def dead_letter(
 ) -> None:
     """Record ``row`` as given up on, with its position and ``error``'s traceback; written
     again until it lands. ``duration`` is the last attempt's (``None``: no handler ran)."""
+    await run.behind.land()  # the commit before this one first (see _behind)
     rt, name, key = run.rt, run.name, run.key
     record = DeadLetterRecord(
         worker=name,

@@ -74,7 +74,7 @@ class Stretch:
         return self.task is trio.lowlevel.current_task() and not self.scope.cancel_called
 
     def yielded(self) -> None:
-        """A handler waited: other tasks ran meanwhile."""
+        """A handler was resumed after it waited: other tasks ran meanwhile."""
         self._count = 0
         self._since = time.perf_counter()
 

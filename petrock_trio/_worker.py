@@ -64,12 +64,11 @@ class PatternWorker(Shown[S]):
     ``retry.max_attempts``. With ``replay=False`` the rebuild is skipped; a route
     declared with ``replay=False`` is skipped in replay (live only).
 
-    A live message's position is durable before the worker starts its next live
-    message, so a crash or a failover re-handles at most one message.
-    ``batch_positions=True`` (for workers whose effects are idempotent) writes the
-    positions of messages that emitted nothing in groups instead, every
-    ``App(position_flush_interval=...)`` seconds: faster, but a crash re-handles the
-    messages handled since the last group write.
+    A live message's position is durable before the next one starts: a crash or a
+    failover re-handles at most one. ``batch_positions=True`` (idempotent effects)
+    writes those of messages that emitted nothing in groups, every
+    ``App(position_flush_interval=...)``; ``commit_behind=True`` writes each commit
+    while the next handlers run, a crash re-handling up to three (docs/workers.md).
 
     Each serving starts ``state`` again from a deep copy of the state the worker was
     constructed with, or from its latest snapshot: with ``snapshot_every=N`` (messages)
@@ -91,6 +90,7 @@ class PatternWorker(Shown[S]):
         health: HealthThresholds | None = None,
         page_capacity: int = 16,
         batch_positions: bool = False,
+        commit_behind: bool = False,
         partitions: int = 1,
         key: KeyFn | None = None,
         snapshot_every: int | None = None,
@@ -118,6 +118,7 @@ class PatternWorker(Shown[S]):
         self.thresholds = health or HealthThresholds()
         self.page_capacity = page_capacity
         self.batch_positions = batch_positions
+        self.commit_behind = commit_behind
         self.partitions = partitions
         self.key = key
         self.snapshot_options = SnapshotOptions.checked(

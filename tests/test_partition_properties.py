@@ -27,16 +27,20 @@ step = st.tuples(
     st.sampled_from([1, 2, 3, 5]),  # partitions of this run
     st.lists(add, max_size=10),
     st.sampled_from(["graceful", "hard"]),  # hard: cancelled with handlers in flight
+    st.booleans(),  # commits written behind the loop (commit_behind)
 )
 
 
-def worker_for(partitions: int, rng: random.Random, failing: set[int]) -> pt.PatternWorker[Any]:
+def worker_for(
+    partitions: int, rng: random.Random, failing: set[int], *, behind: bool = False
+) -> pt.PatternWorker[Any]:
     worker: pt.PatternWorker[dict[str, int]] = pt.PatternWorker(
         "totals",
         state={},
         partitions=partitions,
         key=lambda cmd: cmd.key,
         retry=pt.Backoff(initial=0.001, max_delay=0.002, max_attempts=50),
+        commit_behind=behind,
     )
 
     @worker.on_command(Add)
@@ -52,12 +56,12 @@ def worker_for(partitions: int, rng: random.Random, failing: set[int]) -> pt.Pat
     return worker
 
 
-async def run_steps(db: str, steps: list[tuple[int, list[Add], str]], seed: int) -> None:
+async def run_steps(db: str, steps: list[tuple[int, list[Add], str, bool]], seed: int) -> None:
     rng = random.Random(seed)
     appended: dict[int, Add] = {}
-    for partitions, cmds, ending in [*steps, (rng.choice([1, 4]), [], "graceful")]:
+    for partitions, cmds, ending, behind in [*steps, (rng.choice([1, 4]), [], "graceful", False)]:
         failing = {i for i in range(1, 200) if rng.random() < 0.2}
-        worker = worker_for(partitions, rng, failing)
+        worker = worker_for(partitions, rng, failing, behind=behind)
         app = pt.App(db, hooks=[])
         for cls in (Add, Echoed, Note):
             app.register_command(cls)
@@ -93,7 +97,7 @@ async def run_steps(db: str, steps: list[tuple[int, list[Add], str]], seed: int)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(step, min_size=1, max_size=4), seed=st.integers(0, 2**32))
 def test_partitions_restarts_and_repartitioning(
-    steps: list[tuple[int, list[Add], str]], seed: int
+    steps: list[tuple[int, list[Add], str, bool]], seed: int
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(run_steps, str(Path(tmp) / "prop.db"), steps, seed)

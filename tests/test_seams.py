@@ -20,6 +20,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 import petrock_trio as pt
+from petrock_trio._behind import DEPTH
 from petrock_trio.testing import (
     FakeService,
     FakeServiceError,
@@ -800,15 +801,20 @@ class TestEmitValidation:
 
 class TestPositionsOfQuietWorkers:
     """A live message's position is durable before the worker starts its next live
-    message, emits or not: a crash re-handles at most one message per worker."""
+    message, emits or not: a crash re-handles at most one message per worker. With
+    ``commit_behind``, before it commits the one ``DEPTH`` messages after it."""
 
-    @pytest.mark.parametrize("batch", [False, True], ids=["exact", "batch_positions"])
+    @pytest.mark.parametrize("mode", ["exact", "batch_positions", "commit_behind"])
     async def test_position_saved_before_the_next_message(
-        self, autojump_clock: trio.testing.MockClock, batch: bool
+        self, autojump_clock: trio.testing.MockClock, mode: str
     ) -> None:
         app = pt.App(clock=pt.TrioWallClock(), hooks=[])
         app.register_command(Note)
-        worker: pt.PatternWorker[None] = pt.PatternWorker("quiet", batch_positions=batch)
+        worker: pt.PatternWorker[None] = pt.PatternWorker(
+            "quiet",
+            batch_positions=mode == "batch_positions",
+            commit_behind=mode == "commit_behind",
+        )
         behind: list[int] = []
 
         @worker.on_command(Note)
@@ -822,8 +828,12 @@ class TestPositionsOfQuietWorkers:
             await app.log.append(*[Note(i) for i in range(20)])
             await app.caught_up()
         assert len(behind) == 20
-        if batch:
+        if mode == "batch_positions":
             # Written in groups: handling goes ahead of the saved position.
             assert max(behind) > 1
+        elif mode == "commit_behind":
+            # Commits in flight while the next handler runs, never more than DEPTH.
+            assert behind[0] == 0
+            assert 1 <= max(behind) <= DEPTH
         else:
             assert behind == [0] * 20

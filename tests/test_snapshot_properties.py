@@ -39,6 +39,7 @@ class Step:
     ending: str  # graceful | hard (cancelled, handlers in flight)
     request_at: int | None  # ask for a snapshot after this many commands
     change: str  # before the start: "" | "version" (a new state_version) | "corrupt"
+    behind: bool = False  # commits written behind the loop (commit_behind)
 
 
 step = st.builds(
@@ -47,6 +48,7 @@ step = st.builds(
     ending=st.sampled_from(["graceful", "hard"]),
     request_at=st.none() | st.integers(0, 12),
     change=st.sampled_from(["", "", "version", "corrupt"]),
+    behind=st.booleans(),
 )
 
 
@@ -63,7 +65,14 @@ class Seen:
 
 
 def build(
-    db: str, *, every: int, partitions: int, version: str, seen: Seen, rng: random.Random
+    db: str,
+    *,
+    every: int,
+    partitions: int,
+    version: str,
+    seen: Seen,
+    rng: random.Random,
+    behind: bool = False,
 ) -> tuple[pt.App, pt.PatternWorker[Sums], Sums]:
     app = pt.App(db, hooks=[], snapshot_every=every + 1, state_version=version)
     projected = Sums()
@@ -76,6 +85,7 @@ def build(
         key=lambda cmd: cmd.key,
         snapshot_every=every,
         state_version=version,
+        commit_behind=behind,
     )
 
     @worker.on_command(Add)
@@ -132,7 +142,13 @@ async def run_steps(db: str, steps: list[Step], every: int, partitions: int, see
         positions, records = await saved(db)
         seen = Seen()
         app, worker, projected = build(
-            db, every=every, partitions=partitions, version=version, seen=seen, rng=rng
+            db,
+            every=every,
+            partitions=partitions,
+            version=version,
+            seen=seen,
+            rng=rng,
+            behind=current.behind,
         )
         async with serving(app, graceful=current.ending == "graceful"):
             # The state after snapshot + tail replay is the state a full replay builds.

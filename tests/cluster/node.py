@@ -74,8 +74,10 @@ def build(url: str, node: str, rng: random.Random, records: int) -> pt.App:
 
 
 def _partitioned(node: str, rng: random.Random, records: int) -> pt.PatternWorker[None]:
+    # Its commits are written behind the loop (commit_behind): a failover may find one
+    # in flight while the next handler runs.
     worker: pt.PatternWorker[None] = pt.PatternWorker(
-        PARTITIONED, partitions=PARTITIONS, key=lambda cmd: cmd.key
+        PARTITIONED, partitions=PARTITIONS, key=lambda cmd: cmd.key, commit_behind=True
     )
 
     @worker.on_command(Add)

@@ -39,8 +39,13 @@ def build(database: str, rng: random.Random) -> pt.App:
     app.register_command(Note)
 
     # Snapshots every few messages: most restarts after a kill load one and replay the tail.
+    # Half the trials write each commit while the next handler runs (a kill then finds
+    # one in flight behind the loop as often as not).
     echo: pt.PatternWorker[Totals] = pt.PatternWorker(
-        "echo", state=Totals(), snapshot_every=rng.randrange(2, 10)
+        "echo",
+        state=Totals(),
+        snapshot_every=rng.randrange(2, 10),
+        commit_behind=rng.random() < 0.5,
     )
 
     @echo.on_command("test/add")

@@ -1,0 +1,222 @@
+"""Commit behind (``commit_behind=True``): a message's commit is written while the next
+handler runs (``_behind``).
+
+What must hold: a commit that fails behind the loop sends the loop back to its message
+(retried as any failed attempt), the next message is handled again after it, and
+nothing lands twice or out of order; a commit whose outcome is unknown counts as
+written when its position is; a stop or a pause waits for the commit in flight; a
+commit with validated emits is never behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+import trio.testing
+
+import petrock_trio as pt
+from petrock_trio.stores import Commit
+from petrock_trio.testing import memory_database, serving, worker_harness
+from tests.support import Echoed, Named, Note, apply_named
+
+
+def positioned(message_id: int) -> Any:
+    """A fault filter: the transaction that writes worker ``w``'s position ``message_id``."""
+
+    def when(commits: Sequence[Commit]) -> bool:
+        return any(c.positions.get("w") == message_id for c in commits)
+
+    return when
+
+
+def echoing(
+    calls: list[tuple[int, int]], *, wait: float = 0.0, retry: pt.Backoff | None = None
+) -> pt.PatternWorker[None]:
+    """Worker ``w``: records (message id, attempt) of each live call, emits Echoed."""
+    worker: pt.PatternWorker[None] = pt.PatternWorker(
+        "w", retry=retry or pt.Backoff(), commit_behind=True
+    )
+
+    @worker.on(Note)
+    async def note(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
+        calls.append((ctx.message.id, ctx.attempt))
+        await trio.sleep(wait)
+        ctx.emit(Echoed(ctx.message.id, cmd.text))
+
+    return worker
+
+
+async def echoes(app: pt.App) -> list[int]:
+    """The source ids of the Echoed commands in the log, in log order."""
+    return [
+        m.command.source_id for m in await app.log.read_after(0) if isinstance(m.command, Echoed)
+    ]
+
+
+# In these, handlers take 0.5 s and every transaction 0.8 s (a slow disk, on Trio's
+# clock), so that each commit is written alone: handler 3 runs while the commits of 1
+# and 2 are written, and queues its own behind 2's.
+HANDLER, TRANSACTION = 0.5, 0.8
+
+
+class TestAFailedCommit:
+    async def test_goes_back_to_its_message_and_handles_the_next_again(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        calls: list[tuple[int, int]] = []
+        worker = echoing(calls, wait=HANDLER)
+        async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
+            assert h.store is not None
+            h.store.stall_commits(TRANSACTION)
+            h.store.fail_commits(1, when=positioned(2))
+            await h.app.log.append(Note("a"), Note("b"), Note("c"))
+            await h.settle()
+            # 3 ran while 2's commit was written; 2's failed, and 3's, queued after it,
+            # was not written: 2 is retried, then 3 handled again.
+            assert calls == [(1, 1), (2, 1), (3, 1), (2, 2), (3, 1)]
+            assert await echoes(h.app) == [1, 2, 3]
+            assert await h.positions() == {"w": 3}
+            times = h.attempt_times(2)
+            assert times[1] - times[0] >= 1.0  # the retry's backoff, as for any failure
+            failed = [e for e in h.events if isinstance(e, pt.HandlerFailed)]
+            assert [(e.message_id, e.attempt) for e in failed] == [(2, 1)]
+            assert "injected store failure" in repr(failed[0].error)
+            assert h.metrics().processed == 3
+            assert await h.app.log.store.retries() == []
+
+    async def test_that_fails_for_good_dead_letters_its_message_only(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        calls: list[tuple[int, int]] = []
+        worker = echoing(calls, wait=HANDLER, retry=pt.Backoff(max_attempts=2))
+        async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
+            assert h.store is not None
+            h.store.stall_commits(TRANSACTION)
+            h.store.fail_commits(2, when=positioned(1))  # both attempts' commits
+            await h.app.log.append(Note("a"), Note("b"))
+            await h.settle()
+            letters = await h.dead_letters()
+            assert [(d.message_id, d.attempts) for d in letters] == [(1, 2)]
+            assert await echoes(h.app) == [2]
+            assert await h.positions() == {"w": 2}
+            assert calls == [(1, 1), (2, 1), (1, 2), (2, 1)]
+
+
+class TestAnUnknownOutcome:
+    async def test_written_counts_as_done(self, autojump_clock: trio.testing.MockClock) -> None:
+        calls: list[tuple[int, int]] = []
+        worker = echoing(calls, wait=HANDLER)
+        async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
+            assert h.store is not None
+            h.store.stall_commits(TRANSACTION)
+            h.store.fail_commits(
+                1, lambda: pt.OutcomeUnknown("connection lost"), when=positioned(2), after=True
+            )
+            await h.app.log.append(Note("a"), Note("b"), Note("c"))
+            await h.settle()
+            # 2 is done. 3's commit, queued after one whose outcome was unknown, was not
+            # written (it could have landed without 2's): 3 is handled again.
+            assert calls == [(1, 1), (2, 1), (3, 1), (3, 1)]
+            assert await echoes(h.app) == [1, 2, 3]
+            assert await h.positions() == {"w": 3}
+            assert [e for e in h.events if isinstance(e, pt.HandlerFailed)] == []
+
+    async def test_not_written_is_a_failure(self, autojump_clock: trio.testing.MockClock) -> None:
+        calls: list[tuple[int, int]] = []
+        worker = echoing(calls, wait=HANDLER)
+        async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
+            assert h.store is not None
+            h.store.stall_commits(TRANSACTION)
+            h.store.fail_commits(
+                1, lambda: pt.OutcomeUnknown("connection lost"), when=positioned(2)
+            )
+            await h.app.log.append(Note("a"), Note("b"), Note("c"))
+            await h.settle()
+            assert calls == [(1, 1), (2, 1), (3, 1), (2, 2), (3, 1)]
+            assert await echoes(h.app) == [1, 2, 3]
+
+
+class TestWaitsForTheCommitInFlight:
+    """Commits take 2 s here (a slow disk, on Trio's clock); handlers 0.5 s. The times
+    are counted from the append's return, when handler 1 starts."""
+
+    async def stopped_at(self, seconds: float) -> tuple[dict[str, int], list[int], list[int]]:
+        calls: list[tuple[int, int]] = []
+        with memory_database() as database:
+            store = pt.testing.FaultyStore(pt.stores.open_store(database))
+            store.stall_commits(2.0)
+            app = pt.App(database=database, store=store, shutdown_grace=30.0)
+            app.register_command(Note)
+            app.register_command(Echoed)
+            app.register_worker(echoing(calls, wait=0.5))
+            async with serving(app):
+                await app.log.append(Note("a"), Note("b"), Note("c"))
+                await trio.sleep(seconds)
+                app.stop()
+            async with pt.open_log(database, commands=[Note, Echoed]) as log:
+                positions = await log.store.positions()
+                echoed = [
+                    m.command.source_id
+                    for m in await log.read_after(0)
+                    if isinstance(m.command, Echoed)
+                ]
+        return positions, [i for i, _ in calls], echoed
+
+    async def test_a_stop_while_the_next_handler_runs(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        # Handler 2 runs while 1's commit is written: both land before the app stops.
+        assert await self.stopped_at(0.7) == ({"w": 2}, [1, 2], [1, 2])
+
+    async def test_a_stop_before_the_next_handler(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        # The stop comes during handler 1: its commit lands, handler 2 never starts.
+        assert await self.stopped_at(0.2) == ({"w": 1}, [1], [1])
+
+    async def test_a_pause(self, autojump_clock: trio.testing.MockClock) -> None:
+        calls: list[tuple[int, int]] = []
+        async with worker_harness(
+            echoing(calls, wait=0.5), commands=[Note, Echoed], faults=True
+        ) as h:
+            assert h.store is not None
+            h.store.stall_commits(2.0)
+            await h.app.log.append(Note("a"), Note("b"))  # one page
+            await trio.sleep(0.2)
+            await h.app.pause_worker("w")  # during handler 1
+            await trio.sleep(10)
+            # Parked before message 2, once message 1's commit was written.
+            assert calls == [(1, 1)]
+            assert h.metrics().position == 1
+            await h.app.resume_worker("w")
+            await h.settle()
+            assert calls == [(1, 1), (2, 1)]
+
+
+class TestValidatedEmits:
+    async def test_are_committed_before_the_next_handler(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        saved_when_called: list[int] = []
+        worker: pt.PatternWorker[None] = pt.PatternWorker("w", commit_behind=True)
+
+        @worker.on(Note)
+        async def note(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
+            saved_when_called.append((await ctx_positions(ctx)).get("w", 0))
+            ctx.emit(Named(f"{cmd.text}-{ctx.message.id}"))
+
+        async def ctx_positions(ctx: pt.HandlerContext) -> dict[str, int]:
+            return await app.log.store.positions()
+
+        app = pt.App()
+        app.state.names = set()
+        app.register_command(Note)
+        app.register_command(Named, apply=apply_named)
+        app.register_worker(worker)
+        async with serving(app):
+            await app.log.append(*(Note(str(i)) for i in range(5)))
+            await app.caught_up()
+        # Each handler sees the one before it written: a validated emit is not sent behind.
+        assert saved_when_called == [0, 1, 2, 3, 4]
