@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -76,3 +77,59 @@ async def test_commits_queued_when_the_writer_stops_are_refused(
     assert "queued: the log writer stopped before this commit was written" in outcomes
     assert len(outcomes) == 2
     await store.aclose()
+
+
+class TestACommitQueuedAfterAnother:
+    """``submit(commit, after=pending)``: not written if the one before it failed or
+    its outcome is unknown, whether the two share a transaction or not."""
+
+    async def outcomes(
+        self, error: type[Exception] | None, *, together: bool
+    ) -> tuple[list[str], list[str]]:
+        app = pt.App()
+        app.register_command(Note)
+        store = FaultyStore(open_store(":memory:"))
+        log = MessageLog(store, app.registry, app.clock)
+        await log.open()
+        if error is not None:
+            store.fail_commits(
+                2,  # the shared transaction, then the first commit alone
+                error=lambda: error("injected"),
+                when=lambda commits: any(c.appends[0][1] == b'{"text":"first"}' for c in commits),
+            )
+        told: list[str] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run_writer)
+            first = log.submit(log.new_commit([Note("first")]))
+            if not together:
+                assert first is not None
+                await first.done.wait()
+            second = log.submit(log.new_commit([Note("second")]), after=first)
+            for pending in (first, second):
+                assert pending is not None
+                try:
+                    await log.landed(pending)
+                    told.append("written")
+                except pt.PetrockError as exc:
+                    told.append(type(exc).__name__)
+            nursery.cancel_scope.cancel()
+        rows = await store.read_after(0, 10)
+        return told, [app.registry.decode(r.name, r.payload).text for r in rows]
+
+    @pytest.mark.parametrize("together", [True, False], ids=["one transaction", "two"])
+    async def test_both_written(self, together: bool) -> None:
+        assert await self.outcomes(None, together=together) == (
+            ["written", "written"],
+            ["first", "second"],
+        )
+
+    @pytest.mark.parametrize("together", [True, False], ids=["one transaction", "two"])
+    async def test_the_first_failed(self, together: bool) -> None:
+        told, rows = await self.outcomes(pt.StoreError, together=together)
+        assert told == ["StoreError", "CommitBeforeFailed"]
+        assert rows == []
+
+    async def test_the_first_outcome_unknown(self) -> None:
+        told, rows = await self.outcomes(pt.OutcomeUnknown, together=False)
+        assert told == ["OutcomeUnknown", "CommitBeforeFailed"]
+        assert rows == []
