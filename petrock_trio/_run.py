@@ -300,11 +300,13 @@ class WorkerRun(RunState):
             # After a change of partitions, whether a row is done depends on its key.
             key_hash = self.key_hash(page, index)
         if coverage.done(row.id, 0 if isinstance(key_hash, Exception) else key_hash):
-            if self.replays:
+            # Never twice in a run: the loop can come back over rows it replayed (a
+            # commit that failed behind it, a crash of the loop), state has them.
+            if self.replays and row.id > self.replay_position:
                 await self._replay_one(page, index, overran)
             elif self.stretch is None:
                 await trio.lowlevel.checkpoint()
-            self.replay_position = row.id
+            self.replay_position = max(self.replay_position, row.id)
             return
         self.replayed.set()
         if overran is None and self.rt.controls.paused(self.name):

@@ -10,16 +10,18 @@ commit with validated emits is never behind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import trio
 import trio.testing
 
 import petrock_trio as pt
+from petrock_trio._partition import partition_name, stable_hash
 from petrock_trio.stores import Commit
 from petrock_trio.testing import memory_database, serving, worker_harness
-from tests.support import Echoed, Named, Note, apply_named
+from tests.support import Add, Echoed, Named, Note, apply_named
 
 
 def positioned(message_id: int) -> Any:
@@ -61,81 +63,97 @@ async def echoes(app: pt.App) -> list[int]:
 HANDLER, TRANSACTION = 0.5, 0.8
 
 
+@attrs.define
+class Outcome:
+    """What a run of ``w`` over some Notes left, with faults arranged beforehand."""
+
+    calls: list[tuple[int, int]]
+    echoes: list[int]
+    positions: dict[str, int]
+    failed: list[pt.HandlerFailed]
+    letters: list[tuple[int, int]]
+    attempt_times: list[float]
+    processed: int
+    retries: int
+
+
+async def faulted(
+    arrange: Callable[[pt.testing.FaultyStore], None],
+    *,
+    notes: int = 3,
+    retry: pt.Backoff | None = None,
+) -> Outcome:
+    calls: list[tuple[int, int]] = []
+    worker = echoing(calls, wait=HANDLER, retry=retry)
+    async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
+        assert h.store is not None
+        h.store.stall_commits(TRANSACTION)
+        arrange(h.store)
+        await h.app.log.append(*(Note(text) for text in "abcdefgh"[:notes]))
+        await h.settle()
+        return Outcome(
+            calls=calls,
+            echoes=await echoes(h.app),
+            positions=await h.positions(),
+            failed=[e for e in h.events if isinstance(e, pt.HandlerFailed)],
+            letters=[(d.message_id, d.attempts) for d in await h.dead_letters()],
+            attempt_times=h.attempt_times(2),
+            processed=h.metrics().processed,
+            retries=len(await h.app.log.store.retries()),
+        )
+
+
+def unknown() -> Exception:
+    return pt.OutcomeUnknown("connection lost")
+
+
 class TestAFailedCommit:
     async def test_goes_back_to_its_message_and_handles_the_next_again(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
-        calls: list[tuple[int, int]] = []
-        worker = echoing(calls, wait=HANDLER)
-        async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
-            assert h.store is not None
-            h.store.stall_commits(TRANSACTION)
-            h.store.fail_commits(1, when=positioned(2))
-            await h.app.log.append(Note("a"), Note("b"), Note("c"))
-            await h.settle()
-            # 3 ran while 2's commit was written; 2's failed, and 3's, queued after it,
-            # was not written: 2 is retried, then 3 handled again.
-            assert calls == [(1, 1), (2, 1), (3, 1), (2, 2), (3, 1)]
-            assert await echoes(h.app) == [1, 2, 3]
-            assert await h.positions() == {"w": 3}
-            times = h.attempt_times(2)
-            assert times[1] - times[0] >= 1.0  # the retry's backoff, as for any failure
-            failed = [e for e in h.events if isinstance(e, pt.HandlerFailed)]
-            assert [(e.message_id, e.attempt) for e in failed] == [(2, 1)]
-            assert "injected store failure" in repr(failed[0].error)
-            assert h.metrics().processed == 3
-            assert await h.app.log.store.retries() == []
+        out = await faulted(lambda store: store.fail_commits(1, when=positioned(2)))
+        # 3 ran while 2's commit was written; 2's failed, and 3's, queued after it, was
+        # not written: 2 is retried, then 3 handled again.
+        assert out.calls == [(1, 1), (2, 1), (3, 1), (2, 2), (3, 1)]
+        assert out.echoes == [1, 2, 3]
+        assert out.positions == {"w": 3}
+        first, second = out.attempt_times
+        assert second - first >= 1.0  # the retry's backoff, as for any failure
+        assert [(e.message_id, e.attempt) for e in out.failed] == [(2, 1)]
+        assert "injected store failure" in repr(out.failed[0].error)
+        assert (out.processed, out.retries) == (3, 0)
 
     async def test_that_fails_for_good_dead_letters_its_message_only(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
-        calls: list[tuple[int, int]] = []
-        worker = echoing(calls, wait=HANDLER, retry=pt.Backoff(max_attempts=2))
-        async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
-            assert h.store is not None
-            h.store.stall_commits(TRANSACTION)
-            h.store.fail_commits(2, when=positioned(1))  # both attempts' commits
-            await h.app.log.append(Note("a"), Note("b"))
-            await h.settle()
-            letters = await h.dead_letters()
-            assert [(d.message_id, d.attempts) for d in letters] == [(1, 2)]
-            assert await echoes(h.app) == [2]
-            assert await h.positions() == {"w": 2}
-            assert calls == [(1, 1), (2, 1), (1, 2), (2, 1)]
+        out = await faulted(
+            lambda store: store.fail_commits(2, when=positioned(1)),  # both attempts' commits
+            notes=2,
+            retry=pt.Backoff(max_attempts=2),
+        )
+        assert out.letters == [(1, 2)]
+        assert out.echoes == [2]
+        assert out.positions == {"w": 2}
+        assert out.calls == [(1, 1), (2, 1), (1, 2), (2, 1)]
 
 
 class TestAnUnknownOutcome:
     async def test_written_counts_as_done(self, autojump_clock: trio.testing.MockClock) -> None:
-        calls: list[tuple[int, int]] = []
-        worker = echoing(calls, wait=HANDLER)
-        async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
-            assert h.store is not None
-            h.store.stall_commits(TRANSACTION)
-            h.store.fail_commits(
-                1, lambda: pt.OutcomeUnknown("connection lost"), when=positioned(2), after=True
-            )
-            await h.app.log.append(Note("a"), Note("b"), Note("c"))
-            await h.settle()
-            # 2 is done. 3's commit, queued after one whose outcome was unknown, was not
-            # written (it could have landed without 2's): 3 is handled again.
-            assert calls == [(1, 1), (2, 1), (3, 1), (3, 1)]
-            assert await echoes(h.app) == [1, 2, 3]
-            assert await h.positions() == {"w": 3}
-            assert [e for e in h.events if isinstance(e, pt.HandlerFailed)] == []
+        out = await faulted(
+            lambda store: store.fail_commits(1, unknown, when=positioned(2), after=True)
+        )
+        # 2 is done. 3's commit, queued after one whose outcome was unknown, was not
+        # written (it could have landed without 2's): 3 is handled again.
+        assert out.calls == [(1, 1), (2, 1), (3, 1), (3, 1)]
+        assert out.echoes == [1, 2, 3]
+        assert out.positions == {"w": 3}
+        assert out.failed == []
 
     async def test_not_written_is_a_failure(self, autojump_clock: trio.testing.MockClock) -> None:
-        calls: list[tuple[int, int]] = []
-        worker = echoing(calls, wait=HANDLER)
-        async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
-            assert h.store is not None
-            h.store.stall_commits(TRANSACTION)
-            h.store.fail_commits(
-                1, lambda: pt.OutcomeUnknown("connection lost"), when=positioned(2)
-            )
-            await h.app.log.append(Note("a"), Note("b"), Note("c"))
-            await h.settle()
-            assert calls == [(1, 1), (2, 1), (3, 1), (2, 2), (3, 1)]
-            assert await echoes(h.app) == [1, 2, 3]
+        out = await faulted(lambda store: store.fail_commits(1, unknown, when=positioned(2)))
+        assert out.calls == [(1, 1), (2, 1), (3, 1), (2, 2), (3, 1)]
+        assert out.echoes == [1, 2, 3]
+        assert [(e.message_id, e.attempt) for e in out.failed] == [(2, 1)]
 
 
 class TestWaitsForTheCommitInFlight:
@@ -220,3 +238,52 @@ class TestValidatedEmits:
             await app.caught_up()
         # Each handler sees the one before it written: a validated emit is not sent behind.
         assert saved_when_called == [0, 1, 2, 3, 4]
+
+
+class TestRowsReplayedMeanwhile:
+    async def test_are_not_replayed_again_when_the_loop_goes_back(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """After a change of partitions, live and replayed rows interleave: message 2's
+        key was done by its old partition, 1's and 3's were not. 1's commit fails
+        behind the loop, which goes back over 2: replaying it again would count its
+        change to state twice."""
+        done, live = "a", next(k for k in "bcdefgh" if stable_hash(k) % 2 != stable_hash("a") % 2)
+        with memory_database() as database:
+            await self.partitioned_before(database, done, live)
+            await self.served(database, done, live)
+
+    async def partitioned_before(self, database: str, done: str, live: str) -> None:
+        """The log and the positions of two partitions: ``done``'s at 2, ``live``'s at 0."""
+        async with pt.open_log(database, commands=[Add, Echoed]) as log:
+            await log.append(Add(live), Add(done), Add(live))
+            old = {partition_name("w", stable_hash(k) % 2, 2): p for k, p in ((done, 2), (live, 0))}
+            await log.commit(log.new_commit(positions=old))
+
+    async def served(self, database: str, done: str, live: str) -> None:
+        calls: list[tuple[int, bool]] = []
+        worker: pt.PatternWorker[dict[str, int]] = pt.PatternWorker(
+            "w", state={}, key=lambda cmd: cmd.key, commit_behind=True, retry=pt.Backoff()
+        )
+
+        @worker.on(Add)
+        async def add(ctx: pt.HandlerContext, cmd: Add, state: dict[str, int]) -> None:
+            calls.append((ctx.message.id, ctx.is_replay))
+            if not ctx.is_replay:
+                await trio.sleep(HANDLER)
+                ctx.emit(Echoed(ctx.message.id, cmd.key))
+            state[cmd.key] = state.get(cmd.key, 0) + cmd.amount
+
+        async with worker_harness(
+            worker, commands=[Add, Echoed], database=database, faults=True
+        ) as h:
+            assert h.store is not None
+            h.store.stall_commits(TRANSACTION)
+            h.store.fail_commits(1, when=positioned(1))
+            await h.settle()
+            assert [c for c in calls if c[1]] == [(2, True)]
+            assert [i for i, replay in calls if not replay] == [1, 3, 1, 3]
+            assert await echoes(h.app) == [1, 3]
+            # 1 and 3 changed state twice each (a retried attempt's changes stay, see
+            # docs/workers.md); 2, replayed, once.
+            assert worker.state == {live: 4, done: 1}
