@@ -3,15 +3,14 @@
 Run it:  python benchmarks/bench_partitions.py [--quick] [--io-per-partition 400]
                                                [--postgres auto|URL] [--cpu-size 30000]
 
-I/O-bound, one process, SQLite: a worker whose handler awaits 10 ms of I/O
-(``trio.sleep(0.01)``, real time) with ``partitions`` 1, 8 and 64, keyed by the
-command's ``n`` (a key per message). The log (a SQLite file, default durability) is
-filled beforehand with ``--io-per-partition`` messages per partition (so every run
-lasts about as long); timed from ``serve`` until ``app.caught_up()``. Figures:
-messages/s per partition count and the ratio to 1 partition, measured in the same
-run. Keys hash to partitions unevenly, so the busiest partition has more than its
-share: the ratio it allows (``bound``: messages / busiest partition's messages) is
-printed beside each. Target: at least 50x at 64 partitions.
+I/O-bound, one process, SQLite (``_io_partitions.py``): a worker whose handler awaits
+10 ms of I/O (``trio.sleep(0.01)``, real time) with ``partitions`` 1, 8 and 64, keyed
+by the command's ``n`` (a key per message), over a log filled beforehand with
+``--io-per-partition`` messages per partition; timed from ``serve`` until
+``app.caught_up()``. Figures: messages/s and the ratio to 1 partition in the same
+mode, same run, as declared by default, with ``commit_behind`` and with
+``batch_positions``, beside the floor of each shape without the engine. Target: at
+least 50x at 64 partitions.
 
 CPU-bound, PostgreSQL (``--postgres``; ``auto`` starts a throwaway server): 64
 partitions, a handler that spends about 200 us (``--burn-us``) of Python per message
@@ -39,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,131 +46,16 @@ from typing import Any
 import _common as c
 import _cpu
 import trio
+from _io_partitions import io_part, key
 
 import petrock_trio as pt
 from petrock_trio._partition import partition_name, stable_hash
 from petrock_trio.testing import serving
 
-IO_PARTITIONS = (1, 8, 64)
-IO_DELAY = 0.01  # the I/O each handler awaits, seconds
 CPU_WORKER = "cpu"
 PROGRAM = str(Path(__file__).resolve())  # members run this file with --member
 MEMBER_DATABASE = "PETROCK_BENCH_MEMBER_DATABASE"  # not argv: a URL may hold a password
 POLL = 0.02  # seconds between two looks at the store while members work
-
-
-def key(cmd: Any) -> int:
-    """The partition key: the command's ``n``, one per message."""
-    return int(cmd.n)
-
-
-def busiest(size: int, partitions: int) -> int:
-    """Messages of the busiest partition when messages 1..size are keyed by their id
-    (``fill_log`` writes ``n = id``)."""
-    return max(Counter(stable_hash(i) % partitions for i in range(1, size + 1)).values())
-
-
-# --- I/O-bound: partitions 1, 8 and 64 in one process ----------------------------------
-
-
-async def io_run(database: str, partitions: int, size: int, *, mode: str = "exact") -> float:
-    """Seconds to handle the log; ``mode``: ``exact`` (the default durable position per
-    message), ``batch_positions`` or ``commit_behind`` (the worker options)."""
-    c.reset_positions(database)
-    handled = [0]
-    worker: pt.PatternWorker[None] = pt.PatternWorker(
-        "io",
-        partitions=partitions,
-        key=key,
-        batch_positions=mode == "batch_positions",
-        commit_behind=mode == "commit_behind",
-    )
-
-    async def wait_for_io(ctx: pt.HandlerContext, cmd: Any, state: None) -> None:  # noqa: ARG001
-        await trio.sleep(IO_DELAY)
-        handled[0] += 1
-
-    for name in c.NAMES:
-        worker.on_command(name, wait_for_io)
-    app = c.new_app(database)
-    app.register_worker(worker)
-    seconds = await c.time_catchup(app)
-    if handled[0] != size:
-        raise SystemExit(f"io, {partitions} partitions: handled {handled[0]} of {size}")
-    return seconds
-
-
-def io_part(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
-    per_partition = args.io_per_partition or (5 if args.quick else 400)
-    sizes = {n: per_partition * n for n in IO_PARTITIONS}
-    databases = {n: str(Path(tmp) / f"io-{n}.db") for n in IO_PARTITIONS}
-    for n in IO_PARTITIONS:
-        c.fill_log(databases[n], sizes[n])
-    rates: dict[int, list[float]] = {n: [] for n in IO_PARTITIONS}
-    ratios: dict[int, list[float]] = {n: [] for n in IO_PARTITIONS}
-    # What waiting for each commit before the next handler costs: the same runs with
-    # commits written behind the loop (durable per message, at most two re-handled after
-    # a crash), at 1 and 64 partitions, the ratio to 1 in that mode; and positions
-    # batched (for handlers whose effects are idempotent) at 64, against 1 durable.
-    top = IO_PARTITIONS[-1]
-    behind: dict[int, list[float]] = {1: [], top: []}
-    behind_ratios: list[float] = []
-    batched: list[float] = []
-    for _ in range(c.repeats(args)):
-        for n in IO_PARTITIONS:
-            seconds = c.run(functools.partial(io_run, databases[n], n, sizes[n]))
-            rates[n].append(sizes[n] / seconds)
-        for n, measured in behind.items():
-            run = functools.partial(io_run, databases[n], n, sizes[n], mode="commit_behind")
-            measured.append(sizes[n] / c.run(run))
-        behind_ratios.append(behind[top][-1] / behind[1][-1])
-        run = functools.partial(io_run, databases[top], top, sizes[top], mode="batch_positions")
-        batched.append(sizes[top] / c.run(run) / rates[1][-1])
-        for n in IO_PARTITIONS:
-            ratios[n].append(rates[n][-1] / rates[1][-1])
-    rows: dict[str, dict[str, float]] = {}
-    print()
-    print(f"I/O-bound handler (awaits {IO_DELAY * 1000:g} ms), one process, SQLite:")
-    print("| Partitions | Messages | Seconds | Messages/s | Ratio to 1 | Busiest | Bound |")
-    print("|---|---|---|---|---|---|---|")
-    for n in IO_PARTITIONS:
-        rate, ratio, most = c.median(rates[n]), c.median(ratios[n]), busiest(sizes[n], n)
-        bound = sizes[n] / most
-        print(
-            f"| {n} | {sizes[n]:,} | {sizes[n] / rate:.2f} | {rate:,.0f} | {ratio:.1f}x | "
-            f"{most:,} | {bound:.1f}x |"
-        )
-        rows[str(n)] = {
-            "messages": sizes[n],
-            "per_second": rate,
-            "ratio": ratio,
-            "busiest_partition": most,
-            "bound": bound,
-        }
-    print(
-        f"commit_behind=True (durable per message, written while the next handler runs): "
-        f"1 partition {c.median(behind[1]):,.0f}/s, 64 partitions "
-        f"{c.median(behind[top]):,.0f}/s, {c.median(behind_ratios):.1f}x"
-    )
-    print(
-        f"64 partitions with batch_positions=True (not durable per message): "
-        f"{c.median(batched):.1f}x the rate of 1 partition (durable)"
-    )
-    ratio = rows["64"]["ratio"]
-    c.target_line(
-        "I/O-bound, 64 partitions vs 1, messages/s", f"ratio {ratio:.1f}", ">= 50", ratio >= 50
-    )
-    return {
-        "delay": IO_DELAY,
-        "per_partition": per_partition,
-        "partitions": rows,
-        "batched_positions_ratio_64": c.median(batched),
-        "commit_behind": {
-            "per_second_1": c.median(behind[1]),
-            "per_second_64": c.median(behind[top]),
-            "ratio_64": c.median(behind_ratios),
-        },
-    }
 
 
 # --- CPU-bound: one process, then two, on PostgreSQL ------------------------------------
