@@ -64,8 +64,19 @@ def test_partitions_prints_both_tables(postgres_server: PostgresServer) -> None:
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     io_table, cpu_table = out.split("I/O-bound handler", 1)[1].split("CPU-bound handler", 1)
-    io_rows = re.findall(r"^\| (\d+) \| ([\d,]+) \|", io_table, re.MULTILINE)
-    assert io_rows == [("1", "2"), ("8", "16"), ("64", "128")], io_table
+    io_rows = re.findall(r"^\| ([a-z_, ]+) \| (\d+) \| ([\d,]+) \|", io_table, re.MULTILINE)
+    assert io_rows == [
+        ("exact", "1", "2"),
+        ("exact", "8", "16"),
+        ("exact", "64", "128"),
+        ("commit_behind", "1", "2"),
+        ("commit_behind", "64", "128"),
+        ("batch_positions", "64", "128"),
+        ("bare, commit before next", "1", "2"),
+        ("bare, commit before next", "64", "128"),
+        ("bare, commit behind", "1", "2"),
+        ("bare, commit behind", "64", "128"),
+    ], io_table
     cpu_rows = re.findall(r"^\| (\d) \|(?:[^|]*\|){4} ([\d,+ ]+) \|", cpu_table, re.MULTILINE)
     assert [count for count, _ in cpu_rows] == ["1", "2"], cpu_table
     for count, handled in cpu_rows:
