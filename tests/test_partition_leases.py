@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 import petrock_trio as pt
-from petrock_trio.testing import serving, wait_until
+from petrock_trio.testing import memory_database, serving, wait_until
 from tests.support import Add, Echoed, Note
 
 PARTITIONS = 8
@@ -91,3 +93,23 @@ async def test_partitions_spread_and_move(database: str) -> None:
     seen = await echoes(database)
     assert set(seen.values()) == {1}
     assert sorted(seen) == sorted(sources)
+
+
+async def test_a_process_that_joins_has_its_share_a_holder_round_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Rounds every 0.4 s (ttl 2 s). The first process, alone, holds every partition;
+    the second joins 0.1 s after the first's round at 0: the first sees it at 0.4 and
+    hands half over, which the second, short of its share, takes at its next look,
+    within a fifth of a round, not at its own next round (0.5)."""
+    with memory_database() as database:
+        first, second = build(database), build(database)
+        async with serving(first):
+            started = trio.current_time()
+            assert len(held(first)) == PARTITIONS
+            await trio.sleep_until(started + 0.1)
+            async with serving(second):
+                await trio.sleep_until(started + 0.39)
+                assert len(held(second)) == 0
+                await trio.sleep_until(started + 0.4 + 0.4 / 5 + 0.01)
+                assert len(held(first)) == len(held(second)) == PARTITIONS // 2
