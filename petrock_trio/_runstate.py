@@ -88,7 +88,7 @@ class RunState:
         self.running: tuple[str, int | None, str, Awaitable[None]] | None = None
         # The stretch the message loop is in, if any: handler calls share its scope.
         self.stretch: Stretch | None = None
-        # The commit the message loop has in flight while it goes on (see _behind).
+        # The commits the message loop has in flight while it goes on (see _behind).
         self.behind = Behind(rt, self.key)
         # Its last block of the event loop: (Trio time it was reported, reason).
         self.blocked: tuple[float, str] | None = None

@@ -192,7 +192,7 @@ def _resume(run: RunState, row: Row) -> tuple[int, float | None, float]:
 async def _save_retry(run: RunState, record: RetryRecord, command_type: str) -> None:
     """Keep the retry state with the position: a restart or a takeover by another
     process resumes the backoff instead of starting it over."""
-    await run.behind.land()  # the commit before this one first (see _behind)
+    await run.behind.land()  # the commits in flight first (see _behind)
     try:
         await run.rt.commit(run.key, retries=[record])
     except LeaseLost:
@@ -220,7 +220,7 @@ async def dead_letter(
 ) -> None:
     """Record ``row`` as given up on, with its position and ``error``'s traceback; written
     again until it lands. ``duration`` is the last attempt's (``None``: no handler ran)."""
-    await run.behind.land()  # the commit before this one first (see _behind)
+    await run.behind.land()  # the commits in flight first (see _behind)
     rt, name, key = run.rt, run.name, run.key
     record = DeadLetterRecord(
         worker=name,
