@@ -287,13 +287,17 @@ async def _commit(
             run.snapshots_committed(extra.get("snapshots", ()))
             rt.dead_letter_ids.get(name, set()).discard(message_id)
             return None
-        # Room for this commit behind the loop (or, written now, all before it first).
-        await run.behind.land(keep=run.behind.depth - 1 if run.decl.commit_behind else 0)
+        # Behind the loop (see _behind) where the worker asks for it, in the message
+        # loop's stretch, with no emit to validate again (its check must see every
+        # commit before it applied). Room for it there; written now, every one before
+        # it first, so that it cannot land without them.
+        behind = run.decl.commit_behind and run.stretch is not None and not ctx.to_validate
+        await run.behind.land(keep=run.behind.depth - 1 if behind else 0)
         # Encoded now, before the commit: state as this message left it.
         snapshot = run.snapshot_at(message_id)
         if ctx.emitted or not run.decl.batch_positions or snapshot is not None:
             snapshots = () if snapshot is None else (snapshot,)
-            if _sent_behind(run, message_id, ctx, snapshots, started=started):
+            if behind and _sent_behind(run, message_id, ctx, snapshots, started=started):
                 return None
             await rt.commit_validated(
                 key,
@@ -303,8 +307,7 @@ async def _commit(
                 positions={key: message_id},
                 snapshots=snapshots,
             )
-            rt.flusher.committed(key, message_id)
-            run.snapshots_committed(snapshots)
+            _committed(run, message_id, snapshots)
         elif run.stretch is None:
             await trio.lowlevel.checkpoint()  # nothing to write: still a checkpoint
         # (In a stretch, the loop's cancel and schedule point after each message.)
@@ -317,8 +320,14 @@ async def _commit(
         return None if landed and not redrive else exc
     except Exception as exc:  # noqa: BLE001 - a failed commit is retried like a failed handler
         return exc
-    # The feed's position in memory moves in the page loop, right after (no await between).
+    # The feed's position in memory moves in the page loop, once the commit is written.
     return None
+
+
+def _committed(run: RunState, message_id: int, snapshots: tuple[SnapshotRecord, ...]) -> None:
+    """What follows from the commit of ``message_id``'s position, once it is written."""
+    run.rt.flusher.committed(run.key, message_id)
+    run.snapshots_committed(snapshots)
 
 
 def _sent_behind(
@@ -329,11 +338,8 @@ def _sent_behind(
     *,
     started: float,
 ) -> bool:
-    """Queue this commit to be written while the loop goes on (``_behind``), where the
-    worker asks for it and the commit may wait: in the message loop's stretch, with no
-    emit to validate again, and a writer running."""
-    if not (run.decl.commit_behind and run.stretch is not None) or ctx.to_validate:
-        return False
+    """Queue this commit to be written while the loop goes on (``_behind``); False when
+    it cannot be (no writer runs, or the lease is gone: the commit made now says so)."""
     rt, key = run.rt, run.key
     pending = rt.submit(
         key,
@@ -346,7 +352,6 @@ def _sent_behind(
     if pending is None:
         return False
     landing = Landing(pending, message_id, ctx, started)
-    landing.after.append(functools.partial(rt.flusher.committed, key, message_id))
-    landing.after.append(functools.partial(run.snapshots_committed, snapshots))
+    landing.after.append(functools.partial(_committed, run, message_id, snapshots))
     run.behind.send(landing)
     return True

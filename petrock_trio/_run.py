@@ -289,7 +289,8 @@ class WorkerRun(RunState):
 
     async def _handle_row(self, page: Page, index: int, overran: Overran | None = None) -> None:
         """One routed row of ``page``; with ``overran``, the rest of its handling after a
-        stretch its handler's deadline spent (its outcome is settled, shutdown or not)."""
+        stretch its handler's deadline spent, or its commit failed behind the loop (its
+        outcome is settled, shutdown or not)."""
         if overran is None and self.rt.stopping.is_set():
             await self.behind.land()
             raise Stop

@@ -42,8 +42,9 @@ async def settle(
 ) -> None:
     """Handle the message at ``index`` of ``page`` until it succeeds or is dead-lettered.
 
-    ``resumed``: its attempt's deadline fired in a stretch (``_stretch``), which the
-    loop has left since; go on from that attempt's outcome.
+    ``resumed``: its attempt's deadline fired in a stretch (``_stretch``), or its commit
+    failed behind the loop (``_behind``), which has left the stretch since; go on from
+    that attempt's outcome.
     """
     row = page.rows[index]
     rt = run.rt

@@ -239,6 +239,43 @@ class TestValidatedEmits:
         # Each handler sees the one before it written: a validated emit is not sent behind.
         assert saved_when_called == [0, 1, 2, 3, 4]
 
+    async def test_wait_for_the_commits_in_flight_when_one_fails(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Message 1's commit goes behind the loop and fails; message 2 emits a validated
+        command, so its commit is written at once, and not before 1's: otherwise 2's
+        position would land without 1's, and 2, handled again after 1, emit twice."""
+        calls: list[tuple[int, int]] = []
+        worker: pt.PatternWorker[None] = pt.PatternWorker(
+            "w", retry=pt.Backoff(), commit_behind=True
+        )
+
+        @worker.on(Note)
+        async def note(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
+            calls.append((ctx.message.id, ctx.attempt))
+            await trio.sleep(HANDLER)
+            if cmd.text == "named":
+                ctx.emit(Named(f"n-{ctx.message.id}"))
+            else:
+                ctx.emit(Echoed(ctx.message.id, cmd.text))
+
+        with memory_database() as database:
+            store = pt.testing.FaultyStore(pt.stores.open_store(database))
+            store.stall_commits(TRANSACTION)
+            store.fail_commits(1, when=positioned(1))
+            app = pt.App(database=database, store=store)
+            app.state.names = set()
+            app.register_command(Note)
+            app.register_command(Echoed)
+            app.register_command(Named, apply=apply_named)
+            app.register_worker(worker)
+            async with serving(app):
+                await app.log.append(Note("a"), Note("named"))
+                await app.caught_up()
+                emitted = [m.command for m in await app.log.read_after(2)]
+        assert calls == [(1, 1), (2, 1), (1, 2), (2, 1)]
+        assert emitted == [Echoed(1, "a"), Named("n-2")]
+
 
 class TestRowsReplayedMeanwhile:
     async def test_are_not_replayed_again_when_the_loop_goes_back(
