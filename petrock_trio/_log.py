@@ -163,6 +163,7 @@ class MessageLog:
             raise
         for pending, rows in zip(batch, results, strict=True):
             pending.rows = rows
+            pending.after = None  # done: the ones queued after it need only its outcome
             self._published(rows)
             pending.done.set()
 
@@ -172,8 +173,7 @@ class MessageLog:
                 pending = receive.receive_nowait()
             except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
                 return
-            pending.error = PetrockError("the log writer stopped before this commit was written")
-            pending.done.set()
+            _fail([pending], PetrockError("the log writer stopped before this commit was written"))
 
     def _published(self, rows: list[Row]) -> None:
         if rows:
@@ -197,8 +197,7 @@ def _unchained(batch: list[Pending]) -> list[Pending]:
     for pending in batch:
         before = pending.after
         if before is not None and before.error is not None:
-            pending.error = CommitBeforeFailed("not written: the commit queued before it failed")
-            pending.done.set()
+            _fail([pending], CommitBeforeFailed("not written: the commit queued before it failed"))
         else:
             kept.append(pending)
     return kept
@@ -207,4 +206,5 @@ def _unchained(batch: list[Pending]) -> list[Pending]:
 def _fail(batch: list[Pending], error: BaseException) -> None:
     for pending in batch:
         pending.error = error
+        pending.after = None  # done: a chain of them would keep every commit alive
         pending.done.set()
