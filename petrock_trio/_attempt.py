@@ -129,7 +129,7 @@ async def _call_in(  # noqa: PLR0917 - call's arguments, passed on
         except BaseException as exc:  # noqa: BLE001 - as in call
             if not _cancelled(exc):
                 error = exc
-            elif stretch.scope.cancel_called:
+            elif stretch.fired:
                 error = HandlerTimeout(run.name, limit, what)
                 error.__cause__ = exc
             else:
@@ -137,7 +137,7 @@ async def _call_in(  # noqa: PLR0917 - call's arguments, passed on
     finally:
         run.running = None
         WORKING.reset(working)
-    if stretch.scope.cancel_called:
+    if stretch.fired:
         raise Overran(error)
     return error
 
@@ -153,6 +153,7 @@ def _drive(coro: Awaitable[None], stretch: Stretch, deadline: float) -> Generato
     except StopIteration:
         return  # returned without a checkpoint: no deadline could have applied
     stretch.scope.deadline = deadline
+    stretch.armed = True
     try:
         while True:
             try:
@@ -171,6 +172,7 @@ def _drive(coro: Awaitable[None], stretch: Stretch, deadline: float) -> Generato
     finally:
         if not stretch.scope.cancel_called:
             stretch.scope.deadline = math.inf
+            stretch.armed = False
 
 
 async def handle(
@@ -261,9 +263,9 @@ async def _finish(
     if error is not None:
         return error
     if run.report_completed:
-        duration = trio.current_time() - started
+        duration = run.now() - started
         event = HandlerCompleted(run.name, message, number, duration, tuple(ctx.emitted), redrive)
-        run.behind.when_landed(lambda: rt.report(event))
+        run.behind.when_landed(rt.report, event)
     return None
 
 

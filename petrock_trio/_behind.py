@@ -27,9 +27,10 @@ them all, up to ``DEPTH`` + 1 messages, as it would re-handle the one in hand.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVarTuple
 
 import attrs
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
 
 __all__ = ["DEPTH", "Behind", "Landing", "Unlanded", "landed_anyway"]
+
+Ts = TypeVarTuple("Ts")
 
 # Commits a run may have in flight behind its loop: the next handler waits for the
 # oldest only when this many are still being written (a slow transaction, a sync).
@@ -119,13 +122,13 @@ class Behind:
         assert len(self.landings) < self.depth, "too many commits in flight"
         self.landings.append(landing)
 
-    def when_landed(self, fn: Callable[[], None]) -> None:
-        """``fn()`` now, or once every commit in flight is written (never if one
+    def when_landed(self, fn: Callable[[*Ts], None], *args: *Ts) -> None:
+        """``fn(*args)`` now, or once every commit in flight is written (never if one
         fails: then its message and everything after it are handled again)."""
         if self.landings:
-            self.landings[-1].after.append(fn)
+            self.landings[-1].after.append(functools.partial(fn, *args))
         else:
-            fn()
+            fn(*args)  # the usual case, once per message: no partial to make
 
     def of(self, message_id: int) -> Landing | None:
         """The newest landing in flight if it is ``message_id``'s."""

@@ -10,7 +10,6 @@ settled by ``_settle``), periodic work (``_periodic``) and re-drives
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any, TypeVar
 
 import trio
@@ -319,7 +318,7 @@ class WorkerRun(RunState):
             await settle(self, page, index, resumed=overran)
         # A message handled live has its position committed (see _attempt); in
         # memory it moves here for batched workers too, once its commit is written.
-        self.behind.when_landed(functools.partial(self.feed.advance, row.id))
+        self.behind.when_landed(self.feed.advance, row.id)
 
     async def _replay_one(self, page: Page, index: int, overran: Overran | None) -> None:
         rt = self.rt

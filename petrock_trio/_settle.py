@@ -8,8 +8,6 @@ fails is written again without running the handler again.
 
 from __future__ import annotations
 
-import functools
-
 import trio
 
 from ._attempt import attempt
@@ -59,18 +57,17 @@ async def settle(
         while True:
             if wait > 0:
                 await run.wait_to_retry(wait)
-            started = trio.current_time() if resumed is None else resumed.started
+            started = run.now() if resumed is None else resumed.started
             error = await attempt(
                 run, message, number, started=started, redrive=redrive, resumed=resumed
             )
             resumed = None
-            now = trio.current_time()
+            now = run.now()
             if error is None:
                 landing = run.behind.of(row.id)
                 if landing is not None:
                     landing.first_failed_at = first_failed_at
-                handled = functools.partial(run.recorder.handled, now, now - started, message.name)
-                run.behind.when_landed(handled)
+                run.behind.when_landed(run.recorder.handled, now, now - started, message.name)
                 return
             first_failed_at = first_failed_at or rt.clock()
             decision = _decide(run, message, error, number)
@@ -171,6 +168,8 @@ def _resume(run: RunState, row: Row) -> tuple[int, float | None, float]:
     """
     rt = run.rt
     stored = run.key
+    if not rt.retries:
+        return 1, None, 0.0  # nothing to resume, the usual case
     record = rt.retries.get(stored)
     if record is None or record.message_id != row.id:
         # Saved by the partition that owned the message before the worker was

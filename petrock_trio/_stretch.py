@@ -57,21 +57,32 @@ class Overran(BaseException):
 class Stretch:
     """The scope shared by the handler calls of a stretch, and its yield budget."""
 
-    __slots__ = ("_count", "_since", "scope", "task")
+    __slots__ = ("_count", "_since", "armed", "scope", "task")
 
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
         # Periodic work and re-drives of the same run may call handlers while the loop
         # waits in a stretch (a retry's wait lets the lock go): not in its scope.
         self.task = trio.lowlevel.current_task()
+        # Whether a handler's deadline is set on the scope (from its first yield until
+        # it returned in time; for good once it fired). Only then can the scope be
+        # cancelled: nothing else cancels it, and reading ``cancel_called`` costs a read
+        # of the clock, twice a message otherwise.
+        self.armed = False
         self._count = 0
         self._since = time.perf_counter()
 
     @property
+    def fired(self) -> bool:
+        """Whether a handler's deadline fired in this stretch (the scope is cancelled
+        for good then)."""
+        return self.armed and self.scope.cancel_called
+
+    @property
     def usable(self) -> bool:
         """Whether the calling task may call a handler in this stretch: its own task,
-        and no deadline fired yet (then the scope is cancelled for good)."""
-        return self.task is trio.lowlevel.current_task() and not self.scope.cancel_called
+        and no deadline fired yet."""
+        return self.task is trio.lowlevel.current_task() and not self.fired
 
     def yielded(self) -> None:
         """A handler was resumed after it waited: other tasks ran meanwhile."""
