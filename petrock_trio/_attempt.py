@@ -38,11 +38,11 @@ def _cancelled(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
 
 
-# KI protection: a Ctrl-C that arrives while user code runs is delivered to the main
-# task at its next checkpoint instead of inside the handler, so that a
-# KeyboardInterrupt seen here is the handler's own doing and can count as its failure.
-@trio.lowlevel.enable_ki_protection
-async def call(
+# KI protection of the coroutines that make the call (_call_scoped, _call_in): a Ctrl-C
+# that arrives while user code runs is delivered to the main task at its next
+# checkpoint instead of inside the handler, so that a KeyboardInterrupt seen there is
+# the handler's own doing and can count as its failure.
+def call(
     fn: Callable[..., Awaitable[None]],
     *args: Any,
     deadline: float,
@@ -51,7 +51,7 @@ async def call(
     run: RunState,
     command_type: str,
     message_id: int | None = None,
-) -> BaseException | None:
+) -> Awaitable[BaseException | None]:
     """``await fn(*args)`` cut off at ``deadline``; the error it raised, if any
     (:class:`HandlerTimeout` naming ``what`` and ``limit`` when it was cut off).
 
@@ -65,10 +65,25 @@ async def call(
     ``__cause__`` is the cancellation that cut the handler off: its traceback shows
     where the handler was waiting.
     """
+    # The coroutine that does it is returned, not awaited here: a frame less a message.
+    running = (command_type, message_id, what)
     stretch = run.stretch
     if stretch is not None and stretch.usable:
-        running = (command_type, message_id, what)
-        return await _call_in(stretch, fn, args, deadline, limit, run, running)
+        return _call_in(stretch, fn, args, deadline, limit, run, running)
+    return _call_scoped(fn, args, deadline, limit, run, running)
+
+
+@trio.lowlevel.enable_ki_protection
+async def _call_scoped(  # noqa: PLR0917 - call's arguments, passed on
+    fn: Callable[..., Awaitable[None]],
+    args: tuple[Any, ...],
+    deadline: float,
+    limit: float,
+    run: RunState,
+    running: tuple[str, int | None, str],
+) -> BaseException | None:
+    """:func:`call` in a cancel scope of its own."""
+    command_type, message_id, what = running
     scope = trio.CancelScope(deadline=deadline)
     cut_off: BaseException | None = None
     working = WORKING.set((run.name, command_type, message_id))
@@ -106,6 +121,7 @@ def _propagate(cancel: BaseException) -> NoReturn:
     raise cancel
 
 
+@trio.lowlevel.enable_ki_protection
 async def _call_in(  # noqa: PLR0917 - call's arguments, passed on
     stretch: Stretch,
     fn: Callable[..., Awaitable[None]],
@@ -175,13 +191,13 @@ def _drive(coro: Awaitable[None], stretch: Stretch, deadline: float) -> Generato
             stretch.armed = False
 
 
-async def handle(
+def handle(
     run: RunState, ctx: HandlerContext, *, started: float, what: str
-) -> BaseException | None:
+) -> Awaitable[BaseException | None]:
     """The route's handler for ``ctx.message`` under its deadline (see :func:`call`)."""
     message = ctx.message
     limit = run.decl.limit(message.name)
-    return await call(
+    return call(
         run.routes[message.name].handler,
         ctx,
         message.command,
@@ -294,7 +310,9 @@ async def _commit(
         # commit before it applied). Room for it there; written now, every one before
         # it first, so that it cannot land without them.
         behind = run.decl.commit_behind and run.stretch is not None and not ctx.to_validate
-        await run.behind.land(keep=run.behind.depth - 1 if behind else 0)
+        keep = run.behind.depth - 1 if behind else 0
+        if len(run.behind.landings) > keep:
+            await run.behind.land(keep=keep)
         # Encoded now, before the commit: state as this message left it.
         snapshot = run.snapshot_at(message_id)
         if ctx.emitted or not run.decl.batch_positions or snapshot is not None:

@@ -51,7 +51,15 @@ async def settle(
     except Exception as exc:  # noqa: BLE001 - bad input in the log: dead-letter, go on
         await dead_letter(run, row, exc, attempts=1, first_failed_at=rt.clock())
         return
-    number, first_failed_at, wait = await _start(run, row, redrive=redrive, resumed=resumed)
+    if resumed is not None:
+        # As a cancel scope of the attempt's own would have: a cancel from outside at
+        # the same moment wins over the timeout.
+        await trio.lowlevel.checkpoint_if_cancelled()
+    elif rt.applied.value < row.id:
+        # A live handler sees app state at least as new as its message, so what it
+        # emits is validated against the state that message produced.
+        await rt.wait_applied(row.id)
+    number, first_failed_at, wait = _start(run, row, redrive=redrive, resumed=resumed)
     run.in_flight = 1
     try:
         while True:
@@ -64,10 +72,7 @@ async def settle(
             resumed = None
             now = run.now()
             if error is None:
-                landing = run.behind.of(row.id)
-                if landing is not None:
-                    landing.first_failed_at = first_failed_at
-                run.behind.when_landed(run.recorder.handled, now, now - started, message.name)
+                _succeeded(run, message, first_failed_at, now - started, now)
                 return
             first_failed_at = first_failed_at or rt.clock()
             decision = _decide(run, message, error, number)
@@ -100,19 +105,21 @@ async def settle(
         run.retrying = None
 
 
-async def _start(
+def _succeeded(
+    run: RunState, message: Message, first_failed_at: float | None, duration: float, now: float
+) -> None:
+    landing = run.behind.of(message.id)
+    if landing is not None:
+        landing.first_failed_at = first_failed_at  # if its commit fails behind the loop
+    run.behind.when_landed(run.recorder.handled, now, duration, message.name)
+
+
+def _start(
     run: RunState, row: Row, *, redrive: bool, resumed: Overran | None
 ) -> tuple[int, float | None, float]:
     """Attempt number, first failure and wait of the first attempt :func:`settle` makes."""
     if resumed is not None:
-        # As a cancel scope of the attempt's own would have: a cancel from outside at
-        # the same moment wins over the timeout.
-        await trio.lowlevel.checkpoint_if_cancelled()
         return resumed.number, resumed.first_failed_at, 0.0
-    if run.rt.applied.value < row.id:
-        # A live handler sees app state at least as new as its message, so what it
-        # emits is validated against the state that message produced.
-        await run.rt.wait_applied(row.id)
     return (1, None, 0.0) if redrive else _resume(run, row)
 
 

@@ -169,6 +169,44 @@ class TestAnotherTaskOfTheRun:
         assert [(e.attempt, e.timed_out) for e in failed] == [(1, False)]
 
 
+class TestKeyboardInterruptProtection:
+    """A Ctrl-C is delivered at the main task's next checkpoint, never inside a handler
+    or periodic work (a KeyboardInterrupt seen there is the code's own, a failure of
+    it): their calls are KI-protected, in a stretch or in a scope of their own."""
+
+    async def test_handlers_and_periodic_work_run_protected(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        seen: list[tuple[str, bool]] = []
+        worker: pt.PatternWorker[None] = pt.PatternWorker("guarded")
+
+        @worker.on(Add)
+        async def add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            seen.append((f"{cmd.key} before", trio.lowlevel.currently_ki_protected()))
+            if cmd.key == "waits":
+                await trio.sleep(1)
+                seen.append((f"{cmd.key} after", trio.lowlevel.currently_ki_protected()))
+
+        async def work(ctx: pt.PeriodicContext, state: None) -> None:
+            seen.append(("periodic", trio.lowlevel.currently_ki_protected()))
+
+        worker.set_periodic_work(work, interval=10.0)
+        app = pt.App()
+        app.register_worker(worker)
+        async with serving(app):
+            await app.execute(Add("quick"))
+            await app.execute(Add("waits"))
+            await app.caught_up()
+            await trio.sleep(11)
+        assert trio.lowlevel.currently_ki_protected() is False  # the test itself is not
+        assert ("periodic", True) in seen
+        assert [s for s in seen if s[0] != "periodic"] == [
+            ("quick before", True),
+            ("waits before", True),
+            ("waits after", True),
+        ]
+
+
 class TestShutdown:
     """A handler cut off during a graceful shutdown still has its failure settled: its
     retry state is saved, as it was with a scope of its own."""
