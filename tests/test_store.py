@@ -9,7 +9,14 @@ import attrs
 import pytest
 
 import petrock_trio as pt
-from petrock_trio.stores import Commit, DeadLetterRecord, SQLiteStore, Store, open_store
+from petrock_trio.stores import (
+    Commit,
+    DeadLetterRecord,
+    RetryRecord,
+    SQLiteStore,
+    Store,
+    open_store,
+)
 
 
 def appends(*names: str) -> list[tuple[str, bytes]]:
@@ -60,6 +67,33 @@ class TestStoreContract:
         assert await store.dead_letters("other") == []
         await store.commit_many([Commit(resolved=[("w", 7)])])
         assert await store.dead_letters() == []
+
+    async def test_one_group_commit_writes_as_its_commits_one_after_the_other(
+        self, store: Store
+    ) -> None:
+        """A transaction of many commits runs each kind of statement once (SQLite folds
+        them): for each table, what one commit writes still lands after the commits
+        before it."""
+        letter = DeadLetterRecord("w", 7, "x/y", "boom", 3, 1.0, 2.0)
+        commits = [
+            Commit(retries=[RetryRecord("w", 5, 1, 10.0, 1.0)]),
+            Commit(positions={"w": 5}),  # clears the retry of message 5
+            Commit(retries=[RetryRecord("w", 6, 2, 20.0, 2.0)]),
+            Commit(positions={"v": 1}, retries=[RetryRecord("v", 4, 1, 30.0, 3.0)]),
+            Commit(positions={"v": 4}),  # clears that one
+            Commit(dead_letters=[letter]),
+            Commit(resolved=[("w", 7)]),
+            Commit(dead_letters=[attrs_evolve(letter, attempts=2)]),  # anew after a resolve
+            Commit(positions={"w": 6}, retries=[RetryRecord("w", 8, 1, 40.0, 4.0)]),
+            Commit(positions={"u": 6}),
+            Commit(retries=[RetryRecord("u", 5, 1, 50.0, 5.0)]),  # after: it stays
+        ]
+        await store.commit_many(commits)
+        assert await store.positions() == {"w": 6, "v": 4, "u": 6}
+        retries = sorted((r.worker, r.message_id) for r in await store.retries())
+        assert retries == [("u", 5), ("w", 8)]
+        (stored,) = await store.dead_letters("w")
+        assert stored.attempts == 2
 
     async def test_failed_commit_writes_nothing(self, store: Store) -> None:
         bad = Commit(appends=[("a", b"{}"), ("b", None)])  # type: ignore[list-item]

@@ -34,6 +34,7 @@ from ._base import (
 )
 from ._sqlitefile import FileGuard
 from ._sqlitewatch import watch_commits
+from ._sqlitewrites import Writes
 
 __all__ = ["SQLiteStore"]
 
@@ -172,48 +173,13 @@ class SQLiteStore(controls.Controlled):
                 _check_leases(conn, commits)
                 (last,) = conn.execute(sql.HEAD).fetchone()
                 results: list[list[Row]] = []
+                writes = Writes()
                 for commit in commits:
                     rows = commit.rows(range(last + 1, last + 1 + len(commit.appends)))
                     last += len(rows)
-                    if rows:
-                        conn.executemany(sql.INSERT_MESSAGE, rows)
-                    if commit.positions:
-                        conn.executemany(
-                            sql.UPSERT_POSITION,
-                            [(w, p, commit.timestamp) for w, p in commit.positions.items()],
-                        )
-                        conn.executemany(
-                            "DELETE FROM retries WHERE worker = ? AND message_id <= ?",
-                            commit.positions.items(),
-                        )
-                    if commit.retries:
-                        conn.executemany(
-                            sql.UPSERT_RETRY, [attrs.astuple(r) for r in commit.retries]
-                        )
-                    if commit.dead_letters:
-                        conn.executemany(
-                            sql.UPSERT_DEAD_LETTER,
-                            [
-                                (
-                                    d.worker,
-                                    d.message_id,
-                                    d.command_name,
-                                    d.error,
-                                    d.attempts,
-                                    d.first_failed_at,
-                                    d.last_failed_at,
-                                    d.traceback,
-                                )
-                                for d in commit.dead_letters
-                            ],
-                        )
-                    if commit.resolved:
-                        conn.executemany(
-                            "DELETE FROM dead_letters WHERE worker = ? AND message_id = ?",
-                            commit.resolved,
-                        )
-                    _write_snapshots(conn, commit)
+                    _fold(writes, commit, rows)
                     results.append(rows)
+                writes.run(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -403,15 +369,43 @@ def _check_leases(conn: sqlite3.Connection, commits: Sequence[Commit]) -> None:
         raise LeaseLost(lost)
 
 
-def _write_snapshots(conn: sqlite3.Connection, commit: Commit) -> None:
-    if not (commit.forget_snapshots or commit.snapshots):
-        return
-    conn.executemany(
-        "DELETE FROM snapshots WHERE name = ?", [(n,) for n in commit.forget_snapshots]
-    )
-    conn.executemany(sql.UPSERT_SNAPSHOT, [attrs.astuple(r) for r in commit.snapshots])
-    names = sorted({r.name for r in commit.snapshots})
-    conn.executemany(sql.PRUNE_SNAPSHOTS, [(n, n, SNAPSHOTS_KEPT) for n in names])
+def _fold(writes: Writes, commit: Commit, rows: list[Row]) -> None:
+    """What ``commit`` writes (``rows`` its appends), after the commits before it."""
+    if rows:
+        writes.add("messages", sql.INSERT_MESSAGE, rows)
+    if commit.positions:
+        stamp = commit.timestamp
+        writes.add(
+            "positions", sql.UPSERT_POSITION, [(w, p, stamp) for w, p in commit.positions.items()]
+        )
+        writes.add("retries", sql.DELETE_RETRIES_UPTO, commit.positions.items())
+    if commit.retries:
+        writes.add("retries", sql.UPSERT_RETRY, [attrs.astuple(r) for r in commit.retries])
+    if commit.dead_letters:
+        writes.add(
+            "dead_letters",
+            sql.UPSERT_DEAD_LETTER,
+            [
+                (
+                    d.worker,
+                    d.message_id,
+                    d.command_name,
+                    d.error,
+                    d.attempts,
+                    d.first_failed_at,
+                    d.last_failed_at,
+                    d.traceback,
+                )
+                for d in commit.dead_letters
+            ],
+        )
+    if commit.resolved:
+        writes.add("dead_letters", sql.DELETE_DEAD_LETTER, commit.resolved)
+    if commit.forget_snapshots or commit.snapshots:
+        names = sorted({r.name for r in commit.snapshots})
+        writes.add("snapshots", sql.FORGET_SNAPSHOTS, [(n,) for n in commit.forget_snapshots])
+        writes.add("snapshots", sql.UPSERT_SNAPSHOT, [attrs.astuple(r) for r in commit.snapshots])
+        writes.add("snapshots", sql.PRUNE_SNAPSHOTS, [(n, n, SNAPSHOTS_KEPT) for n in names])
 
 
 def _wrap(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

@@ -9,6 +9,9 @@ from ._base import DeadLetterRecord
 
 __all__ = [
     "DEAD_LETTERS",
+    "DELETE_DEAD_LETTER",
+    "DELETE_RETRIES_UPTO",
+    "FORGET_SNAPSHOTS",
     "HAS_SNAPSHOTS",
     "HEAD",
     "INSERT_MESSAGE",
@@ -175,6 +178,12 @@ ON CONFLICT (worker) DO UPDATE SET
 """
 
 UPSERT_SNAPSHOT: Final = "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?)"
+
+FORGET_SNAPSHOTS: Final = "DELETE FROM snapshots WHERE name = ?"
+
+DELETE_RETRIES_UPTO: Final = "DELETE FROM retries WHERE worker = ? AND message_id <= ?"
+
+DELETE_DEAD_LETTER: Final = "DELETE FROM dead_letters WHERE worker = ? AND message_id = ?"
 
 # Of one name, every snapshot but the newest SNAPSHOTS_KEPT.
 PRUNE_SNAPSHOTS: Final = """
