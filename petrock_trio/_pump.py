@@ -89,6 +89,18 @@ class Feed:
     def advance(self, position: int) -> None:
         self.position.value = max(self.position.value, position)
 
+    def queued(self, after: int) -> Page | None:
+        """The page after ``after`` if it is at hand, with no wait and no read: next in
+        the channel, or, detached and the channel empty, among the pump's recent pages.
+        (``after`` may be past ``position``: the subscriber has more in hand.)"""
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            return None
+        return None if self.attached else self.pump.recent_page(after)
+
     async def next_page(self) -> Page:
         """The next page to handle; routed rows after ``position`` are all that matter.
 

@@ -227,59 +227,82 @@ class WorkerRun(RunState):
             if self.page_wait.cancelled_caught:
                 continue
             async with self.lock:
-                await self._handle_page(page)
+                page = await self._handle_page(page)
             feed.advance(page.last)
             self.rt.flusher.touch()
 
-    async def _handle_page(self, page: Page) -> None:
+    async def _handle_page(self, page: Page) -> Page:
         """Handle the routed rows of ``page`` after the feed's position, in id order:
         this partition's rows only, replayed while the stored positions say they are
         done, live after. Their handlers run in stretches (``_stretch``): one cancel
-        scope for many, each handler's deadline exact."""
-        rows = page.rows
-        after = self.feed.position.value
-        if self.decl.partitions > 1:
-            # This partition's rows only: the page is split once for all partitions.
-            indexes = [i for i in self.own_rows(page) if rows[i].id > after]
-        else:
-            indexes = list(page.routed(self.routes, after=after))
+        scope for many, each handler's deadline exact.
+
+        With commits in flight at its end (``commit_behind``), the pages queued behind
+        it in the feed are handled on in the same stretch instead of waiting for them
+        to be written (up to a page's worth of this run's rows): a partition has a few
+        rows a page. The last page handled is returned; the feed's position moves
+        past each page once the commits of its rows are written."""
+        entries = self._own_rows(page, self.feed.position.value)
         # Traced attempts each run in a span of their own, which a stretch would outlive.
         shared = _tracing.ACTIVE is None
         done = 0
-        while done < len(indexes):
+        while True:
             resumed: Overran | Unlanded | None = None
             with trio.CancelScope() as scope:
                 stretch = self.stretch = Stretch(scope) if shared else None
                 try:
-                    while done < len(indexes):
-                        await self._handle_row(page, indexes[done])
-                        done += 1
-                        if stretch is not None:
-                            await stretch.between()
+                    while True:
+                        while done < len(entries):
+                            await self._handle_row(*entries[done])
+                            done += 1
+                            if stretch is not None:
+                                await stretch.between()
+                        queued = self._queued_page(page, len(entries))
+                        if queued is None:
+                            break
+                        self.behind.when_landed(self.feed.advance, page.last)
+                        entries += self._own_rows(queued, page.last)
+                        self.page = page = queued
                     await self.behind.land()
                 except (Overran, Unlanded) as exc:
                     resumed = exc
                 finally:
                     self.stretch = None
-            if resumed is not None:
-                done = await self._resume(page, indexes, done, resumed)
+            if resumed is None:
+                return page
+            done = await self._resume(entries, done, resumed)
+
+    def _own_rows(self, page: Page, after: int) -> list[tuple[Page, int]]:
+        """(page, index) of each row of ``page`` after ``after`` that this run handles."""
+        if self.decl.partitions > 1:
+            # This partition's rows only: the page is split once for all partitions.
+            indexes = [i for i in self.own_rows(page) if page.rows[i].id > after]
+        else:
+            indexes = list(page.routed(self.routes, after=after))
+        return [(page, i) for i in indexes]
+
+    def _queued_page(self, page: Page, rows: int) -> Page | None:
+        """The page after ``page`` if the feed has it at hand and commits are in flight."""
+        if not self.behind.landings or rows >= self.rt.pump.page_size:
+            return None
+        return self.feed.queued(page.last)
 
     async def _resume(
-        self, page: Page, indexes: list[int], done: int, resumed: Overran | Unlanded
+        self, entries: list[tuple[Page, int]], done: int, resumed: Overran | Unlanded
     ) -> int:
         """Outside the stretch: a message goes on from its attempt's outcome, that of a
         handler whose deadline spent the stretch or of a commit that failed behind the
-        loop (then the messages after it are handled again). Where the page goes on."""
+        loop (then the messages after it are handled again). Where the rows go on."""
         while True:
             if isinstance(resumed, Unlanded):
                 failed = resumed.landing.message_id
-                done = next(d for d, i in enumerate(indexes) if page.rows[i].id == failed)
+                done = next(d for d, (p, i) in enumerate(entries) if p.rows[i].id == failed)
                 overran = resumed.resumption()
                 if overran is None:
                     return done  # not written only for the one before: handled again
                 resumed = overran
             try:
-                await self._handle_row(page, indexes[done], resumed)
+                await self._handle_row(*entries[done], resumed)
                 await self.behind.land()
             except Unlanded as exc:
                 resumed = exc

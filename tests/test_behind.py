@@ -10,10 +10,12 @@ commit with validated emits is never behind.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
@@ -34,9 +36,14 @@ def positioned(message_id: int) -> Any:
 
 
 def echoing(
-    calls: list[tuple[int, int]], *, wait: float = 0.0, retry: pt.Backoff | None = None
+    calls: list[tuple[int, int]],
+    *,
+    wait: float = 0.0,
+    retry: pt.Backoff | None = None,
+    started: list[float] | None = None,
 ) -> pt.PatternWorker[None]:
-    """Worker ``w``: records (message id, attempt) of each live call, emits Echoed."""
+    """Worker ``w``: records (message id, attempt) of each live call (and when it
+    started, in ``started``), emits Echoed."""
     worker: pt.PatternWorker[None] = pt.PatternWorker(
         "w", retry=retry or pt.Backoff(), commit_behind=True
     )
@@ -44,6 +51,8 @@ def echoing(
     @worker.on(Note)
     async def note(ctx: pt.HandlerContext, cmd: Note, state: None) -> None:
         calls.append((ctx.message.id, ctx.attempt))
+        if started is not None:
+            started.append(trio.current_time())
         await trio.sleep(wait)
         ctx.emit(Echoed(ctx.message.id, cmd.text))
 
@@ -53,7 +62,9 @@ def echoing(
 async def echoes(app: pt.App) -> list[int]:
     """The source ids of the Echoed commands in the log, in log order."""
     return [
-        m.command.source_id for m in await app.log.read_after(0) if isinstance(m.command, Echoed)
+        m.command.source_id
+        for m in await app.log.read_after(0)
+        if isinstance(m.command, Echoed) and m.command.source_id
     ]
 
 
@@ -75,6 +86,7 @@ class Outcome:
     attempt_times: list[float]
     processed: int
     retries: int
+    started: list[float] = attrs.Factory(list)  # of each live call, in order
 
 
 async def faulted(
@@ -82,14 +94,24 @@ async def faulted(
     *,
     notes: int = 3,
     retry: pt.Backoff | None = None,
+    page_size: int = 1000,
+    spaced: bool = False,
 ) -> Outcome:
+    """``spaced``: an Echoed of message 0 after each Note, which ``w`` does not route."""
     calls: list[tuple[int, int]] = []
-    worker = echoing(calls, wait=HANDLER, retry=retry)
-    async with worker_harness(worker, commands=[Note, Echoed], faults=True) as h:
+    started: list[float] = []
+    worker = echoing(calls, wait=HANDLER, retry=retry, started=started)
+    async with worker_harness(
+        worker, commands=[Note, Echoed], faults=True, page_size=page_size
+    ) as h:
         assert h.store is not None
         h.store.stall_commits(TRANSACTION)
         arrange(h.store)
-        await h.app.log.append(*(Note(text) for text in "abcdefgh"[:notes]))
+        texts = "abcdefgh"[:notes]
+        if spaced:
+            await h.app.log.append(*(c for t in texts for c in (Note(t), Echoed(0, "-"))))
+        else:
+            await h.app.log.append(*(Note(text) for text in texts))
         await h.settle()
         return Outcome(
             calls=calls,
@@ -100,6 +122,7 @@ async def faulted(
             attempt_times=h.attempt_times(2),
             processed=h.metrics().processed,
             retries=len(await h.app.log.store.retries()),
+            started=started,
         )
 
 
@@ -135,6 +158,43 @@ class TestAFailedCommit:
         assert out.echoes == [2]
         assert out.positions == {"w": 2}
         assert out.calls == [(1, 1), (2, 1), (1, 2), (2, 1)]
+
+
+class TestPagesQueuedBehind:
+    """With commits in flight at the end of a page, the pages queued behind it are
+    handled on without waiting for them, up to a page's worth of the run's rows (pages
+    of four rows here, two of them Notes, as for one partition of many)."""
+
+    async def test_the_next_page_starts_while_the_commits_are_written(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        out = await faulted(lambda store: None, notes=6, page_size=4, spaced=True)
+        assert out.calls == [(m, 1) for m in range(1, 12, 2)]
+        gaps = [b - a for a, b in itertools.pairwise(out.started)]
+        # Notes 1, 3 | 5, 7 | 9, 11: page 2 starts as soon as 3's handler returned, its
+        # commits still in flight; after page 2, the run has had a page's worth of rows
+        # (four), and the commits of 1 to 7 are written before page 3 is taken.
+        assert gaps[:3] == pytest.approx([HANDLER] * 3)
+        assert gaps[3] > TRANSACTION
+        assert gaps[4] == pytest.approx(HANDLER)
+        assert out.echoes == [1, 3, 5, 7, 9, 11]
+        assert out.positions == {"w": 11}
+
+    async def test_a_commit_failing_on_the_next_page_goes_back_to_its_message(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        out = await faulted(
+            lambda store: store.fail_commits(1, when=positioned(3)),
+            notes=4,
+            page_size=4,
+            spaced=True,
+        )
+        # Notes 1, 3 | 5, 7 (pages of four rows). 5 and 7, of the next page, ran while
+        # 3's commit was written; it failed: 3 is retried, then 5 and 7 handled again.
+        assert out.calls == [(1, 1), (3, 1), (5, 1), (7, 1), (3, 2), (5, 1), (7, 1)]
+        assert out.echoes == [1, 3, 5, 7]
+        assert out.positions == {"w": 7}
+        assert (out.processed, out.retries) == (4, 0)
 
 
 class TestAnUnknownOutcome:
