@@ -13,6 +13,7 @@ from ._errors import StoreError
 from ._log import MessageLog
 from ._logging import get_logger
 from ._message import Page
+from ._watermark import Watermark
 
 __all__ = ["Feed", "LogPump", "PumpStatistics"]
 
@@ -47,7 +48,7 @@ class Feed:
         self.pump = pump
         self.name = name
         self.routes: frozenset[str] | None = None if routes is None else frozenset(routes)
-        self.position: AsyncValue[int] = AsyncValue(position)
+        self.position = Watermark(position)
         self.attached = False
         self.closed = False
         self.detaches = 0
@@ -87,7 +88,7 @@ class Feed:
     # --- called by the subscriber -----------------------------------------------------
 
     def advance(self, position: int) -> None:
-        self.position.value = max(self.position.value, position)
+        self.position.advance(position)
 
     def queued(self, after: int) -> Page | None:
         """The page after ``after`` if it is at hand, with no wait and no read: next in

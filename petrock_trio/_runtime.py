@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 import attrs
 import trio
-from trio_util import AsyncValue
 
 from ._commands import CommandRegistry, command_name, validate
 from ._controls import Controls
@@ -24,6 +23,7 @@ from ._message import Row
 from ._positions import PositionFlusher
 from ._pump import LogPump
 from ._totals import Totals
+from ._watermark import Watermark
 from .stores import Commit, RetryRecord, SnapshotRecord
 
 __all__ = ["Run", "Runtime", "Stop"]
@@ -75,10 +75,9 @@ class Runtime:
     stopping: trio.Event = attrs.field(factory=trio.Event)
     # What operators asked of the workers (pause, resets), as the store holds it.
     controls: Controls = attrs.Factory(lambda self: Controls(self.log.store), takes_self=True)
-    waiters: set[trio.CancelScope] = attrs.Factory(set)
     closed: bool = False
     # The state projection's position: everything up to it is applied to app state.
-    applied: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
+    applied: Watermark = attrs.Factory(lambda: Watermark(0))
     # The app's counters since the process started, which every run adds to.
     totals: Totals = attrs.Factory(Totals)
     # What the app's lifespan yielded: handlers and periodic work read it from ctx.
@@ -94,19 +93,9 @@ class Runtime:
         Raises :class:`NotRunning` if the app stops first (the command is in the log;
         the next start applies it).
         """
-        position = self.applied
-        if position.value >= message_id:
-            await trio.lowlevel.checkpoint()
-            return
-        if self.closed:
+        if self.applied.value < message_id and self.closed:
             raise NotRunning(f"the app stopped before message {message_id} was applied")
-        with trio.CancelScope() as scope:
-            self.waiters.add(scope)
-            try:
-                await position.wait_value(lambda p: p >= message_id)
-            finally:
-                self.waiters.discard(scope)
-        if scope.cancelled_caught:
+        if not await self.applied.reached(message_id):
             raise NotRunning(f"the app stopped before message {message_id} was applied")
 
     async def commit(self, worker: str, **commit: Any) -> list[Row]:
@@ -187,8 +176,7 @@ class Runtime:
 
     def close_waiters(self) -> None:
         self.closed = True
-        for scope in self.waiters:
-            scope.cancel()
+        self.applied.release()
 
     def report(self, event: Event) -> None:
         """Hand ``event`` to every hook; a failing hook is logged, never raised."""

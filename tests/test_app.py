@@ -244,3 +244,40 @@ async def test_stop_during_startup_replay(autojump_clock: trio.testing.MockClock
         assert outcome == ["returned"]
         assert trio.current_time() - start == 3.5
         assert worker.metrics().replayed == 3
+
+
+async def test_executes_waiting_for_state_are_told_when_the_app_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """execute() returns once state has applied its command; callers still waiting
+    for that when the app stops get NotRunning (their commands are in the log)."""
+    with pt.testing.memory_database() as url:
+        store = pt.testing.FaultyStore(pt.stores.open_store(url))
+        app = pt.App(database=url)
+        app.store = store
+        app.register_command(Note)
+        seen: list[str] = []
+
+        async def submit(text: str) -> None:
+            try:
+                await app.execute(Note(text))
+                seen.append(f"{text} ok")
+            except pt.NotRunning:
+                seen.append(f"{text} refused")
+
+        # Virtual time: a wait that nothing ends fails here instead of hanging.
+        with trio.fail_after(600):
+            async with serving(app):
+                await app.execute(Note("first"))
+                store.stall_reads(3600.0)  # the pump, and so the projection, stop reading
+                async with trio.open_nursery() as nursery:
+                    for text in "abc":
+                        nursery.start_soon(submit, text)
+                    await trio.sleep(10)
+                    assert seen == []  # all three appended, none applied yet
+                    app.stop()
+        assert sorted(seen) == ["a refused", "b refused", "c refused"]
+        async with pt.open_log(url, commands=[Note]) as log:
+            texts = [m.command.text for m in await log.read_after(0)]
+        assert texts[0] == "first"
+        assert sorted(texts[1:]) == ["a", "b", "c"]  # in the order they were appended
