@@ -307,11 +307,11 @@ async def crashed(monkeypatch: pytest.MonkeyPatch) -> Logs:
     original = WorkerRun._handle_page
     crashes: list[int] = []
 
-    async def buggy(self: Any, *args: Any) -> None:
+    async def buggy(self: Any, *args: Any) -> Any:
         if not crashes:
             crashes.append(1)
             raise ZeroDivisionError("engine bug")
-        await original(self, *args)
+        return await original(self, *args)
 
     monkeypatch.setattr(WorkerRun, "_handle_page", buggy)
 

@@ -332,12 +332,12 @@ class TestHealth:
         original = WorkerRun._handle_page
         crashes = 0
 
-        async def buggy(self: Any, *args: Any) -> None:
+        async def buggy(self: Any, *args: Any) -> Any:
             nonlocal crashes
             if crashes == 0:
                 crashes += 1
                 raise ZeroDivisionError("engine bug")
-            await original(self, *args)
+            return await original(self, *args)
 
         monkeypatch.setattr(WorkerRun, "_handle_page", buggy)
         async with serving(app):
