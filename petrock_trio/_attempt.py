@@ -311,7 +311,7 @@ async def _commit(
         # it first, so that it cannot land without them.
         behind = run.decl.commit_behind and run.stretch is not None and not ctx.to_validate
         keep = run.behind.depth - 1 if behind else 0
-        if len(run.behind.landings) > keep:
+        if len(run.behind.landings) > keep:  # no coroutine made for nothing to wait for
             await run.behind.land(keep=keep)
         # Encoded now, before the commit: state as this message left it.
         snapshot = run.snapshot_at(message_id)

@@ -384,23 +384,8 @@ def _fold(writes: Writes, commit: Commit, rows: list[Row]) -> None:
     if commit.retries:
         writes.add("retries", sql.UPSERT_RETRY, [attrs.astuple(r) for r in commit.retries])
     if commit.dead_letters:
-        writes.add(
-            "dead_letters",
-            sql.UPSERT_DEAD_LETTER,
-            [
-                (
-                    d.worker,
-                    d.message_id,
-                    d.command_name,
-                    d.error,
-                    d.attempts,
-                    d.first_failed_at,
-                    d.last_failed_at,
-                    d.traceback,
-                )
-                for d in commit.dead_letters
-            ],
-        )
+        letters = [attrs.astuple(d) for d in commit.dead_letters]
+        writes.add("dead_letters", sql.UPSERT_DEAD_LETTER, letters)
     if commit.resolved:
         writes.add("dead_letters", sql.DELETE_DEAD_LETTER, commit.resolved)
     if commit.forget_snapshots or commit.snapshots:

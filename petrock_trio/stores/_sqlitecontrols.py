@@ -16,7 +16,7 @@ from typing import Final, TypeVar
 from .._errors import NotPaused
 from .._partition import split_name
 from ._base import ControlRecord, DeadLetterRecord
-from ._sqlitesql import DEAD_LETTERS, dead_letter_records
+from ._sqlitesql import DEAD_LETTERS, DELETE_DEAD_LETTER, dead_letter_records
 
 __all__ = ["SCHEMA", "Controlled"]
 
@@ -160,10 +160,7 @@ def _discard(
             "INSERT OR REPLACE INTO discarded_letters VALUES (?, ?, ?, ?, ?, ?)",
             [(d.worker, d.message_id, d.command_name, d.error, d.attempts, now) for d in found],
         )
-        conn.executemany(
-            "DELETE FROM dead_letters WHERE worker = ? AND message_id = ?",
-            [(d.worker, d.message_id) for d in found],
-        )
+        conn.executemany(DELETE_DEAD_LETTER, [(d.worker, d.message_id) for d in found])
         return found
 
     return _transaction(conn, body)
