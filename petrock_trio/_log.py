@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -49,10 +49,16 @@ class MessageLog:
 
     def __init__(self, store: Store, registry: CommandRegistry, clock: WallClock) -> None:
         self.store_health = StoreHealth(store.gone)
-        self.store: Store = MonitoredStore(store, self.store_health)
+        self.store = MonitoredStore(store, self.store_health)
         self.registry = registry
         self.clock = clock
         self.head: AsyncValue[int] = AsyncValue(0)
+        # Told the rows of each commit this log writes, before ``head`` moves past them
+        # (the pump takes them as they are instead of reading them back: LogPump.handed).
+        self.row_listeners: list[Callable[[list[Row]], None]] = []
+        # Set while the writer has a transaction with appends in flight; done once its
+        # rows are told (a head another connection saw may be those rows).
+        self.appending: trio.Event | None = None
         self._queue: trio.MemorySendChannel[Pending] | None = None
         self._batches = 0
 
@@ -136,6 +142,17 @@ class MessageLog:
             receive.close()
 
     async def _write_batch(self, batch: list[Pending]) -> None:
+        if not any(p.commit.appends for p in batch):
+            await self._write_batch_of(batch)
+            return
+        appending = self.appending = trio.Event()
+        try:
+            await self._write_batch_of(batch)
+        finally:
+            self.appending = None
+            appending.set()
+
+    async def _write_batch_of(self, batch: list[Pending]) -> None:
         self._batches += 1
         try:
             results = await self.store.commit_many([p.commit for p in batch])
@@ -154,7 +171,7 @@ class MessageLog:
                 return
             for pending in batch:
                 if _unchained([pending]):
-                    await self._write_batch([pending])
+                    await self._write_batch_of([pending])
             return
         except BaseException:
             # Interrupted (KeyboardInterrupt): whether the transaction landed is unknown,
@@ -177,6 +194,9 @@ class MessageLog:
 
     def _published(self, rows: list[Row]) -> None:
         if rows:
+            if self.row_listeners and self.store.reads_as_written:
+                for listener in self.row_listeners:
+                    listener(rows)
             self.publish_head(rows[-1].id)
 
     def publish_head(self, head: int) -> None:

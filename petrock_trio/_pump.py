@@ -1,9 +1,17 @@
-"""The log pump: one task reads each new message once and fans pages out to feeds."""
+"""The log pump: one task reads each new message once and fans pages out to feeds.
+
+The rows this process appends need no read: its log hands each commit's rows to the
+pump before it publishes the new head (``LogPump.handed``), and the pump makes its
+next page of them when they follow its position with no id between. Otherwise (rows
+of another process came first, or the pump is behind) it reads from the store as
+always, and the rows handed are dropped once it is past them.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Collection
+from typing import Final
 
 import attrs
 import trio
@@ -12,12 +20,16 @@ from trio_util import AsyncValue
 from ._errors import StoreError
 from ._log import MessageLog
 from ._logging import get_logger
-from ._message import Page
+from ._message import Page, Row
 from ._watermark import Watermark
 
 __all__ = ["Feed", "LogPump", "PumpStatistics"]
 
 _log = get_logger("petrock_trio.pump")
+
+# Commits whose rows the pump keeps at hand until a page takes them; older ones are
+# forgotten (a pump that idles with no feed attached reads them when it needs them).
+HANDED: Final = 1024
 
 
 @attrs.frozen
@@ -27,6 +39,9 @@ class PumpStatistics:
     position: int
     pages_read: int
     rows_read: int
+    # Pages made of the rows this process appended, handed over by its log (no read).
+    pages_handed: int
+    rows_handed: int
     read_errors: int
     feeds: int
     attached: int
@@ -188,8 +203,12 @@ class LogPump:
         # it the Page's decode and partition caches.
         self._caught_up: deque[tuple[frozenset[str] | None, Page]] = deque(maxlen=recent_pages)
         self._reading: list[tuple[int, frozenset[str] | None, trio.Event]] = []
+        # The rows of this process's own commits, oldest first, until a page takes them.
+        self._handed: deque[list[Row]] = deque(maxlen=HANDED)
         self.pages_read = 0
         self.rows_read = 0
+        self.pages_handed = 0
+        self.rows_handed = 0
         self.read_errors = 0
 
     def __repr__(self) -> str:
@@ -203,6 +222,8 @@ class LogPump:
             position=self.position.value,
             pages_read=self.pages_read,
             rows_read=self.rows_read,
+            pages_handed=self.pages_handed,
+            rows_handed=self.rows_handed,
             read_errors=self.read_errors,
             feeds=len(self._feeds),
             attached=len(self._attached),
@@ -281,14 +302,50 @@ class LogPump:
         last = rows[-1].id if len(rows) == self.page_size else upto
         return Page(after, last, rows)
 
+    def handed(self, rows: list[Row]) -> None:
+        """The rows one commit of this process just appended, consecutive ids, told
+        before the log's head moves past them (``MessageLog.row_listeners``)."""
+        self._handed.append(rows)
+
+    def _handed_page(self, position: int) -> Page | None:
+        """The next page made of rows handed over, if they follow ``position`` with no id
+        between (nothing another process appended can be there: ids are unique), up to
+        ``page_size`` rows; None when the store must be read."""
+        handed = self._handed
+        taken: list[Row] = []
+        last = position
+        while handed and len(taken) < self.page_size:
+            rows = handed[0]
+            start = last + 1 - rows[0].id  # the index of the row after ``last``
+            if start >= len(rows):
+                handed.popleft()  # read from the store already
+                continue
+            if start < 0 or rows[-1].id - rows[0].id != len(rows) - 1:
+                break  # ids between (another process's rows, or a gap): read them
+            end = start + self.page_size - len(taken)
+            taken += rows[start:end]
+            last = taken[-1].id
+            if end >= len(rows):
+                handed.popleft()
+        return Page(position, last, taken) if taken else None
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Follow the log; never returns unless cancelled."""
         start = min((f.position.value for f in self._feeds), default=self.log.head.value)
         self.position.value = start
         for feed in self._feeds:
             self.try_attach(feed)
-        task_status.started()
+        self.log.row_listeners.append(self.handed)
+        try:
+            task_status.started()
+            await self._follow()
+        finally:
+            self.log.row_listeners.remove(self.handed)
+            self._handed.clear()
+
+    async def _follow(self) -> None:
         head = self.log.head
+        waited = -1  # the position at which the pump last waited for its own rows
         while True:
             position = self.position.value
             if head.value <= position:
@@ -296,24 +353,38 @@ class LogPump:
             if not self._attached:
                 await self._any_attached.wait_value(lambda n: n > 0)
                 continue
-            try:
-                page = await self._read(position, head.value)
-            except StoreError as exc:
-                # A failing database must not take the app down: every feed waits,
-                # nothing is skipped, and reading resumes where it stopped.
-                self.read_errors += 1
-                delay = min(2.0 ** min(self.read_errors - 1, 5), 30.0)
-                _log.error(
-                    "petrock.store_read_failed",
-                    error_details=repr(exc),
-                    retry_in=delay,
-                    exc_info=exc,
-                )
-                await trio.sleep(delay)
+            page = self._handed_page(position)
+            appending = self.log.appending
+            if page is None and appending is not None and waited < position:
+                # The head may have moved for the rows this process is writing (a watch
+                # sees them when any connection does): they come without a read. Once
+                # a position: then another's rows are there, or nobody's, to read.
+                waited = position
+                await appending.wait()
                 continue
-            self.read_errors = 0
-            self.pages_read += 1
-            self.rows_read += len(page.rows)
+            if page is not None:
+                await trio.lowlevel.checkpoint()  # as a read would be
+                self.pages_handed += 1
+                self.rows_handed += len(page.rows)
+            else:
+                try:
+                    page = await self._read(position, head.value)
+                except StoreError as exc:
+                    # A failing database must not take the app down: every feed waits,
+                    # nothing is skipped, and reading resumes where it stopped.
+                    self.read_errors += 1
+                    delay = min(2.0 ** min(self.read_errors - 1, 5), 30.0)
+                    _log.error(
+                        "petrock.store_read_failed",
+                        error_details=repr(exc),
+                        retry_in=delay,
+                        exc_info=exc,
+                    )
+                    await trio.sleep(delay)
+                    continue
+                self.read_errors = 0
+                self.pages_read += 1
+                self.rows_read += len(page.rows)
             self._recent.append(page)
             for feed in list(self._attached):
                 if not feed._offer(page):  # noqa: SLF001 - the pump and its feeds are one unit

@@ -27,6 +27,7 @@ from .stores import (
     SnapshotRecord,
     Store,
     StoreStatistics,
+    reads_as_written,
 )
 
 __all__ = ["MonitoredStore", "StoreHealth"]
@@ -187,6 +188,10 @@ class MonitoredStore:
 
     def __repr__(self) -> str:
         return f"<MonitoredStore {self.inner!r}>"
+
+    @property
+    def reads_as_written(self) -> bool:
+        return reads_as_written(self.inner)
 
     async def open(self) -> int:
         return await self.inner.open()

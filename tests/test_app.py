@@ -16,7 +16,7 @@ import trio.lowlevel
 import trio.testing
 
 import petrock_trio as pt
-from petrock_trio.stores import SQLiteStore
+from petrock_trio.stores import Commit, SQLiteStore
 from petrock_trio.testing import serving
 from tests.support import Add, Note, make_app
 
@@ -269,7 +269,11 @@ async def test_executes_waiting_for_state_are_told_when_the_app_stops(
         with trio.fail_after(600):
             async with serving(app):
                 await app.execute(Note("first"))
-                store.stall_reads(3600.0)  # the pump, and so the projection, stop reading
+                # A row of another writer's comes first, which the pump must read (its
+                # own rows it is handed), and reads stall: the projection stops.
+                store.stall_reads(3600.0)
+                theirs = Commit(appends=[("test/note", b'{"text":"theirs"}')], timestamp=0.0)
+                await store.commit_many([theirs])
                 async with trio.open_nursery() as nursery:
                     for text in "abc":
                         nursery.start_soon(submit, text)
@@ -279,5 +283,5 @@ async def test_executes_waiting_for_state_are_told_when_the_app_stops(
         assert sorted(seen) == ["a refused", "b refused", "c refused"]
         async with pt.open_log(url, commands=[Note]) as log:
             texts = [m.command.text for m in await log.read_after(0)]
-        assert texts[0] == "first"
-        assert sorted(texts[1:]) == ["a", "b", "c"]  # in the order they were appended
+        assert texts[:2] == ["first", "theirs"]
+        assert sorted(texts[2:]) == ["a", "b", "c"]  # in the order they were appended

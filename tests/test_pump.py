@@ -7,12 +7,14 @@ from typing import Any
 
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import petrock_trio as pt
 from petrock_trio._log import MessageLog
 from petrock_trio._message import Page
 from petrock_trio._pump import LogPump
-from petrock_trio.stores import open_store
+from petrock_trio.stores import Commit, open_store
 from petrock_trio.testing import FaultyStore, serving
 from tests.support import Add, Note, Unrouted
 
@@ -178,4 +180,96 @@ class TestCatchUpShared:
         store.stall_reads(0)
         assert await pump.read_page(2, ["test/note"]) is pages["second"]
         assert await pump.read_page(2, None) is not pages["second"]  # read for fewer names
+        await store.aclose()
+
+
+class TestHandedRows:
+    """The rows this process appends reach the feeds without a read, when nothing of
+    another process's comes between; otherwise the pump reads, and misses nothing."""
+
+    async def test_own_rows_are_not_read_back(self, tmp_path: Path) -> None:
+        seen: list[int] = []
+        app = app_with(
+            recording_worker("all", ["test/add", "test/note"], seen),
+            database=str(tmp_path / "own.db"),
+        )
+        async with serving(app) as running:
+            for i in range(20):
+                await running.execute(Add(str(i)))
+            await running.execute_many([Note(str(i)) for i in range(30)])
+            await running.caught_up()
+            report = running.inspect()
+        assert seen == list(range(1, 51))
+        assert (report["pump"]["rows_handed"], report["pump"]["rows_read"]) == (50, 0)
+
+    async def test_rows_of_another_process_first_are_read(self, tmp_path: Path) -> None:
+        db = str(tmp_path / "shared.db")
+        seen: list[int] = []
+        app = app_with(recording_worker("all", ["test/add", "test/note"], seen), database=db)
+        async with serving(app) as running, pt.open_log(db, commands=[Add, Note]) as other:
+            await running.execute(Add("mine"))
+            for round_ in range(5):
+                # Appended by another log on the file: this app's log learns of them
+                # only from its watch, and its own next rows come after them.
+                await other.append(Note(f"theirs {round_}"), Note("and"))
+                await running.execute(Add(str(round_)))
+            await running.caught_up()
+            report = running.inspect()
+        assert seen == list(range(1, 17))
+        assert report["pump"]["rows_read"] >= 10  # theirs at least, each once at most
+        assert report["pump"]["rows_read"] + report["pump"]["rows_handed"] >= 16
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        steps=st.lists(
+            st.one_of(
+                st.tuples(st.just("own"), st.integers(1, 7)),
+                st.tuples(st.just("theirs"), st.integers(1, 7), st.booleans()),
+                st.tuples(st.just("settle"), st.just(0)),
+            ),
+            max_size=25,
+        ),
+        page_size=st.integers(1, 6),
+    )
+    async def test_any_interleaving_delivers_each_row_once_in_order(
+        self, steps: list[tuple[Any, ...]], page_size: int
+    ) -> None:
+        """Own commits (handed over), another writer's (seen at once or later, as a
+        watch would), the pump running between them or not: each row once, in order."""
+        app = app_with()
+        store = open_store(":memory:")
+        log = MessageLog(store, app.registry, app.clock)
+        await log.open()
+        pump = LogPump(log, page_size=page_size)
+        feed = pump.feed("sub", None, 0)
+        got: list[int] = []
+        contiguous: list[bool] = []
+
+        async def subscriber() -> None:
+            while True:
+                page = await feed.next_page()
+                contiguous.append(page.after <= feed.position.value)
+                got.extend(r.id for r in page.rows if r.id > feed.position.value)
+                feed.advance(page.last)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run_writer)
+            await nursery.start(pump.run)
+            nursery.start_soon(subscriber)
+            for kind, count, *rest in steps:
+                if kind == "own":
+                    await log.append(*[Note(str(i)) for i in range(count)])
+                elif kind == "theirs":
+                    commit = Commit(appends=[("test/note", b'{"text":"x"}')] * count)
+                    await store.commit_many([commit])
+                    if rest[0]:
+                        log.publish_head(await store.head())
+                else:
+                    await trio.testing.wait_all_tasks_blocked()
+            log.publish_head(await store.head())
+            await feed.position.wait_value(lambda p: p >= log.head.value)
+            nursery.cancel_scope.cancel()
+        head = await store.head()
+        assert got == list(range(1, head + 1))
+        assert all(contiguous)
         await store.aclose()

@@ -45,6 +45,20 @@ class TestStoreContract:
         assert [r.id for r in await store.read_after(0, 10, upto=2)] == [1, 2]
         assert [r.id for r in await store.read_after(0, 10, names=["a", "c"])] == [1, 3]
 
+    async def test_rows_appended_are_the_rows_read(self, store: Store) -> None:
+        """What ``commit_many`` returns is what a read returns: the pump hands a
+        process's own rows to its feeds instead of reading them back."""
+        commits = [
+            Commit(appends=appends("a", "b"), timestamp=1_700_000_000.123456789),
+            Commit(
+                appends=[("c", b'{"x":"\\u00e9"}'), ("d", bytes(range(256)))],
+                timestamp=0.1 + 0.2,
+                metadata=['{"traceparent":"00-1-2-01"}', None],
+            ),
+        ]
+        results = await store.commit_many(commits)
+        assert [row for rows in results for row in rows] == await store.read_after(0, 10)
+
     async def test_group_commit_keeps_order(self, store: Store) -> None:
         results = await store.commit_many(
             [Commit(appends=appends("a")), Commit(appends=appends("b", "c")), Commit()]

@@ -14,6 +14,7 @@ from ._base import (
     SnapshotRecord,
     Store,
     StoreStatistics,
+    reads_as_written,
 )
 from ._sqlite import SQLiteStore
 from ._sqlitereadonly import ReadOnlySQLiteStore
@@ -36,6 +37,7 @@ __all__ = [
     "Store",
     "StoreStatistics",
     "open_store",
+    "reads_as_written",
 ]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")

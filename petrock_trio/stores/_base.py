@@ -21,6 +21,7 @@ __all__ = [
     "SnapshotRecord",
     "Store",
     "StoreStatistics",
+    "reads_as_written",
 ]
 
 # What makes a database a petrock_trio log: a read-only opening refuses one without them.
@@ -159,7 +160,10 @@ class Store(Protocol):
     """The only code that touches a database.
 
     ``commit_many`` writes several commits in one transaction (group commit) and returns
-    the rows appended by each; a failure leaves none of them written.
+    the rows appended by each; a failure leaves none of them written. Those rows are
+    what a read returns (the log hands them to its pump instead of reading them
+    back), unless the store says otherwise with ``reads_as_written`` (optional; see
+    :func:`reads_as_written`).
     """
 
     url: str
@@ -274,3 +278,10 @@ class Store(Protocol):
         ...
 
     def statistics(self) -> StoreStatistics: ...
+
+
+def reads_as_written(store: Store) -> bool:
+    """Whether ``store``'s reads return the rows its commits return: an optional
+    ``reads_as_written`` attribute of the store, true without one. (The testing kit's
+    ``FaultyStore`` says false while it fails or changes reads.)"""
+    return bool(getattr(store, "reads_as_written", True))

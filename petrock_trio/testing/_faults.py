@@ -47,6 +47,10 @@ class FaultyStore:
     clock), ``stall_reads(seconds)`` every read of the log (a server that stopped
     answering); ``corrupt(message_id)`` returns that row with a payload that does not
     decode. Everything else goes to the real store.
+
+    While a read fault is armed the app reads its own new rows back, as it reads
+    another process's, instead of being handed them by its log
+    (``reads_as_written``): the faults reach its pump.
     """
 
     def __init__(self, inner: Store) -> None:
@@ -93,6 +97,12 @@ class FaultyStore:
 
     def corrupt(self, message_id: int) -> None:
         self._corrupt.add(message_id)
+
+    @property
+    def reads_as_written(self) -> bool:
+        """Whether a read returns the rows a commit returned (no read fault armed)."""
+        reads = self._reads
+        return not (reads.remaining > 0 or reads.delay or self._corrupt)
 
     async def open(self) -> int:
         return await self.inner.open()
