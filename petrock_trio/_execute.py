@@ -58,9 +58,10 @@ class Executor:
     async def one(self, rt: Runtime, cmd: object, metadata: Sequence[str | None]) -> Message:
         log = rt.log
         if getattr(cmd, "validate", None) is None:
-            # Nothing to check: go straight to group commit with concurrent callers.
+            # Nothing to check: go straight to group commit with concurrent callers,
+            # back once state has applied it.
             encoded = self.encode_valid(cmd)
-            (row,) = await log.commit(log.new_commit(encoded=[encoded], metadata=metadata))
+            (row,) = await rt.append_applied(log.new_commit(encoded=[encoded], metadata=metadata))
         else:
             # Validation must see every earlier command applied, so validated commands
             # go one at a time: wait for state to reach the head, check, append.
@@ -68,7 +69,7 @@ class Executor:
                 await rt.wait_applied(log.head.value)
                 encoded = self.encode_valid(cmd)
                 (row,) = await log.commit(log.new_commit(encoded=[encoded], metadata=metadata))
-        await rt.wait_applied(row.id)
+            await rt.wait_applied(row.id)
         return Message.from_row(row, cmd)
 
     async def many(
@@ -91,7 +92,7 @@ class Executor:
             # Nothing to check: group commit with concurrent callers, as execute does.
             encoded = self._encode_all(commands)
             commit = Commit(appends=encoded, timestamp=log.clock(), metadata=metadatas)
-            rows = await log.commit(commit)
+            rows = await rt.append_applied(commit)
         else:
             async with self.lock:
                 await rt.wait_applied(log.head.value)
@@ -99,7 +100,7 @@ class Executor:
                 encoded = self._checked_in_order(commands, checked, log.head.value, timestamp)
                 commit = Commit(appends=encoded, timestamp=timestamp, metadata=metadatas)
                 rows = await log.commit(commit)
-        await rt.wait_applied(rows[-1].id)
+            await rt.wait_applied(rows[-1].id)
         # One commit: every row has its timestamp and metadata, converted once.
         when = datetime.fromtimestamp(rows[0].timestamp, UTC)
         meta = decode_metadata(rows[0].metadata)

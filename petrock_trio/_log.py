@@ -16,6 +16,7 @@ from ._commands import CommandRegistry
 from ._errors import OutcomeUnknown, PetrockError, StoreError, StoreGone
 from ._message import Message, Row
 from ._store_health import MonitoredStore, StoreHealth
+from ._watermark import Watermark
 from .stores import Commit, Store
 
 __all__ = ["CommitBeforeFailed", "MessageLog", "Pending"]
@@ -33,6 +34,9 @@ class Pending:
 
     commit: Commit
     after: Pending | None = None
+    # Done only once this position reaches the commit's rows too (execute's wait for
+    # state: one wake-up of the caller instead of two), or is released.
+    applied: Watermark | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     rows: list[Row] | None = None
     error: BaseException | None = None
@@ -68,23 +72,29 @@ class MessageLog:
     async def open(self) -> None:
         self.head.value = await self.store.open()
 
-    async def commit(self, commit: Commit) -> list[Row]:
-        """Write ``commit`` atomically; return the rows it appended."""
-        pending = self.submit(commit)
+    async def commit(self, commit: Commit, *, applied: Watermark | None = None) -> list[Row]:
+        """Write ``commit`` atomically; return the rows it appended. With ``applied``,
+        return once that position has reached them too, or was released (the caller
+        tells which)."""
+        pending = self.submit(commit, applied=applied)
         if pending is None:
             (rows,) = await self.store.commit_many([commit])
             self._published(rows)
+            if applied is not None and rows:
+                await applied.reached(rows[-1].id)
             return rows
         return await self.landed(pending)
 
-    def submit(self, commit: Commit, *, after: Pending | None = None) -> Pending | None:
+    def submit(
+        self, commit: Commit, *, after: Pending | None = None, applied: Watermark | None = None
+    ) -> Pending | None:
         """Queue ``commit`` for the group-commit writer and return at once (None when no
         writer runs); :meth:`landed` tells how it went. Commits are written in the
         order they are queued, each in a transaction written after the one before, and
         one queued ``after`` another is not written if that one failed."""
         if self._queue is None:
             return None
-        pending = Pending(commit, after=after)
+        pending = Pending(commit, after=after, applied=applied)
         self._queue.send_nowait(pending)
         return pending
 
@@ -182,7 +192,10 @@ class MessageLog:
             pending.rows = rows
             pending.after = None  # done: the ones queued after it need only its outcome
             self._published(rows)
-            pending.done.set()
+            if pending.applied is None or not rows:
+                pending.done.set()
+            else:
+                pending.applied.set_when_reached(rows[-1].id, pending.done)
 
     def _fail_queued(self, receive: trio.MemoryReceiveChannel[Pending]) -> None:
         while True:

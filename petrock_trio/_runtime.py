@@ -98,6 +98,14 @@ class Runtime:
         if not await self.applied.reached(message_id):
             raise NotRunning(f"the app stopped before message {message_id} was applied")
 
+    async def append_applied(self, commit: Commit) -> list[Row]:
+        """Write ``commit`` and wait until the state projection has applied its rows
+        (see :meth:`wait_applied`; one wait for both)."""
+        rows = await self.log.commit(commit, applied=self.applied)
+        if rows and self.applied.value < rows[-1].id:
+            raise NotRunning(f"the app stopped before message {rows[-1].id} was applied")
+        return rows
+
     async def commit(self, worker: str, **commit: Any) -> list[Row]:
         """Commit for ``worker``, fenced by its lease when leases are on.
 

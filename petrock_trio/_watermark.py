@@ -31,6 +31,7 @@ class Watermark(AsyncValue[int]):  # type: ignore[misc]
         super().__init__(value)
         self._waiting: list[tuple[int, int, trio.Event]] = []
         self._serial = itertools.count()  # ties in the heap: never compare events
+        self._released = False
 
     def advance(self, position: int) -> None:
         """Move to ``position`` if that is forward; wake the waits it reached."""
@@ -41,12 +42,20 @@ class Watermark(AsyncValue[int]):  # type: ignore[misc]
         while waiting and waiting[0][0] <= position:
             heapq.heappop(waiting)[2].set()
 
+    def set_when_reached(self, position: int, event: trio.Event) -> None:
+        """Set ``event`` once the value is at least ``position`` (at once if it is, or
+        if :meth:`release` came first): a wait with no task parked for it yet."""
+        if self.value >= position or self._released:
+            event.set()
+        else:
+            heapq.heappush(self._waiting, (position, next(self._serial), event))
+
     async def reached(self, position: int) -> bool:
         """Wait until the value is at least ``position``: True, or False when
         :meth:`release` woke the wait first. A checkpoint either way."""
-        if self.value >= position:
+        if self.value >= position or self._released:
             await trio.lowlevel.checkpoint()
-            return True
+            return self.value >= position
         event = trio.Event()
         # A wait cancelled meanwhile leaves its event behind: set when reached, or at
         # release, and forgotten then.
@@ -56,6 +65,7 @@ class Watermark(AsyncValue[int]):  # type: ignore[misc]
 
     def release(self) -> None:
         """Wake every wait now (nothing will move this position any more)."""
+        self._released = True
         waiting, self._waiting = self._waiting, []
         for _, _, event in waiting:
             event.set()
