@@ -15,7 +15,7 @@ from typing import Protocol
 import attrs
 import trio
 
-__all__ = ["SystemClock", "TrioWallClock", "WallClock", "default_clock"]
+__all__ = ["SystemClock", "TrioWallClock", "WallClock", "default_clock", "for_this_run"]
 
 
 class WallClock(Protocol):
@@ -55,6 +55,15 @@ def default_clock() -> float:
     time. An app given no clock therefore follows the clock the test drives.
     """
     return _VIRTUAL() if _mock_clock_running() else time.time()
+
+
+def for_this_run(clock: WallClock) -> WallClock:
+    """``clock`` as the Trio run that calls this may keep it: :func:`default_clock`
+    decided once (a run's clock never changes), for it asks Trio at every call
+    (about a microsecond, once a command ``execute`` appends); any other clock as it is."""
+    if clock is not default_clock:
+        return clock
+    return _VIRTUAL if _mock_clock_running() else SystemClock
 
 
 def _mock_clock_running() -> bool:

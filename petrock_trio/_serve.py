@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 
 from ._app import App
+from ._clock import for_this_run
 from ._controls import Controls
 from ._errors import ConfigurationError, PetrockError
 from ._leases import LeaseKeeper
@@ -108,7 +109,7 @@ async def _serve(
     task_status: trio.TaskStatus[None],
 ) -> None:
     store = app.store or open_store(app.database, synchronous=app.synchronous)
-    log = MessageLog(store, app.registry, app.clock)
+    log = MessageLog(store, app.registry, for_this_run(app.clock))
     await log.open()
     try:
         rt = await _runtime(app, log)
@@ -195,7 +196,7 @@ async def _runtime(app: App, log: MessageLog) -> Runtime:
     for letter in await store.dead_letters():
         letters.setdefault(letter.worker, set()).add(letter.message_id)
     leases = (
-        LeaseKeeper(store, app.clock, app.run_names(), ttl=app.lease_ttl)
+        LeaseKeeper(store, log.clock, app.run_names(), ttl=app.lease_ttl)
         if app.uses_leases()
         else None
     )
