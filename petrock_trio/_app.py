@@ -337,7 +337,8 @@ class App(OperatorVerbs):
         log (the store's head is read first: another process's append may not have
         reached this one's watch yet). Commands emitted meanwhile are waited for too;
         retries and backoff are waited out (a message counts once it succeeded or was
-        dead-lettered). Raises :class:`StoreError` if the head cannot be read.
+        dead-lettered). Raises :class:`StoreError` if the head cannot be read, and
+        :class:`NotRunning` if the app stops while its state is still behind.
         """
         rt = self._runtime()
         rt.log.publish_head(await rt.log.store.head())
@@ -345,7 +346,8 @@ class App(OperatorVerbs):
             target = rt.log.head.value
             # Workers that run in another process (leases) are that process's to wait for.
             for position in [rt.applied, *rt.flusher.feeds.values()]:
-                await position.wait_value(lambda p, t=target: p >= t)
+                if not await position.reached(target):
+                    raise NotRunning("the app stopped before its workers caught up")
             await trio.lowlevel.checkpoint()
             if rt.log.head.value == target:
                 return

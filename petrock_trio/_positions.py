@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import trio
-from trio_util import AsyncValue
 
 from ._errors import LeaseLost, PetrockError
 from ._leases import LeaseKeeper
 from ._log import MessageLog
 from ._logging import get_logger
+from ._watermark import Watermark
 
 __all__ = ["PositionFlusher"]
 
@@ -38,7 +38,7 @@ class PositionFlusher:
         self.leases = leases
         self.interval = interval
         self.max_pending = max_pending
-        self.feeds: dict[str, AsyncValue[int]] = {}  # worker -> its position in memory
+        self.feeds: dict[str, Watermark] = {}  # worker -> its position in memory
         self.saved: dict[str, int] = {}
         self._dirty = trio.Event()
         self._pending = 0

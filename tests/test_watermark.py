@@ -44,3 +44,32 @@ async def test_release_wakes_every_wait_and_any_made_after_it() -> None:
         assert await mark.reached(10) is False  # told at once, not left waiting
     with trio.testing.assert_checkpoints():
         assert await mark.reached(0) is True
+
+
+async def test_asyncvalue_waits_are_told_of_each_move() -> None:
+    """wait_value, its edge waits and its transforms still see every move."""
+    mark = Watermark(0)
+    seen: list[object] = []
+
+    async def level() -> None:
+        seen.append(("level", await mark.wait_value(lambda v: v >= 5)))
+
+    async def edge() -> None:
+        seen.append(("edge", await mark.wait_transition(lambda new, old: new > old)))
+
+    async def transform() -> None:
+        with mark.open_transform(lambda v: v // 10) as tens:
+            seen.append(("tens", await tens.wait_value(1)))
+
+    async with trio.open_nursery() as nursery:
+        for waiter in (level, edge, transform):
+            nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        mark.advance(3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [("edge", (3, 0))]
+        mark.advance(12)
+    assert sorted(map(str, seen)) == sorted(
+        map(str, [("edge", (3, 0)), ("level", 12), ("tens", 1)])
+    )
+    assert mark.value == 12
