@@ -188,10 +188,11 @@ class MessageLog:
             # so callers are not told it failed; they are woken to unwind with the app.
             _fail(batch, PetrockError("the log writer was interrupted"))
             raise
+        # Once for the transaction: its rows, in order, to the listeners and the head.
+        self._published(results[0] if len(results) == 1 else [r for rows in results for r in rows])
         for pending, rows in zip(batch, results, strict=True):
             pending.rows = rows
             pending.after = None  # done: the ones queued after it need only its outcome
-            self._published(rows)
             if pending.applied is None or not rows:
                 pending.done.set()
             else:
