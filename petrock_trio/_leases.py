@@ -242,6 +242,11 @@ class LeaseKeeper:
                 scope.cancel()
         self._changes.value += 1
 
+    def holds(self, worker: str) -> bool:
+        """Whether this process holds ``worker``'s lease and its term has not run out
+        by this process's own clock (a takeover comes only after it has)."""
+        return worker in self.held and trio.current_time() < self._valid_until
+
     async def ensure(self, worker: str) -> None:
         """Return only while this process may act for ``worker``.
 
@@ -252,7 +257,7 @@ class LeaseKeeper:
         # The checkpoint first: whatever happens at it (a renewal failing, a takeover
         # noticed) is seen by the check after it, right before the work starts.
         await trio.lowlevel.checkpoint()
-        if worker in self.held and trio.current_time() < self._valid_until:
+        if self.holds(worker):
             return
         expired = trio.current_time() >= self._valid_until
         self.lose(list(self.held) if expired else [worker])
@@ -261,8 +266,12 @@ class LeaseKeeper:
 
     async def wait_held(self, worker: str) -> int:
         """Wait until this process holds ``worker``'s lease; return its epoch."""
-        await self._changes.wait_value(lambda _: worker in self.held)
-        return self.held[worker]
+        while True:
+            await self._changes.wait_value(lambda _: worker in self.held)
+            # Held when the waiter was woken; lost again, maybe, before it ran.
+            epoch = self.held.get(worker)
+            if epoch is not None:
+                return epoch
 
     @contextlib.contextmanager
     def activity(self, worker: str) -> Iterator[trio.CancelScope]:

@@ -21,6 +21,7 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 import petrock_trio as pt
+from petrock_trio._leases import LeaseKeeper
 from petrock_trio.stores import Commit, RetryRecord, Store, open_store
 from petrock_trio.testing import FaultyStore, memory_database, serving, wait_until
 from tests.support import Add, Echoed
@@ -438,3 +439,80 @@ async def test_sqlite_without_inotify_polls_for_other_processes_appends(
         await trio.sleep(1.5)  # idle: the poll has slowed down to once a second
         await writer.execute(Add("late"))
         await wait_until(lambda: handled == ["late"], timeout=5)
+
+
+async def test_no_handler_starts_once_the_lease_ran_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every handler is preceded by the lease check, in a stretch too (where the loop's
+    own cancel point stands for the check's checkpoint): cut off from renewing, a
+    holder starts no handler after its lease's term, even before the renewal task
+    notices at its next round."""
+
+    class CutOff(FaultyStore):
+        cut = False
+
+        async def leases(
+            self,
+            holder: str,
+            held: Mapping[str, int],
+            wanted: Sequence[str],
+            *,
+            ttl: float,
+            now: float,
+        ) -> dict[str, int]:
+            if self.cut:
+                raise pt.StoreError("injected: network unreachable")
+            return await super().leases(holder, held, wanted, ttl=ttl, now=now)
+
+    started: list[float] = []
+    # In memory, no thread: virtual time moves only while every task waits for it.
+    with memory_database() as url:
+        async with pt.open_log(url, commands=[Add]) as log:
+            await log.append(*[Add(str(i)) for i in range(2000)])
+        app = pt.App(database=url, leases=True, lease_ttl=1.0)
+        app.register_command(Add)
+        store = CutOff(open_store(url))
+        app.store = store
+        worker: pt.PatternWorker[None] = pt.PatternWorker("slow", batch_positions=True)
+
+        async def on_add(ctx: pt.HandlerContext, cmd: Add, state: None) -> None:
+            started.append(trio.current_time())
+            if len(started) == 50:
+                store.cut = True  # renewals fail from now on
+            # Busy for 10 ms and never yields: the stretch goes on, the renewal task
+            # runs only at its schedule points (every 64 messages or millisecond).
+            autojump_clock.jump(0.01)
+
+        worker.on_command("test/add", on_add)
+        app.register_worker(worker)
+        async with serving(app):
+            keeper = app._rt.leases if app._rt is not None else None
+            assert keeper is not None
+            await wait_until(lambda: store.cut, timeout=10)
+            await wait_until(lambda: not app.inspect()["leases"]["held"], timeout=10)
+            valid_until = keeper._valid_until  # the term the check keeps to
+    assert 50 < len(started) < 2000
+    assert max(started) < valid_until
+
+
+async def test_waiting_for_a_lease_held_and_lost_again_before_the_waiter_runs() -> None:
+    """State changes at every checkpoint: a lease taken and lost again before the task
+    waiting for it runs leaves that task waiting, instead of failing it."""
+    keeper = LeaseKeeper(open_store(":memory:"), pt.SystemClock, ["w"], ttl=10.0)
+    got: list[int] = []
+
+    async def waiter() -> None:
+        got.append(await keeper.wait_held("w"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        keeper.held["w"] = 1  # taken (as a renewal round does) ...
+        keeper._changes.value += 1  # what a round tells its waiters
+        keeper.lose(["w"])  # ... and lost before the waiter ran
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        keeper.held["w"] = 2
+        keeper._changes.value += 1
+    assert got == [2]
