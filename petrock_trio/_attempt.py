@@ -236,8 +236,15 @@ async def attempt(
         ctx, error = resumed.ctx, resumed.outcome
         return await _finish(run, message, number, ctx, error, started=started, redrive=redrive)
     if not in_span:
-        if rt.leases is not None:
-            await rt.leases.ensure(run.key)
+        leases = rt.leases
+        if leases is not None:
+            # In the loop's own stretch its cancel point after each message stands for
+            # ensure's checkpoint (a pass of the scheduler: the largest cost of a
+            # message with leases); the check itself is made all the same, and a lease
+            # that ran out or was lost goes through ensure, which says so.
+            stretch = run.stretch
+            if not (stretch is not None and stretch.usable and leases.holds(run.key)):
+                await leases.ensure(run.key)
         tracing = _tracing.ACTIVE
         if tracing is not None:
             return await tracing.attempt(
