@@ -378,27 +378,30 @@ async def test_a_takeover_that_cannot_read_the_store_tries_again(tmp_path: Path)
     assert store.calls >= 3
 
 
+class CutOff(FaultyStore):
+    """A store whose lease rounds fail once ``cut`` (a network cut off from it)."""
+
+    cut = False
+
+    async def leases(
+        self,
+        holder: str,
+        held: Mapping[str, int],
+        wanted: Sequence[str],
+        *,
+        ttl: float,
+        now: float,
+    ) -> dict[str, int]:
+        if self.cut:
+            raise pt.StoreError("injected: network unreachable")
+        return await super().leases(holder, held, wanted, ttl=ttl, now=now)
+
+
 async def test_a_holder_cut_off_from_the_database_stops_before_another_takes_over(
     tmp_path: Path,
 ) -> None:
     """Cut off, a holder cannot renew: it stops its workers once ``ttl`` has passed since
     its last renewal began, which is before the store lets anyone else take them."""
-
-    class CutOff(FaultyStore):
-        cut = False
-
-        async def leases(
-            self,
-            holder: str,
-            held: Mapping[str, int],
-            wanted: Sequence[str],
-            *,
-            ttl: float,
-            now: float,
-        ) -> dict[str, int]:
-            if self.cut:
-                raise pt.StoreError("injected: network unreachable")
-            return await super().leases(holder, held, wanted, ttl=ttl, now=now)
 
     database = str(tmp_path / "log.db")
     ttl = 1.0
@@ -448,22 +451,6 @@ async def test_no_handler_starts_once_the_lease_ran_out(
     own cancel point stands for the check's checkpoint): cut off from renewing, a
     holder starts no handler after its lease's term, even before the renewal task
     notices at its next round."""
-
-    class CutOff(FaultyStore):
-        cut = False
-
-        async def leases(
-            self,
-            holder: str,
-            held: Mapping[str, int],
-            wanted: Sequence[str],
-            *,
-            ttl: float,
-            now: float,
-        ) -> dict[str, int]:
-            if self.cut:
-                raise pt.StoreError("injected: network unreachable")
-            return await super().leases(holder, held, wanted, ttl=ttl, now=now)
 
     started: list[float] = []
     # In memory, no thread: virtual time moves only while every task waits for it.
