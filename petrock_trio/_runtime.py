@@ -75,7 +75,6 @@ class Runtime:
     stopping: trio.Event = attrs.field(factory=trio.Event)
     # What operators asked of the workers (pause, resets), as the store holds it.
     controls: Controls = attrs.Factory(lambda self: Controls(self.log.store), takes_self=True)
-    closed: bool = False
     # The state projection's position: everything up to it is applied to app state.
     applied: Watermark = attrs.Factory(lambda: Watermark(0))
     # The app's counters since the process started, which every run adds to.
@@ -93,17 +92,15 @@ class Runtime:
         Raises :class:`NotRunning` if the app stops first (the command is in the log;
         the next start applies it).
         """
-        if self.applied.value < message_id and self.closed:
-            raise NotRunning(f"the app stopped before message {message_id} was applied")
         if not await self.applied.reached(message_id):
-            raise NotRunning(f"the app stopped before message {message_id} was applied")
+            raise _stopped_before(message_id)
 
     async def append_applied(self, commit: Commit) -> list[Row]:
         """Write ``commit`` and wait until the state projection has applied its rows
         (see :meth:`wait_applied`; one wait for both)."""
         rows = await self.log.commit(commit, applied=self.applied)
         if rows and self.applied.value < rows[-1].id:
-            raise NotRunning(f"the app stopped before message {rows[-1].id} was applied")
+            raise _stopped_before(rows[-1].id)
         return rows
 
     async def commit(self, worker: str, **commit: Any) -> list[Row]:
@@ -183,7 +180,6 @@ class Runtime:
         )
 
     def close_waiters(self) -> None:
-        self.closed = True
         self.applied.release()
 
     def report(self, event: Event) -> None:
@@ -201,3 +197,7 @@ class Runtime:
     def clock(self) -> float:
         """The app's wall-clock time (data only)."""
         return self.log.clock()
+
+
+def _stopped_before(message_id: int) -> NotRunning:
+    return NotRunning(f"the app stopped before message {message_id} was applied")

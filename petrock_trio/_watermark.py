@@ -66,7 +66,7 @@ class Watermark(AsyncValue[int]):  # type: ignore[misc]
         event = trio.Event()
         # A wait cancelled meanwhile leaves its event behind: set when reached, or at
         # release, and forgotten then.
-        heapq.heappush(self._waiting, (position, next(self._serial), event))
+        self.set_when_reached(position, event)
         await event.wait()
         return self.value >= position
 
